@@ -1,0 +1,1 @@
+"""window_gate: the WhatsApp customer-service-window gatekeeper."""

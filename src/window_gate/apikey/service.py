@@ -1,0 +1,50 @@
+"""Creating API keys and recognising callers."""
+
+import time
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from window_gate.apikey import repository
+from window_gate.apikey.rules import PREFIX, Caller, Role, hash_key, new_key
+from window_gate.errors import Unauthorized
+
+
+async def create(
+    conn: AsyncConnection, name: str, role: Role = Role.SEND, phone_number_ids: Sequence[str] = ()
+) -> str:
+    """Store a new key's hash; the key itself is returned once and never stored."""
+    key = new_key()
+    await repository.insert(conn, name, hash_key(key), key[: len(PREFIX) + 6], role.value, phone_number_ids)
+    return key
+
+
+class Authenticator:
+    """Looks keys up by hash, remembering answers for a few seconds so the hot path skips a round trip.
+
+    A revoked key therefore keeps working for at most ``ttl`` seconds on a replica that saw it.
+    """
+
+    def __init__(self, engine: AsyncEngine, ttl: float) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
+
+    async def caller(self, authorization: str | None) -> Caller:
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized("send `Authorization: Bearer <api key>`")
+        key_hash = hash_key(key.strip())
+        now = time.monotonic()
+        hit = self._cache.get(key_hash)
+        if hit is not None and hit[0] > now:
+            caller = hit[1]
+        else:
+            async with self.engine.connect() as conn:
+                caller = await repository.by_hash(conn, key_hash)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_hash] = (now + self.ttl, caller)
+        if caller is None:
+            raise Unauthorized("unknown or revoked API key")
+        return caller

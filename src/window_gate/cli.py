@@ -1,0 +1,99 @@
+"""`window-gate`: serve, migrate, api-keys create."""
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from window_gate import db
+from window_gate.apikey import repository as api_keys
+from window_gate.apikey import service as api_key_service
+from window_gate.apikey.rules import Role
+from window_gate.config import Settings, SettingsError, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="window-gate", description="WhatsApp session-window gatekeeper")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    serve = verbs.add_parser("serve", help="run the HTTP service (migrates first)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations")
+
+    verbs.add_parser("migrate", help="apply pending database migrations")
+
+    keys = verbs.add_parser("api-keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key; prints it once, on the last line")
+    create.add_argument("name")
+    create.add_argument("--phone-number", action="append", default=[], dest="phone_numbers", metavar="ID")
+    create.add_argument("--role", choices=[r.value for r in Role], default=Role.SEND.value)
+
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"window-gate: bad setting: {exc}")
+    url = db.database_url(settings)
+    if args.verb == "serve":
+        _serve(settings, url, args.host, args.port, args.workers, migrate=not args.no_migrate)
+    elif args.verb == "migrate":
+        db.upgrade(url)
+        print(f"database at revision {db.head_revision()}")
+    else:
+        key = asyncio.run(_create_key(url, args.name, Role(args.role), args.phone_numbers))
+        print(f"API key {args.name!r} ({args.role}); it is shown only this once:")
+        print(key)
+
+
+def _serve(settings: Settings, url: str, host: str, port: int, workers: int, *, migrate: bool) -> None:
+    import uvicorn
+
+    if migrate:
+        db.upgrade(url)
+    if settings.database_url is None and settings.bootstrap_admin_key:
+        key = asyncio.run(_first_admin_key(url))
+        if key:
+            print(f"First start of the embedded database: an admin API key (shown once):\n{key}", flush=True)
+    # Workers are separate processes: hand them the database the embedded server answers on,
+    # and a shared directory for their metrics.
+    os.environ["WINDOW_GATE_DATABASE_URL"] = url
+    if workers > 1:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="window-gate-metrics-"))
+    mode = "sandbox (simulated Meta)" if settings.sandbox_mode else settings.graph_base_url
+    print(
+        f"window_gate on http://{host}:{port} · upstream: {mode} · docs: http://{host}:{port}/docs",
+        flush=True,
+    )
+    uvicorn.run(
+        "window_gate.asgi:app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+async def _create_key(url: str, name: str, role: Role, phone_numbers: Sequence[str]) -> str:
+    engine = db.make_engine(url, 1)
+    try:
+        async with engine.begin() as conn:
+            return await api_key_service.create(conn, name, role, phone_numbers)
+    finally:
+        await engine.dispose()
+
+
+async def _first_admin_key(url: str) -> str | None:
+    engine = db.make_engine(url, 1)
+    try:
+        async with engine.begin() as conn:
+            if await api_keys.count(conn):
+                return None
+            return await api_key_service.create(conn, "first-admin", Role.ADMIN)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,78 @@
+"""Settings: the one place that reads the environment."""
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of window_gate, read from ``WINDOW_GATE_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="WINDOW_GATE_", extra="ignore")
+
+    database_url: str | None = Field(None, description="postgresql+asyncpg://…; unset → embedded PostgreSQL")
+    data_dir: Path = Path(".window-gate")
+    graph_base_url: str = "https://graph.facebook.com"
+    graph_api_version: str = Field("v25.0", pattern=r"^v\d+\.\d+$")
+    graph_access_token: str | None = None
+    app_secret: str | None = None
+    verify_token: str | None = None
+    safety_margin_seconds: int = Field(60, ge=0, le=86_400)
+    sandbox: bool | None = None
+
+    # Additions to the DESIGN.md table (documented in the README).
+    window_hours: int = Field(24, ge=1, le=168)
+    free_entry_point_hours: int = Field(72, ge=1, le=24 * 14)
+    max_clock_skew_seconds: int = Field(300, ge=0, le=86_400)
+    webhook_retention_days: int = Field(30, ge=1)
+    max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
+    api_key_cache_seconds: float = Field(5.0, ge=0)
+    db_pool_size: int = Field(10, ge=1, le=200)
+    bootstrap_admin_key: bool = True
+
+    @model_validator(mode="after")
+    def _require_meta_secrets(self) -> "Settings":
+        if not self.sandbox_mode:
+            for name in ("app_secret", "verify_token"):
+                if not getattr(self, name):
+                    raise ValueError(f"WINDOW_GATE_{name.upper()} is required unless sandbox mode is on")
+        return self
+
+    @cached_property
+    def sandbox_mode(self) -> bool:
+        """Sandbox unless told otherwise, or when no Meta token is configured."""
+        return self.sandbox if self.sandbox is not None else not self.graph_access_token
+
+    @property
+    def app_secrets(self) -> list[bytes]:
+        """Every configured Meta app secret; the sandbox signs with a fixed, public one."""
+        secrets = [s.strip() for s in (self.app_secret or "").split(",") if s.strip()]
+        if self.sandbox_mode and not secrets:
+            secrets = [SANDBOX_APP_SECRET]
+        return [s.encode() for s in secrets]
+
+    @property
+    def effective_verify_token(self) -> str:
+        return self.verify_token or (SANDBOX_VERIFY_TOKEN if self.sandbox_mode else "")
+
+
+# Public on purpose: the sandbox is a local test double, never Meta.
+SANDBOX_APP_SECRET = "sandbox-app-secret"  # noqa: S105
+SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105
+
+
+class SettingsError(Exception):
+    """Bad settings: the message is one line naming the setting and what is wrong."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning pydantic's report into one line a person can act on."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = "".join(str(p) for p in err["loc"])
+        name = f"WINDOW_GATE_{loc.upper()}: " if loc else ""
+        raise SettingsError(f"{name}{err['msg'].removeprefix('Value error, ')}") from None

@@ -1,0 +1,65 @@
+"""Database plumbing: the URL (configured or embedded), the engine, and migrations."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from window_gate.config import Settings
+
+log = logging.getLogger(__name__)
+_HERE = Path(__file__).resolve().parent
+# Wheels carry migrations inside the package; a source checkout keeps them at the top level.
+MIGRATIONS = _HERE / "migrations" if (_HERE / "migrations").is_dir() else _HERE.parents[1] / "migrations"
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL kept in ``data_dir/pg``; it outlives this process."""
+    from pgserver import get_server  # type: ignore[attr-defined]  # lazily: only embedded mode needs it
+
+    pgdata = (data_dir / "pg").resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server: Any = get_server(pgdata, cleanup_mode=None)
+    uri: str = server.get_uri()
+    return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or embedded_url(settings.data_dir)
+
+
+def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=5,
+        pool_pre_ping=False,
+        connect_args={"server_settings": {"application_name": "window_gate"}, "timeout": 5},
+    )
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str) -> None:
+    """Apply pending migrations (idempotent; a PostgreSQL advisory lock keeps replicas from racing)."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+
+
+def current_revision(sync_conn: Connection) -> str | None:
+    return MigrationContext.configure(sync_conn).get_current_revision()

@@ -1,0 +1,132 @@
+"""Domain errors with stable codes, rendered as RFC 9457 problem+json by one handler."""
+
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://window-gate.dev/problems/"
+
+
+class GateError(Exception):
+    """A refusal or failure the caller can act on: stable ``code``, HTTP status, explaining context."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, **context: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.context = context
+        self.headers: dict[str, str] = {}
+
+    def problem(self) -> dict[str, Any]:
+        return {
+            "type": TYPE_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            **self.context,
+        }
+
+
+class ValidationFailed(GateError):
+    code, status, title = "validation_error", 422, "Request is not valid"
+
+
+class PayloadTooLarge(GateError):
+    code, status, title = "payload_too_large", 413, "Request body is too large"
+
+
+class InvalidRecipient(GateError):
+    code, status, title = "invalid_recipient", 422, "Not a phone number or BSUID"
+
+
+class Unauthorized(GateError):
+    code, status, title = "unauthorized", 401, "Missing or invalid credentials"
+
+    def __init__(self, detail: str, **context: Any) -> None:
+        super().__init__(detail, **context)
+        self.headers["WWW-Authenticate"] = "Bearer"
+
+
+class Forbidden(GateError):
+    code, status, title = "forbidden", 403, "Not allowed for this key"
+
+
+class NotFound(GateError):
+    code, status, title = "not_found", 404, "Not found"
+
+
+class DatabaseUnavailable(GateError):
+    code, status, title = "database_unavailable", 503, "Window state cannot be read"
+
+
+def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as problem+json with a stable ``code``."""
+
+    async def gate_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GateError)
+        return problem_response(exc.status, exc.problem(), exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        err = ValidationFailed(f"{where}: {first['msg']}" if where else str(first["msg"]), errors=errors)
+        return problem_response(err.status, err.problem())
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
+        body = {
+            "type": TYPE_BASE + code,
+            "title": str(exc.detail),
+            "status": exc.status_code,
+            "detail": str(exc.detail),
+            "code": code,
+        }
+        return problem_response(exc.status_code, body, dict(exc.headers or {}))
+
+    app.add_exception_handler(GateError, gate_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, plus a stable `code` and the context that explains it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=[TYPE_BASE + "window_closed"])
+    title: str = Field(examples=["Customer service window is not open"])
+    status: int = Field(examples=[409])
+    detail: str = Field(examples=["the customer last wrote more than 24 h ago; send an approved template"])
+    code: str = Field(description="Stable, snake_case: branch on this", examples=["window_closed"])
+
+
+def problems(*errors: type[GateError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the refusals an endpoint may give."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for err in errors:
+        entry = out.setdefault(
+            err.status, {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": ""}
+        )
+        entry["description"] = " · ".join(filter(None, [entry["description"], f"`{err.code}`: {err.title}"]))
+    return out
+
+
+AUTH_PROBLEMS = (Unauthorized, Forbidden, ValidationFailed, DatabaseUnavailable)

@@ -1,0 +1,39 @@
+"""What every endpoint shares: the process state and the caller."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from window_gate.apikey.rules import Caller
+from window_gate.apikey.service import Authenticator
+from window_gate.config import Settings
+from window_gate.window.rule import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """Process-wide state built by the lifespan; nothing here decides correctness on its own."""
+
+    settings: Settings
+    engine: AsyncEngine
+    policy: Policy
+    auth: Authenticator
+
+
+def gate(request: Request) -> Gate:
+    state: Gate = request.app.state.gate
+    return state
+
+
+async def _caller(
+    request: Request,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_…"])
+    ] = None,
+) -> Caller:
+    return await gate(request).auth.caller(authorization)
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]

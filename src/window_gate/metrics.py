@@ -1,0 +1,64 @@
+"""Prometheus metrics: request counts and latency by route, webhook messages, window decisions."""
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter("window_gate_http_requests", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "window_gate_http_request_duration_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+WEBHOOK_MESSAGES = Counter(
+    "window_gate_webhook_messages", "Webhook items by kind and outcome", ["type", "outcome"]
+)
+WINDOW_DECISIONS = Counter("window_gate_window_decisions", "Window evaluations by state", ["state"])
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): counts every request under its route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(route).observe(time.perf_counter() - start)
+
+
+async def metrics_endpoint(_: Request) -> Response:
+    # With several workers each process writes its samples to PROMETHEUS_MULTIPROC_DIR (set by `serve`).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,105 @@
+"""ORM models: the one place Alembic imports. Runtime SQL lives in each domain's repository.py."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import BigInteger, ForeignKey, Identity, LargeBinary, MetaData, String, Text, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+TZ = TIMESTAMP(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ApiKey(Base):
+    """A caller of the /v1 API. Only the SHA-256 of the key is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+    name: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    phone_number_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class Customer(Base):
+    """One person, known by a phone-number wa_id, a business-scoped user id (BSUID), or both."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    wa_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    user_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class CustomerAlias(Base):
+    """Every spelling that leads to a customer: ``wa:<digits>`` and ``bsuid:<id>``."""
+
+    __tablename__ = "customer_aliases"
+
+    alias: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class Window(Base):
+    """The facts the window rule is evaluated from, per (business number, customer)."""
+
+    __tablename__ = "windows"
+
+    phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    last_inbound_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_inbound_message_id: Mapped[str | None] = mapped_column(Text)
+    closed_by_meta_at: Mapped[datetime | None] = mapped_column(TZ)
+    referral_at: Mapped[datetime | None] = mapped_column(TZ)
+    referral: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    fep_started_at: Mapped[datetime | None] = mapped_column(TZ)
+    fep_expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class InboundMessage(Base):
+    """A customer's message as Meta delivered it: the dedupe key for redeliveries."""
+
+    __tablename__ = "inbound_messages"
+
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    phone_number_id: Mapped[str] = mapped_column(Text)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[datetime] = mapped_column(TZ)
+    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
+
+
+class WebhookDelivery(Base):
+    """Every signed POST Meta made, byte for byte: there is no API to fetch past webhooks."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+__all__ = ["ApiKey", "Base", "Customer", "CustomerAlias", "InboundMessage", "WebhookDelivery", "Window"]

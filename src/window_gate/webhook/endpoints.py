@@ -1,0 +1,80 @@
+"""Meta's webhook endpoint: the verification handshake and signed deliveries."""
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import PlainTextResponse, Response
+from sqlalchemy.exc import DataError, IntegrityError
+
+from window_gate.errors import GateError, Unauthorized
+from window_gate.kit import gate
+from window_gate.webhook import repository, service
+from window_gate.webhook.signature import verify
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+class VerificationFailed(GateError):
+    code, status, title = "verification_failed", 403, "Webhook verification failed"
+
+
+@router.get(
+    "/whatsapp",
+    summary="Meta's webhook verification handshake",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"example": "1158201444"}}}, 403: {"model": None}},
+)
+async def verify_subscription(
+    request: Request,
+    mode: Annotated[str, Query(alias="hub.mode", examples=["subscribe"])] = "",
+    verify_token: Annotated[str, Query(alias="hub.verify_token")] = "",
+    challenge: Annotated[str, Query(alias="hub.challenge", max_length=256)] = "",
+) -> PlainTextResponse:
+    """Answers Meta's `GET ?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…` with the challenge
+    when the token is WINDOW_GATE_VERIFY_TOKEN; 403 otherwise."""
+    expected = gate(request).settings.effective_verify_token
+    if mode != "subscribe" or not expected or verify_token != expected:
+        raise VerificationFailed("hub.mode must be subscribe and hub.verify_token must match")
+    return PlainTextResponse(challenge)
+
+
+@router.post(
+    "/whatsapp",
+    summary="Receive Meta's webhook deliveries",
+    status_code=200,
+    response_class=Response,
+    responses={
+        200: {"description": "Stored (and applied where understood)"},
+        401: {"description": "Missing or bad X-Hub-Signature-256: nothing written"},
+        413: {"description": "Body over WINDOW_GATE_MAX_BODY_BYTES (3 MB)"},
+        503: {"description": "Database unavailable: Meta will retry"},
+    },
+)
+async def receive(
+    request: Request,
+    x_hub_signature_256: Annotated[
+        str | None, Header(description="sha256=<hex HMAC of the raw body>")
+    ] = None,
+) -> Response:
+    """Checks the signature over the raw bytes before anything is parsed or written, then stores the
+    delivery and applies it: customer messages open windows, 131047 failures close them. A well-signed
+    delivery always gets 200, even when parts of it are ignored, so Meta does not retry it for days."""
+    state = gate(request)
+    body = await request.body()
+    if not verify(x_hub_signature_256, body, state.settings.app_secrets):
+        raise Unauthorized("bad or missing X-Hub-Signature-256")
+    received_at = datetime.now(UTC)
+    try:
+        async with state.engine.begin() as conn:
+            delivery = await service.ingest(conn, body, received_at, state.policy)
+        service.count(delivery)
+    except (ValueError, IntegrityError, DataError) as exc:
+        # Well-signed but not applicable (malformed JSON, data PostgreSQL refuses): a retry cannot help.
+        # Any other failure (database down, deadlock) propagates as 5xx, so Meta delivers again.
+        log.warning("webhook delivery stored unapplied: %s", exc)
+        async with state.engine.begin() as conn:
+            await repository.store(conn, body, f"{type(exc).__name__}: {exc}"[:2000])
+    return Response(status_code=200)

@@ -1,0 +1,153 @@
+"""Reading Meta's webhook deliveries into window facts. Pure: no I/O, tolerant of anything unexpected."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# Which user-sent `messages[].type` open or renew the customer service window (whatsapp-platform.md §1).
+# Meta says "messages or calls"; reaction and unsupported are unsure: change a row to change the rule.
+# A type not listed here does not open the window (fail closed) and is counted as `ignored`.
+OPENS_WINDOW: dict[str, bool] = {
+    "text": True,
+    "image": True,
+    "audio": True,
+    "video": True,
+    "document": True,
+    "sticker": True,
+    "location": True,
+    "contacts": True,
+    "button": True,
+    "interactive": True,
+    "order": True,
+    "reaction": True,
+    "unsupported": True,
+    "system": False,  # user_changed_number and friends: an identity event, not the customer writing
+    "request_welcome": False,  # Meta's first-contact signal, not a message (unsure)
+}
+RE_ENGAGEMENT = 131047  # Meta: more than 24 h since the customer last wrote
+REFERRAL_CONVERSION = "referral_conversion"  # conversation origin inside a free-entry-point window
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvent:
+    phone_number_id: str
+    wa_id: str | None
+    user_id: str | None
+    message_id: str
+    type: str
+    sent_at: datetime
+    referral: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictEvent:
+    """What a status tells about the window: Meta closed it, or a free-entry-point window runs."""
+
+    phone_number_id: str
+    wa_id: str | None
+    user_id: str | None
+    closed_at: datetime | None
+    fep_expires_at: datetime | None
+
+
+@dataclass(slots=True)
+class Delivery:
+    inbound: list[InboundEvent] = field(default_factory=list)
+    verdicts: list[VerdictEvent] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome) for metrics
+
+
+def parse_delivery(body: bytes) -> Delivery:
+    """Everything the window cares about in one delivery; the rest is counted and left alone."""
+    out = Delivery()
+    payload = orjson.loads(body)
+    if not isinstance(payload, dict) or payload.get("object") != "whatsapp_business_account":
+        out.counts["delivery", "ignored"] += 1
+        return out
+    for entry in _dicts(payload.get("entry")):
+        for change in _dicts(entry.get("changes")):
+            value = change.get("value")
+            if not isinstance(value, dict):
+                continue
+            if change.get("field") == "messages":
+                _messages(value, out)
+            elif change.get("field") == "calls":
+                _calls(value, out)
+            else:
+                out.counts[str(change.get("field")), "ignored"] += 1
+    return out
+
+
+def _messages(value: dict[str, Any], out: Delivery) -> None:
+    pn = str(_dict(value.get("metadata")).get("phone_number_id") or "")
+    if not pn:
+        out.counts["messages", "ignored"] += 1
+        return
+    # contacts[] carries the wa_id ↔ BSUID pairing when Meta knows both.
+    wa_by_user = {c["user_id"]: c.get("wa_id") for c in _dicts(value.get("contacts")) if c.get("user_id")}
+    user_by_wa = {c["wa_id"]: c.get("user_id") for c in _dicts(value.get("contacts")) if c.get("wa_id")}
+    for m in _dicts(value.get("messages")):
+        kind = str(m.get("type"))
+        wa_id, user_id = _identity(m.get("from"), m.get("from_user_id"), wa_by_user, user_by_wa)
+        sent_at = _timestamp(m.get("timestamp"))
+        if not OPENS_WINDOW.get(kind) or not m.get("id") or sent_at is None or not (wa_id or user_id):
+            out.counts[kind, "ignored"] += 1
+            continue
+        referral = _dict(m.get("referral")) or None
+        out.inbound.append(InboundEvent(pn, wa_id, user_id, str(m["id"]), kind, sent_at, referral))
+    for s in _dicts(value.get("statuses")):
+        wa_id, user_id = _identity(s.get("recipient_id"), s.get("recipient_user_id"), wa_by_user, user_by_wa)
+        at = _timestamp(s.get("timestamp"))
+        codes = {e.get("code") for e in _dicts(s.get("errors"))}
+        closed = at if s.get("status") == "failed" and RE_ENGAGEMENT in codes else None
+        conversation = _dict(s.get("conversation"))
+        fep_until = None
+        if _dict(conversation.get("origin")).get("type") == REFERRAL_CONVERSION:
+            fep_until = _timestamp(conversation.get("expiration_timestamp"))
+        if (closed or fep_until) and (wa_id or user_id):
+            out.verdicts.append(VerdictEvent(pn, wa_id, user_id, closed, fep_until))
+            out.counts["status", "closed_by_meta" if closed else "free_entry_point"] += 1
+        else:
+            out.counts["status", "ignored"] += 1
+
+
+def _calls(value: dict[str, Any], out: Delivery) -> None:
+    """A call the customer placed opens the window like a message (shape per Meta's Calling API; unsure)."""
+    pn = str(_dict(value.get("metadata")).get("phone_number_id") or "")
+    for c in _dicts(value.get("calls")):
+        sent_at = _timestamp(c.get("timestamp"))
+        user_call = str(c.get("direction", "")).upper() == "USER_INITIATED" and c.get("event") == "connect"
+        if pn and user_call and c.get("id") and c.get("from") and sent_at:
+            out.inbound.append(InboundEvent(pn, str(c["from"]), None, str(c["id"]), "call", sent_at, None))
+        else:
+            out.counts["call", "ignored"] += 1
+
+
+def _identity(
+    wa_id: object, user_id: object, wa_by_user: dict[str, Any], user_by_wa: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    wa = str(wa_id) if wa_id else None
+    user = str(user_id) if user_id else None
+    if wa is None and user is not None:
+        wa = wa_by_user.get(user) or None
+    if user is None and wa is not None:
+        user = user_by_wa.get(wa) or None
+    return wa, user
+
+
+def _timestamp(value: object) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(str(value)), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

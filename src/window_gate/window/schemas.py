@@ -1,0 +1,71 @@
+"""What the window endpoints take and answer."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from window_gate.window.rule import WindowState
+
+EXAMPLE_PN = "106540352242922"
+
+
+class CustomerOut(BaseModel):
+    input: str = Field(description="The customer as the caller wrote it", examples=["+55 11 98765-4321"])
+    wa_id: str | None = Field(description="WhatsApp id (phone digits) when known", examples=["5511987654321"])
+    user_id: str | None = Field(description="Business-scoped user id (BSUID) when known", examples=[None])
+
+
+class FreeEntryPointOut(BaseModel):
+    active: bool = Field(description="Messages are free now (price only: permission still needs the CSW)")
+    expires_at: datetime | None = Field(description="When the free-entry-point window ends, once started")
+    referral_at: datetime = Field(description="When the customer wrote from a Click-to-WhatsApp ad")
+    reply_by: datetime = Field(description="A business reply before this starts the free-entry-point window")
+    started_at: datetime | None = Field(description="The business reply that started it")
+
+
+class WindowOut(BaseModel):
+    """The customer service window of one (business number, customer) pair, evaluated now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "phone_number_id": EXAMPLE_PN,
+                "customer": {"input": "+55 11 98765-4321", "wa_id": "5511987654321", "user_id": None},
+                "state": "open",
+                "can_send_free_form": True,
+                "last_inbound_at": "2026-11-25T10:00:00Z",
+                "expires_at": "2026-11-26T10:00:00Z",
+                "safe_until": "2026-11-26T09:59:00Z",
+                "seconds_remaining": 43140,
+                "free_entry_point": None,
+            }
+        }
+    )
+
+    phone_number_id: str = Field(description="The business phone number id", examples=[EXAMPLE_PN])
+    customer: CustomerOut
+    state: WindowState = Field(
+        description="open | closing (inside the safety margin) | expired | never_opened | closed_by_meta"
+    )
+    can_send_free_form: bool = Field(description="True only in state `open`", examples=[True])
+    last_inbound_at: datetime | None = Field(description="Timestamp of the customer's latest message")
+    expires_at: datetime | None = Field(description="last_inbound_at + 24 h: when Meta closes the window")
+    safe_until: datetime | None = Field(description="expires_at − WINDOW_GATE_SAFETY_MARGIN_SECONDS")
+    seconds_remaining: int = Field(description="Seconds free-form may still be sent (until safe_until)", ge=0)
+    free_entry_point: FreeEntryPointOut | None = Field(
+        description="Set when the window was opened from a Click-to-WhatsApp ad"
+    )
+
+
+class WindowCheckIn(BaseModel):
+    phone_number_id: str = Field(min_length=1, max_length=64, examples=[EXAMPLE_PN])
+    customers: list[str] = Field(
+        min_length=1,
+        max_length=1000,
+        description="Phone numbers (any spelling) or BSUIDs, up to 1,000",
+        examples=[["+55 11 98765-4321", "US.13491208655302741918"]],
+    )
+
+
+class WindowCheckOut(BaseModel):
+    windows: list[WindowOut] = Field(description="One window per customer, in the order asked")

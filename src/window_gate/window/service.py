@@ -1,0 +1,60 @@
+"""Answering "can I send free text to this customer now, and until when?"."""
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from window_gate import metrics
+from window_gate.customer.identity import CustomerRef, parse_customer
+from window_gate.errors import InvalidRecipient
+from window_gate.window import repository
+from window_gate.window.rule import Policy, WindowView, evaluate
+from window_gate.window.schemas import CustomerOut, FreeEntryPointOut, WindowOut
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_all(customers: Sequence[str]) -> list[CustomerRef]:
+    refs = []
+    for i, raw in enumerate(customers):
+        try:
+            refs.append(parse_customer(raw))
+        except InvalidRecipient as exc:
+            raise InvalidRecipient(f"customers[{i}]: {exc.detail}", customer=raw, index=i) from None
+    return refs
+
+
+async def check(
+    conn: AsyncConnection, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
+) -> list[WindowOut]:
+    found = await repository.lookup(conn, phone_number_id, [r.aliases() for r in refs])
+    answers = []
+    for ref, hit in zip(refs, found, strict=True):
+        view = evaluate(hit.facts if hit else None, at, policy)
+        metrics.WINDOW_DECISIONS.labels(view.state.value).inc()
+        customer = CustomerOut(
+            input=ref.input,
+            wa_id=hit.wa_id if hit else ref.wa_id,
+            user_id=hit.user_id if hit else ref.user_id,
+        )
+        answers.append(window_out(phone_number_id, customer, view))
+    return answers
+
+
+def window_out(phone_number_id: str, customer: CustomerOut, view: WindowView) -> WindowOut:
+    fep = view.free_entry_point
+    return WindowOut(
+        phone_number_id=phone_number_id,
+        customer=customer,
+        state=view.state,
+        can_send_free_form=view.can_send_free_form,
+        last_inbound_at=view.last_inbound_at,
+        expires_at=view.expires_at,
+        safe_until=view.safe_until,
+        seconds_remaining=view.seconds_remaining,
+        free_entry_point=FreeEntryPointOut(**asdict(fep)) if fep else None,
+    )

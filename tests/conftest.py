@@ -1,0 +1,106 @@
+"""Real PostgreSQL for every test: the local server (or WINDOW_GATE_TEST_DATABASE_URL) when it answers,
+else an embedded one. One fresh database per run, migrated once; tables emptied after each test."""
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from window_gate import db
+from window_gate.apikey import service as api_keys
+from window_gate.apikey.rules import Role
+from window_gate.app import create_app
+from window_gate.config import Settings, load_settings
+from window_gate.kit import Gate
+
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+TABLES = ("webhook_deliveries", "inbound_messages", "windows", "customer_aliases", "customers", "api_keys")
+
+
+def _answers(url: str) -> bool:
+    async def probe() -> None:
+        conn = await asyncpg.connect(url, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A new, migrated database (asyncpg URL) for this test run, dropped afterwards."""
+    admin = os.environ.get("WINDOW_GATE_TEST_DATABASE_URL", LOCAL_SERVER).replace("+asyncpg", "")
+    if not _answers(admin):
+        admin = db.embedded_url(Path(tempfile.mkdtemp(prefix="wg-test-pg-"))).replace("+asyncpg", "")
+    name = f"window_gate_test_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+    base, _, query = admin.partition("?")
+    url = base.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+    url += f"?{query}" if query else ""
+    db.upgrade(url)
+    yield url
+    asyncio.run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return load_settings(database_url=database_url, sandbox=True, api_key_cache_seconds=0)
+
+
+@pytest.fixture
+async def app_state(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Gate]]:
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
+            yield client, app.state.gate
+        async with app.state.gate.engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def client(app_state: tuple[httpx.AsyncClient, Gate]) -> httpx.AsyncClient:
+    return app_state[0]
+
+
+@pytest.fixture
+def engine(app_state: tuple[httpx.AsyncClient, Gate]) -> AsyncEngine:
+    return app_state[1].engine
+
+
+async def make_key(engine: AsyncEngine, role: Role = Role.ADMIN, phone_numbers: tuple[str, ...] = ()) -> str:
+    async with engine.begin() as conn:
+        return await api_keys.create(conn, f"test-{role.value}", role, phone_numbers)
+
+
+@pytest.fixture
+async def admin_headers(engine: AsyncEngine) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await make_key(engine)}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

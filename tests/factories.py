@@ -1,0 +1,80 @@
+"""Meta-shaped webhook payloads for tests and benchmarks."""
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from window_gate.config import SANDBOX_APP_SECRET
+from window_gate.webhook.signature import sign
+
+PN = "106540352242922"
+WABA = "102290129340398"
+
+
+def inbound(
+    wa_id: str | None = "5511987654321",
+    *,
+    ts: float | None = None,
+    kind: str = "text",
+    message_id: str | None = None,
+    user_id: str | None = None,
+    referral: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "id": message_id or f"wamid.{uuid.uuid4().hex}",
+        "timestamp": str(int(ts if ts is not None else time.time())),
+        "type": kind,
+    }
+    if wa_id:
+        message["from"] = wa_id
+    if user_id:
+        message["from_user_id"] = user_id
+    message[kind] = {"body": "hi"} if kind == "text" else {}
+    if referral:
+        message["referral"] = referral
+    return message
+
+
+def status(
+    wa_id: str = "5511987654321", *, ts: float | None = None, state: str = "failed", code: int | None = 131047
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": f"wamid.{uuid.uuid4().hex}",
+        "status": state,
+        "timestamp": str(int(ts if ts is not None else time.time())),
+        "recipient_id": wa_id,
+    }
+    if code is not None:
+        out["errors"] = [{"code": code, "title": "Re-engagement message", "message": "Re-engagement message"}]
+    return out
+
+
+def delivery(
+    messages: list[dict[str, Any]] | None = None,
+    statuses: list[dict[str, Any]] | None = None,
+    *,
+    phone_number_id: str = PN,
+    contacts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
+    }
+    if messages is not None:
+        value["messages"] = messages
+        value["contacts"] = contacts or [
+            {"profile": {"name": "Ana"}, "wa_id": m["from"]} for m in messages if m.get("from")
+        ]
+    if statuses is not None:
+        value["statuses"] = statuses
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA, "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+def signed(payload: dict[str, Any], secret: str = SANDBOX_APP_SECRET) -> tuple[bytes, dict[str, str]]:
+    body = orjson.dumps(payload)
+    return body, {"X-Hub-Signature-256": sign(secret.encode(), body), "Content-Type": "application/json"}
