@@ -24,7 +24,17 @@ from window_gate.config import Settings, load_settings
 from window_gate.kit import Gate
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
-TABLES = ("webhook_deliveries", "inbound_messages", "windows", "customer_aliases", "customers", "api_keys")
+TABLES = (
+    "message_events",
+    "messages",
+    "phone_numbers",
+    "webhook_deliveries",
+    "inbound_messages",
+    "windows",
+    "customer_aliases",
+    "customers",
+    "api_keys",
+)
 
 
 def _answers(url: str) -> bool:
@@ -104,3 +114,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    """An RFC 9457 problem+json answer with the given status and stable code; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, object] = response.json()
+    assert {"type", "title", "status", "detail", "code"} <= body.keys(), body
+    assert (body["status"], body["code"]) == (status, code), body
+    assert str(body["type"]).endswith("/" + code) and body["title"] and body["detail"], body
+    return body

@@ -2,13 +2,16 @@
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import httpx
 from fastapi import FastAPI, Request
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,8 +20,12 @@ from window_gate import db
 from window_gate.apikey.service import Authenticator
 from window_gate.config import Settings
 from window_gate.errors import DatabaseUnavailable, PayloadTooLarge, install_error_handlers, problem_response
+from window_gate.graph.client import GraphClient
 from window_gate.health.endpoints import router as health_router
 from window_gate.kit import Gate
+from window_gate.message import repository as messages
+from window_gate.message.endpoints import graph_router
+from window_gate.message.endpoints import router as message_router
 from window_gate.metrics import MetricsMiddleware
 from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import router as webhook_router
@@ -26,7 +33,7 @@ from window_gate.window.endpoints import router as window_router
 from window_gate.window.rule import Policy
 
 log = logging.getLogger(__name__)
-PURGE_EVERY_SECONDS = 3600
+CHORES_EVERY_SECONDS = 60
 
 
 def policy(settings: Settings) -> Policy:
@@ -38,19 +45,31 @@ def policy(settings: Settings) -> Policy:
     )
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The service. `graph_transport` replaces the network to Meta (tests, the in-process sandbox)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(db.database_url, settings)
         engine = db.make_engine(url, settings.db_pool_size)
-        app.state.gate = Gate(
-            settings, engine, policy(settings), Authenticator(engine, settings.api_key_cache_seconds)
+        http = httpx.AsyncClient(
+            base_url=settings.graph_base_url,
+            timeout=httpx.Timeout(
+                settings.graph_timeout_seconds, connect=min(5.0, settings.graph_timeout_seconds)
+            ),
+            limits=httpx.Limits(max_connections=settings.graph_max_connections),
+            transport=graph_transport,
         )
-        purger = asyncio.create_task(_purge_forever(app.state.gate))
+        graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
+        auth = Authenticator(engine, settings.api_key_cache_seconds)
+        state = Gate(settings, engine, policy(settings), auth, graph)
+        app.state.gate = state
+        chores = asyncio.create_task(_chores_forever(state))
         try:
             yield
         finally:
-            purger.cancel()
+            chores.cancel()
+            await http.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -65,11 +84,25 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(OSError, _database_unavailable)
-    for router in (health_router, webhook_router, window_router):
+    app.add_exception_handler(DBAPIError, _database_error)
+    for router in (health_router, webhook_router, window_router, message_router, graph_router):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app
+
+
+# SQLSTATE classes meaning "no usable database right now": connection, authorization, no such
+# database, too many clients, shutting down or starting up. asyncpg raises these as plain DBAPIError.
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "53", "57"})
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DBAPIError)
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    if exc.connection_invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+        return await _database_unavailable(request, exc)
+    raise exc  # a bug, not an outage: a 500
 
 
 async def _database_unavailable(_: Request, exc: Exception) -> Response:
@@ -78,15 +111,18 @@ async def _database_unavailable(_: Request, exc: Exception) -> Response:
     return problem_response(err.status, err.problem(), {"Retry-After": "1"})
 
 
-async def _purge_forever(state: Gate) -> None:
-    """Retention: drop raw deliveries older than WINDOW_GATE_WEBHOOK_RETENTION_DAYS, hourly."""
-    while True:
-        await asyncio.sleep(PURGE_EVERY_SECONDS)
+async def _chores_forever(state: Gate) -> None:
+    """Every minute: sends left `pending` by a dead process become `unknown`; hourly: retention purge.
+    Both are idempotent statements, so every replica may run them."""
+    for minute in itertools.count():
+        await asyncio.sleep(CHORES_EVERY_SECONDS)
         try:
             async with state.engine.begin() as conn:
-                await webhooks.purge(conn, state.settings.webhook_retention_days)
-        except Exception:  # a failed purge must not end the task; the next hour tries again
-            log.exception("retention purge failed")
+                await messages.expire_pending(conn, state.settings.graph_timeout_seconds * 3)
+                if minute % 60 == 0:
+                    await webhooks.purge(conn, state.settings.webhook_retention_days)
+        except Exception:  # a failed chore must not end the task; the next round tries again
+            log.exception("periodic chores failed")
 
 
 class BodyLimit:
@@ -111,7 +147,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise _TooLarge(self.max_bytes)
             return message
 
         try:
@@ -124,5 +160,7 @@ class BodyLimit:
         await problem_response(err.status, err.problem())(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    # An HTTPException so FastAPI's body parsing re-raises it: any other exception there becomes a 400.
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the body is larger than {max_bytes} bytes; nothing was written")

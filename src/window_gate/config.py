@@ -3,7 +3,7 @@
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,7 +30,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
     api_key_cache_seconds: float = Field(5.0, ge=0)
     db_pool_size: int = Field(10, ge=1, le=200)
+    graph_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    graph_max_connections: int = Field(100, ge=1)
     bootstrap_admin_key: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, url: str | None) -> str | None:
+        # Caught here, a wrong URL is one line; later it is a driver-import traceback.
+        if url and not url.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql+asyncpg://user@host:port/database URL")
+        return url
 
     @model_validator(mode="after")
     def _require_meta_secrets(self) -> "Settings":

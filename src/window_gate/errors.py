@@ -69,6 +69,47 @@ class DatabaseUnavailable(GateError):
     code, status, title = "database_unavailable", 503, "Window state cannot be read"
 
 
+class WindowClosed(GateError):
+    code, status, title = "window_closed", 409, "Customer service window is not open"
+
+
+class IdempotencyConflict(GateError):
+    code, status, title = "idempotency_conflict", 409, "Idempotency-Key reused with another body"
+
+
+class RateLimited(GateError):
+    code, status, title = "rate_limited", 429, "Throttled: retry later"
+
+    def __init__(self, detail: str, retry_after: int = 1, **context: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **context)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class UnknownPhoneNumber(GateError):
+    code, status, title = "unknown_phone_number", 404, "Not a phone number this gate serves"
+
+
+class UpstreamError(GateError):
+    code, status, title = "upstream_error", 502, "Meta refused or failed the request"
+
+
+class UpstreamTimeout(GateError):
+    code, status, title = "upstream_timeout", 504, "No answer from Meta: outcome unknown, not re-sent"
+
+
+def replay(problem: dict[str, Any]) -> GateError:
+    """A refusal stored earlier (idempotent replay), raised again with the same code and context."""
+    kinds = {kind.code: kind for kind in _subclasses(GateError)}
+    context = {k: v for k, v in problem.items() if k not in {"type", "title", "status", "detail", "code"}}
+    err = kinds.get(str(problem.get("code")), GateError)(str(problem.get("detail", "")), **context)
+    err.headers.update({"Retry-After": str(context["retry_after"])} if "retry_after" in context else {})
+    return err
+
+
+def _subclasses(kind: type[GateError]) -> list[type[GateError]]:
+    return [sub for direct in kind.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
 def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 

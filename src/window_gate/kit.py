@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from window_gate.apikey.rules import Caller
 from window_gate.apikey.service import Authenticator
 from window_gate.config import Settings
+from window_gate.graph.client import GraphClient
 from window_gate.window.rule import Policy
 
 
@@ -20,6 +21,7 @@ class Gate:
     engine: AsyncEngine
     policy: Policy
     auth: Authenticator
+    graph: GraphClient
 
 
 def gate(request: Request) -> Gate:

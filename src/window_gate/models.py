@@ -4,7 +4,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import BigInteger, ForeignKey, Identity, LargeBinary, MetaData, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Identity,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -103,3 +114,50 @@ class WebhookDelivery(Base):
 
 
 __all__ = ["ApiKey", "Base", "Customer", "CustomerAlias", "InboundMessage", "WebhookDelivery", "Window"]
+
+
+class PhoneNumber(Base):
+    """A business phone number with its own access token (else WINDOW_GATE_GRAPH_ACCESS_TOKEN is used)."""
+
+    __tablename__ = "phone_numbers"
+
+    phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    access_token: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class Message(Base):
+    """One send a caller asked for: recorded before it leaves, then updated with Meta's answers."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key"),)
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    api_key_id: Mapped[UUID] = mapped_column(ForeignKey("api_keys.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    phone_number_id: Mapped[str] = mapped_column(Text)
+    recipient_input: Mapped[str] = mapped_column(Text)
+    recipient_wa_id: Mapped[str | None] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text, index=True)
+    graph_message_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    pricing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class MessageEvent(Base):
+    """A message's status history: the gate's own steps and Meta's status webhooks."""
+
+    __tablename__ = "message_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    message_id: Mapped[UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(TZ)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

@@ -33,13 +33,16 @@ async def resolve(conn: AsyncConnection, aliases: Sequence[str]) -> dict[str, in
     return {alias: cid for alias, cid in rows}
 
 
-async def link(conn: AsyncConnection, wa_id: str | None, user_id: str | None, source: str) -> int:
-    """Find or create the customer known by these ids, merging two customers that turn out to be one.
+async def link(
+    conn: AsyncConnection, wa_id: str | None, user_id: str | None, source: str, aliases: Sequence[str] = ()
+) -> int:
+    """Find or create the customer known by these ids (and other spellings of them), merging customers
+    that turn out to be one.
 
     The slow path of ingest: runs only for an identity not seen before (or newly linked), under
     transaction-scoped advisory locks so that concurrent deliveries and replicas agree.
     """
-    ids = [i for i in (wa_id, user_id) if i]
+    ids = list(dict.fromkeys(i for i in (wa_id, user_id, *aliases) if i))
     await conn.execute(LOCK, {"aliases": ids})
     found = await resolve(conn, ids)
     owners = sorted({found[i] for i in ids if i in found})

@@ -53,9 +53,23 @@ class VerdictEvent:
     fep_expires_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """Meta's word on one message the business sent."""
+
+    graph_message_id: str
+    opaque: str | None  # biz_opaque_callback_data: the gate's own message id when the gate sent it
+    status: str
+    at: datetime
+    errors: list[dict[str, Any]]
+    pricing: dict[str, Any] | None
+    payload: dict[str, Any]
+
+
 @dataclass(slots=True)
 class Delivery:
     inbound: list[InboundEvent] = field(default_factory=list)
+    statuses: list[StatusEvent] = field(default_factory=list)
     verdicts: list[VerdictEvent] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome) for metrics
 
@@ -101,6 +115,19 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
     for s in _dicts(value.get("statuses")):
         wa_id, user_id = _identity(s.get("recipient_id"), s.get("recipient_user_id"), wa_by_user, user_by_wa)
         at = _timestamp(s.get("timestamp"))
+        if s.get("id") and s.get("status") and at is not None:
+            opaque = s.get("biz_opaque_callback_data")
+            out.statuses.append(
+                StatusEvent(
+                    str(s["id"]),
+                    str(opaque) if opaque else None,
+                    str(s["status"]),
+                    at,
+                    _dicts(s.get("errors")),
+                    _dict(s.get("pricing")) or None,
+                    s,
+                )
+            )
         codes = {e.get("code") for e in _dicts(s.get("errors"))}
         closed = at if s.get("status") == "failed" and RE_ENGAGEMENT in codes else None
         conversation = _dict(s.get("conversation"))

@@ -1,12 +1,16 @@
 """Webhook ingest: a signed delivery in, window facts forward, the raw bytes kept."""
 
+import contextlib
 from datetime import datetime
+from uuid import UUID
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
 from window_gate.customer import repository as customers
+from window_gate.message import repository as messages
+from window_gate.message.service import OPAQUE_PREFIX
 from window_gate.webhook import repository
 from window_gate.webhook.parse import Delivery, parse_delivery
 from window_gate.window import repository as windows
@@ -42,7 +46,26 @@ async def ingest(conn: AsyncConnection, body: bytes, received_at: datetime, poli
     )
     for m in delivery.inbound:
         delivery.counts[m.type, "opened" if m.message_id in fresh else "duplicate"] += 1
+    for st in delivery.statuses:
+        found = await messages.apply_status(
+            conn,
+            id=_own_id(st.opaque),
+            graph_message_id=st.graph_message_id,
+            status=st.status,
+            at=st.at,
+            error=st.errors[0] if st.errors else None,
+            pricing=st.pricing,
+            detail=st.payload,
+        )
+        delivery.counts[f"status_{st.status}", "recorded" if found else "unknown_message"] += 1
     return delivery
+
+
+def _own_id(opaque: str | None) -> UUID | None:
+    if opaque and opaque.startswith(OPAQUE_PREFIX):
+        with contextlib.suppress(ValueError):
+            return UUID(opaque.removeprefix(OPAQUE_PREFIX))
+    return None
 
 
 def count(delivery: Delivery) -> None:

@@ -1,0 +1,95 @@
+"""The one Graph API client: Meta's Cloud API send, its errors typed, retries only where safe."""
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+CONNECT_RETRIES = 2  # a refused connection means the message surely did not leave
+
+
+@dataclass(frozen=True, slots=True)
+class GraphError(Exception):
+    """Meta's `{"error": {...}}`, parsed. Branch on `code`, never on the text."""
+
+    http_status: int
+    code: int | None
+    message: str
+    type: str | None = None
+    subcode: int | None = None
+    details: str | None = None
+    fbtrace_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "GraphError":
+        try:
+            error = orjson.loads(response.content).get("error") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            error = {}
+        if not isinstance(error, dict):
+            error = {}
+        data = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
+        code = error.get("code")
+        subcode = error.get("error_subcode")
+        return cls(
+            http_status=response.status_code,
+            code=code if isinstance(code, int) else None,
+            message=str(error.get("message") or f"HTTP {response.status_code} from the Graph API"),
+            type=error.get("type"),
+            subcode=subcode if isinstance(subcode, int) else None,
+            details=(data or {}).get("details"),
+            fbtrace_id=error.get("fbtrace_id"),
+            raw={"error": error} if error else {},
+        )
+
+
+class UpstreamTimeout(Exception):
+    """The request may have reached Meta and no answer came: the outcome is unknown."""
+
+
+class UpstreamUnreachable(Exception):
+    """No connection could be made: the message surely did not leave."""
+
+
+class GraphClient:
+    def __init__(self, http: httpx.AsyncClient, version: str, default_token: str | None) -> None:
+        self.http = http
+        self.version = version
+        self.default_token = default_token
+
+    async def send_message(
+        self, phone_number_id: str, body: dict[str, Any], token: str | None = None
+    ) -> dict[str, Any]:
+        """POST /{version}/{phone_number_id}/messages; Meta's JSON answer, or GraphError / UpstreamTimeout."""
+        headers = {"Authorization": f"Bearer {token or self.default_token or 'sandbox'}"}
+        url = f"/{self.version}/{phone_number_id}/messages"
+        content = orjson.dumps(body)
+        for attempt in range(CONNECT_RETRIES + 1):
+            try:
+                response = await self.http.post(
+                    url, content=content, headers={**headers, "Content-Type": "application/json"}
+                )
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                if attempt == CONNECT_RETRIES:
+                    raise UpstreamUnreachable(str(exc)) from exc
+                await asyncio.sleep(0.05 * 2**attempt)
+            except (
+                httpx.TimeoutException,
+                httpx.RemoteProtocolError,
+                httpx.ReadError,
+                httpx.WriteError,
+            ) as exc:
+                raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise GraphError.from_response(response)
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamTimeout(f"unreadable answer from the Graph API: {exc}") from exc
+        if not isinstance(answer, dict):
+            raise UpstreamTimeout("unreadable answer from the Graph API")
+        return answer

@@ -1,0 +1,36 @@
+"""What the gate does with each Meta error code (whatsapp-platform.md §5): one table row per code."""
+
+from window_gate.errors import (
+    GateError,
+    InvalidRecipient,
+    RateLimited,
+    UpstreamError,
+    ValidationFailed,
+    WindowClosed,
+)
+from window_gate.graph.client import GraphError
+
+RE_ENGAGEMENT = 131047
+REACTIONS: dict[int, type[GateError]] = {
+    RE_ENGAGEMENT: WindowClosed,  # and the window is marked closed_by_meta
+    130429: RateLimited,  # number's throughput
+    131056: RateLimited,  # pair rate: same customer too often
+    4: RateLimited,  # app call rate
+    80007: RateLimited,  # WABA call rate
+    131026: InvalidRecipient,  # undeliverable: not on WhatsApp, old app
+    131021: InvalidRecipient,  # recipient is the sender
+    131008: ValidationFailed,  # required parameter missing
+    131009: ValidationFailed,  # parameter value invalid
+    100: ValidationFailed,  # invalid parameter
+}
+RETRY_AFTER_SECONDS = {131056: 6}  # pair rate: about one message per 6 s to one customer
+
+
+def gate_error(err: GraphError) -> GateError:
+    """Meta's refusal as the gate's own, with Meta's error attached for the caller and ops."""
+    kind = REACTIONS.get(err.code or 0, UpstreamError)
+    detail = f"Meta answered ({err.code}) {err.message}" + (f": {err.details}" if err.details else "")
+    context = {"meta_error": err.raw or {"http_status": err.http_status}}
+    if kind is RateLimited:
+        return RateLimited(detail, retry_after=RETRY_AFTER_SECONDS.get(err.code or 0, 1), **context)
+    return kind(detail, **context)

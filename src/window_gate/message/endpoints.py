@@ -1,0 +1,159 @@
+"""HTTP: gated sends, their records, and the Graph-compatible pass-through."""
+
+import secrets
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse, Response
+
+from window_gate.apikey.rules import Role
+from window_gate.errors import (
+    AUTH_PROBLEMS,
+    GateError,
+    IdempotencyConflict,
+    InvalidRecipient,
+    NotFound,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    ValidationFailed,
+    WindowClosed,
+    problems,
+)
+from window_gate.kit import CallerDep, gate
+from window_gate.message import repository, service
+from window_gate.message.schemas import EventOut, MessageOut, RecipientOut, SendIn, SendOut
+
+router = APIRouter(prefix="/v1/messages", tags=["messages"])
+graph_router = APIRouter(prefix="/graph", tags=["graph pass-through"])
+IdempotencyKey = Annotated[
+    str | None, Header(max_length=255, description="Same key (per API key) → at most one upstream send")
+]
+
+
+@router.post(
+    "",
+    summary="Send a message through the gate",
+    response_model=SendOut,
+    status_code=201,
+    responses=problems(
+        *AUTH_PROBLEMS,
+        InvalidRecipient,
+        WindowClosed,
+        IdempotencyConflict,
+        RateLimited,
+        UpstreamError,
+        UpstreamTimeout,
+    ),
+)
+async def send_message(
+    request: Request, caller: CallerDep, body: SendIn, idempotency_key: IdempotencyKey = None
+) -> SendOut:
+    """The Cloud API message body plus `phone_number_id`. Free-form types pass only while the window is
+    open (outside the safety margin); otherwise 409 `window_closed` with the window and a hint. Templates
+    pass at any time. The send is recorded before it leaves; a timeout is answered 504 and never re-sent."""
+    payload = {k: v for k, v in body.model_dump().items() if v is not None}
+    return (await service.send(gate(request), caller, payload, idempotency_key)).out
+
+
+@router.get(
+    "/{message_id}",
+    summary="A sent message with its status history",
+    response_model=MessageOut,
+    status_code=200,
+    responses=problems(*AUTH_PROBLEMS, NotFound),
+)
+async def get_message(request: Request, caller: CallerDep, message_id: UUID) -> MessageOut:
+    """Status history (pending, accepted, sent, delivered, read, failed with Meta's error, unknown) and
+    Meta's pricing from status webhooks."""
+    async with gate(request).engine.connect() as conn:
+        found = await repository.get(conn, message_id)
+    if found is None:
+        raise NotFound(f"no message {message_id}")
+    row, events = found
+    caller.require(Role.READ, row.phone_number_id)
+    return MessageOut(
+        id=row.id,
+        phone_number_id=row.phone_number_id,
+        recipient=RecipientOut(input=row.recipient_input, wa_id=row.recipient_wa_id),
+        type=row.type,
+        status=row.status,
+        graph_message_id=row.graph_message_id,
+        error=row.error,
+        pricing=row.pricing,
+        created_at=row.created_at,
+        history=[EventOut(status=e.status, at=e.at, detail=e.detail) for e in events],
+    )
+
+
+# How the gate's own refusals look to a client that only knows Meta: (HTTP status, Meta code, message).
+META_SHAPES: dict[str, tuple[int, int, str]] = {
+    "window_closed": (400, 131047, "Re-engagement message"),
+    "unauthorized": (401, 190, "Invalid OAuth access token"),
+    "forbidden": (403, 10, "Application does not have permission for this action"),
+    "rate_limited": (400, 130429, "Rate limit hit"),
+    "upstream_timeout": (504, 131000, "Something went wrong"),
+    "database_unavailable": (503, 131000, "Something went wrong"),
+}
+INVALID_PARAMETER = (400, 100, "Invalid parameter")
+
+
+@graph_router.post(
+    "/{version}/{phone_number_id}/messages",
+    summary="Graph-compatible send (drop-in for Meta's endpoint)",
+    status_code=200,
+    response_class=JSONResponse,
+    responses={
+        200: {"description": "Meta's own success body", "content": {"application/json": {}}},
+        400: {"description": "Meta's error shape; a closed window is code 131047"},
+    },
+)
+async def graph_send(
+    request: Request,
+    version: Annotated[str, Path(pattern=r"^v\d+\.\d+$", examples=["v25.0"])],
+    phone_number_id: Annotated[str, Path(max_length=64)],
+    authorization: Annotated[str | None, Header(description="`Bearer <gate API key>`")] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Exactly Meta's `POST /{version}/{phone_number_id}/messages`: an existing WhatsApp client changes
+    only its base URL (`…/graph`) and token (a gate API key). Answers and errors have Meta's shapes."""
+    state = gate(request)
+    try:
+        caller = await state.auth.caller(authorization)
+        body = _json_object(await request.body())
+        sent = await service.send(
+            state, caller, {**body, "phone_number_id": phone_number_id}, idempotency_key
+        )
+    except GateError as err:
+        return _as_meta_error(err)
+    return JSONResponse(sent.meta)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationFailed(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValidationFailed("body must be a JSON object")
+    return body
+
+
+def _as_meta_error(err: GateError) -> Response:
+    problem = err.problem()
+    meta_error = problem.get("meta_error")
+    if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words, passed on unchanged
+        status = 400 if err.status < 500 else 502
+        return JSONResponse(meta_error, status_code=status, headers=err.headers)
+    status, code, message = META_SHAPES.get(err.code, INVALID_PARAMETER)
+    error = {
+        "message": f"(#{code}) {message}",
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": err.detail},
+        "fbtrace_id": "WG" + secrets.token_hex(10),
+        "window_gate": {"code": err.code, **{k: v for k, v in problem.items() if k == "window"}},
+    }
+    return JSONResponse({"error": error}, status_code=status, headers=err.headers)

@@ -1,0 +1,189 @@
+"""Every SQL statement about sent messages and their history."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+INSERT_PENDING = text(
+    """
+INSERT INTO messages (id, api_key_id, idempotency_key, request_hash, phone_number_id, recipient_input, type,
+                      body, status)
+VALUES (:id, :api_key_id, :idempotency_key, :request_hash, :phone_number_id, :recipient_input, :type,
+        CAST(:body AS jsonb), 'pending')
+ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+RETURNING id
+"""
+)
+ADD_EVENT = text(
+    "INSERT INTO message_events (message_id, status, at, detail) VALUES (:id, :status, :at, CAST(:detail AS jsonb))"
+)
+FINISH = text(
+    """
+UPDATE messages SET status = :status, graph_message_id = :graph_message_id, recipient_wa_id = :wa_id,
+       error = CAST(:error AS jsonb), response_status = :response_status, response = CAST(:response AS jsonb),
+       updated_at = now()
+WHERE id = :id AND status = 'pending'
+"""
+)
+BY_IDEMPOTENCY_KEY = text(
+    "SELECT id, request_hash, status, response_status, response FROM messages "
+    "WHERE api_key_id = :api_key_id AND idempotency_key = :idempotency_key"
+)
+BY_ID = text("SELECT * FROM messages WHERE id = :id")
+EVENTS = text("SELECT status, at, detail FROM message_events WHERE message_id = :id ORDER BY id")
+TOKEN = text("SELECT access_token FROM phone_numbers WHERE phone_number_id = :phone_number_id")
+# Meta's statuses move a record forward; `failed` is final unless Meta later says it was delivered.
+APPLY_STATUS = text(
+    """
+UPDATE messages SET
+  status = CASE
+    WHEN status IN ('pending', 'unknown', 'accepted') THEN :status
+    WHEN status = 'sent' AND :status IN ('delivered', 'read', 'failed') THEN :status
+    WHEN status = 'delivered' AND :status IN ('read') THEN :status
+    ELSE status END,
+  graph_message_id = COALESCE(graph_message_id, :graph_message_id),
+  error = COALESCE(CAST(:error AS jsonb), error),
+  pricing = COALESCE(CAST(:pricing AS jsonb), pricing),
+  updated_at = now()
+WHERE id = :id OR graph_message_id = :graph_message_id
+RETURNING id
+"""
+)
+EXPIRE_PENDING = text(
+    "UPDATE messages SET status = 'unknown', updated_at = now() "
+    "WHERE status = 'pending' AND created_at < now() - make_interval(secs => :seconds) RETURNING id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Previous:
+    id: UUID
+    request_hash: str
+    status: str
+    response_status: int | None
+    response: dict[str, Any] | None
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def insert_pending(
+    conn: AsyncConnection,
+    *,
+    id: UUID,
+    api_key_id: str,
+    idempotency_key: str | None,
+    request_hash: str,
+    phone_number_id: str,
+    recipient_input: str,
+    type: str,
+    body: dict[str, Any],
+    at: datetime,
+) -> bool:
+    """Record a send before it leaves; False when the Idempotency-Key is already taken."""
+    row = await conn.execute(
+        INSERT_PENDING,
+        {
+            "id": id,
+            "api_key_id": api_key_id,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+            "phone_number_id": phone_number_id,
+            "recipient_input": recipient_input,
+            "type": type,
+            "body": _json(body),
+        },
+    )
+    if row.first() is None:
+        return False
+    await add_event(conn, id, "pending", at, None)
+    return True
+
+
+async def add_event(conn: AsyncConnection, id: UUID, status: str, at: datetime, detail: object) -> None:
+    await conn.execute(ADD_EVENT, {"id": id, "status": status, "at": at, "detail": _json(detail)})
+
+
+async def finish(
+    conn: AsyncConnection,
+    id: UUID,
+    *,
+    status: str,
+    at: datetime,
+    graph_message_id: str | None = None,
+    wa_id: str | None = None,
+    error: object = None,
+    response_status: int,
+    response: object,
+) -> None:
+    """Meta's synchronous answer (or its absence): the final word of this request."""
+    await conn.execute(
+        FINISH,
+        {
+            "id": id,
+            "status": status,
+            "graph_message_id": graph_message_id,
+            "wa_id": wa_id,
+            "error": _json(error),
+            "response_status": response_status,
+            "response": _json(response),
+        },
+    )
+    await add_event(conn, id, status, at, error)
+
+
+async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -> Previous | None:
+    row = (await conn.execute(BY_IDEMPOTENCY_KEY, {"api_key_id": api_key_id, "idempotency_key": key})).first()
+    return Previous(row.id, row.request_hash, row.status, row.response_status, row.response) if row else None
+
+
+async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]] | None:
+    row = (await conn.execute(BY_ID, {"id": id})).first()
+    if row is None:
+        return None
+    return row, list(await conn.execute(EVENTS, {"id": id}))
+
+
+async def access_token(conn: AsyncConnection, phone_number_id: str) -> str | None:
+    token: str | None = (await conn.execute(TOKEN, {"phone_number_id": phone_number_id})).scalar()
+    return token
+
+
+async def apply_status(
+    conn: AsyncConnection,
+    *,
+    id: UUID | None,
+    graph_message_id: str,
+    status: str,
+    at: datetime,
+    error: object,
+    pricing: object,
+    detail: object,
+) -> bool:
+    """A status webhook: found by our own id (biz_opaque_callback_data) or by wamid."""
+    row = await conn.execute(
+        APPLY_STATUS,
+        {
+            "id": id,
+            "graph_message_id": graph_message_id,
+            "status": status,
+            "error": _json(error),
+            "pricing": _json(pricing),
+        },
+    )
+    found = row.first()
+    if found is None:
+        return False
+    await add_event(conn, found.id, status, at, detail)
+    return True
+
+
+async def expire_pending(conn: AsyncConnection, seconds: float) -> int:
+    """Sends whose process died between recording and Meta's answer: outcome unknown, never re-sent."""
+    return len((await conn.execute(EXPIRE_PENDING, {"seconds": seconds})).all())

@@ -1,0 +1,68 @@
+"""What the message endpoints take and answer."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from window_gate.window.schemas import EXAMPLE_PN, WindowOut
+
+
+class SendIn(BaseModel):
+    """The Cloud API message body, plus the business number to send from."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "example": {
+                "phone_number_id": EXAMPLE_PN,
+                "messaging_product": "whatsapp",
+                "to": "+55 11 98765-4321",
+                "type": "text",
+                "text": {"body": "Your order has shipped"},
+            }
+        },
+    )
+
+    phone_number_id: str = Field(min_length=1, max_length=64, description="Business number to send from")
+    messaging_product: str = Field("whatsapp", pattern="^whatsapp$", description="Always `whatsapp`")
+    recipient_type: str = Field("individual", description="`individual` (groups are later scope)")
+    to: str | None = Field(None, max_length=200, description="Customer phone number, any spelling")
+    recipient: str | None = Field(None, max_length=200, description="Customer BSUID, instead of `to`")
+    type: str = Field("text", min_length=1, max_length=32, description="text, image, template, …")
+
+
+class RecipientOut(BaseModel):
+    input: str = Field(description="The recipient as the caller wrote it", examples=["+55 11 98765-4321"])
+    wa_id: str | None = Field(
+        description="Meta's wa_id for it, once Meta answered", examples=["551187654321"]
+    )
+
+
+class SendOut(BaseModel):
+    id: UUID = Field(description="The gate's id of this send (also in biz_opaque_callback_data)")
+    graph_message_id: str | None = Field(description="Meta's wamid", examples=["wamid.HBgN…"])
+    status: str = Field(description="accepted, or a later status from Meta's webhooks", examples=["accepted"])
+    recipient: RecipientOut
+    window: WindowOut = Field(description="The window as the gate saw it when the send was decided")
+    pricing_estimate: dict[str, Any] | None = Field(None, description="Cost estimate (templates issue)")
+
+
+class EventOut(BaseModel):
+    status: str = Field(description="pending, accepted, sent, delivered, read, failed, unknown")
+    at: datetime = Field(description="When it happened (Meta's timestamp for webhook statuses)")
+    detail: dict[str, Any] | list[Any] | None = Field(description="Meta's error or status payload")
+
+
+class MessageOut(BaseModel):
+    id: UUID = Field(description="The gate's id of this send")
+    phone_number_id: str = Field(examples=[EXAMPLE_PN])
+    recipient: RecipientOut
+    type: str = Field(examples=["text"])
+    status: str = Field(description="Latest status", examples=["delivered"])
+    graph_message_id: str | None = Field(description="Meta's wamid")
+    error: dict[str, Any] | None = Field(description="Meta's error when the send failed")
+    pricing: dict[str, Any] | None = Field(description="Meta's `pricing` from status webhooks")
+    created_at: datetime
+    history: list[EventOut] = Field(description="Every status, oldest first")

@@ -1,0 +1,213 @@
+"""Gated sending: decide on the window, record, proxy to Meta, record Meta's answer.
+
+A send is written (status `pending`) before it leaves, so a crash can never lose or double it: a record
+left `pending` by a dead process becomes `unknown` and is never re-sent blindly.
+"""
+
+import asyncio
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from window_gate.apikey.rules import Caller, Role
+from window_gate.customer import repository as customers
+from window_gate.customer.identity import parse_customer
+from window_gate.errors import (
+    GateError,
+    IdempotencyConflict,
+    UpstreamError,
+    UpstreamTimeout,
+    ValidationFailed,
+    WindowClosed,
+    replay,
+)
+from window_gate.graph import client as graph
+from window_gate.graph.reactions import RE_ENGAGEMENT, gate_error
+from window_gate.kit import Gate
+from window_gate.message import repository
+from window_gate.message.schemas import RecipientOut, SendOut
+from window_gate.window import repository as windows
+from window_gate.window import service as window_service
+from window_gate.window.schemas import WindowOut
+
+TEMPLATE = "template"
+OPAQUE_PREFIX = "wg:"  # biz_opaque_callback_data = "wg:<message id>": status webhooks find the record
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    out: SendOut
+    meta: dict[str, Any]  # Meta's own answer, for the Graph-compatible pass-through
+
+
+async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key: str | None) -> Sent:
+    phone_number_id = str(body.pop("phone_number_id"))
+    caller.require(Role.SEND, phone_number_id)
+    kind = str(body.get("type") or "text")
+    to = body.get("to") or body.get("recipient")
+    if not isinstance(to, str) or not to:
+        raise ValidationFailed("`to` (phone number) or `recipient` (BSUID) is required")
+    if (kind not in body and kind != TEMPLATE) or (
+        kind == TEMPLATE and not isinstance(body.get(TEMPLATE), dict)
+    ):
+        raise ValidationFailed(f"a message of type {kind!r} needs a {kind!r} object")
+    ref = parse_customer(to)
+    request_hash = hashlib.sha256(
+        orjson.dumps([phone_number_id, body], option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    if idempotency_key:
+        previous = await _previous(gate, caller, idempotency_key, request_hash)
+        if previous is not None:
+            return previous
+
+    now = window_service.now()
+    async with gate.engine.connect() as conn:
+        [window] = await window_service.check(conn, phone_number_id, [ref], gate.policy, now)
+        token = await repository.access_token(conn, phone_number_id)
+    if kind != TEMPLATE and not window.can_send_free_form:
+        raise WindowClosed(
+            f"free-form messages need an open window; it is {window.state.value}: send an approved template",
+            window=window.model_dump(mode="json"),
+            hint="send a template message (type `template`); only the customer's reply reopens the window",
+        )
+
+    message_id = uuid.uuid4()
+    caller_opaque = body.get("biz_opaque_callback_data")
+    outbound = {**body, "biz_opaque_callback_data": f"{OPAQUE_PREFIX}{message_id}"}
+    async with gate.engine.begin() as conn:
+        recorded = await repository.insert_pending(
+            conn,
+            id=message_id,
+            api_key_id=caller.id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            phone_number_id=phone_number_id,
+            recipient_input=to,
+            type=kind,
+            body={**body, "biz_opaque_callback_data": caller_opaque} if caller_opaque else body,
+            at=now,
+        )
+    if not recorded:  # a concurrent request with the same key won the race: answer as it does
+        assert idempotency_key is not None
+        previous = await _previous(gate, caller, idempotency_key, request_hash)
+        assert previous is not None
+        return previous
+
+    try:
+        answer = await gate.graph.send_message(phone_number_id, outbound, token)
+    except graph.GraphError as exc:
+        err = gate_error(exc)
+        await _finish_refused(gate, message_id, err, exc, phone_number_id, window)
+        raise err from None
+    except graph.UpstreamTimeout as exc:
+        err = UpstreamTimeout(
+            f"no answer from Meta ({exc}); the message may have left: it is not re-sent", id=str(message_id)
+        )
+        await _finish(gate, message_id, "unknown", err.status, err.problem(), error={"reason": str(exc)})
+        raise err from None
+    except graph.UpstreamUnreachable as exc:
+        err = UpstreamError(f"Meta could not be reached ({exc}); nothing was sent", id=str(message_id))
+        await _finish(gate, message_id, "not_sent", err.status, err.problem(), error={"reason": str(exc)})
+        raise err from None
+
+    contact = (answer.get("contacts") or [{}])[0]
+    wamid = str((answer.get("messages") or [{}])[0].get("id") or "") or None
+    wa_id = contact.get("wa_id")
+    out = SendOut(
+        id=message_id,
+        graph_message_id=wamid,
+        status="accepted",
+        recipient=RecipientOut(input=to, wa_id=wa_id),
+        window=window,
+    )
+    response = {**out.model_dump(mode="json"), "meta": answer}
+    async with gate.engine.begin() as conn:
+        await repository.finish(
+            conn,
+            message_id,
+            status="accepted",
+            at=window_service.now(),
+            graph_message_id=wamid,
+            wa_id=wa_id,
+            response_status=201,
+            response=response,
+        )
+        if wa_id and ref.wa_id and wa_id != ref.wa_id:
+            # Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it.
+            await customers.link(conn, wa_id, None, "send", aliases=[ref.wa_id])
+    return Sent(out, answer)
+
+
+async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> Sent | None:
+    """The first answer given for this Idempotency-Key, waiting while that request is still in flight."""
+    deadline = time.monotonic() + gate.settings.graph_timeout_seconds + 5
+    while True:
+        async with gate.engine.connect() as conn:
+            previous = await repository.by_idempotency_key(conn, caller.id, key)
+        if previous is None:
+            return None
+        if previous.request_hash != request_hash:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used with a different body", id=str(previous.id)
+            )
+        if previous.response is not None and previous.response_status is not None:
+            if previous.response_status >= 400:
+                raise replay(previous.response)
+            stored = dict(previous.response)
+            meta = stored.pop("meta", {})
+            return Sent(SendOut.model_validate(stored), meta)
+        if previous.status != "pending" or time.monotonic() > deadline:
+            raise UpstreamTimeout(
+                "the first request with this Idempotency-Key has no known outcome; it is not re-sent",
+                id=str(previous.id),
+            )
+        await asyncio.sleep(0.05)
+
+
+async def _finish(
+    gate: Gate,
+    message_id: uuid.UUID,
+    status: str,
+    response_status: int,
+    response: dict[str, Any],
+    error: object,
+) -> None:
+    async with gate.engine.begin() as conn:
+        await repository.finish(
+            conn,
+            message_id,
+            status=status,
+            at=window_service.now(),
+            error=error,
+            response_status=response_status,
+            response=response,
+        )
+
+
+async def _finish_refused(
+    gate: Gate,
+    message_id: uuid.UUID,
+    err: GateError,
+    exc: graph.GraphError,
+    phone_number_id: str,
+    window: WindowOut,
+) -> None:
+    async with gate.engine.begin() as conn:
+        await repository.finish(
+            conn,
+            message_id,
+            status="failed",
+            at=window_service.now(),
+            error=exc.raw or None,
+            response_status=err.status,
+            response=err.problem(),
+        )
+        if exc.code == RE_ENGAGEMENT:  # Meta's word beats ours until the customer writes again
+            customer_id = await customers.link(conn, window.customer.wa_id, window.customer.user_id, "send")
+            await windows.record_verdicts(
+                conn, [windows.Verdict(phone_number_id, customer_id, window_service.now(), None)]
+            )
