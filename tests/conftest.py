@@ -23,6 +23,8 @@ from window_gate.app import create_app
 from window_gate.config import Settings, load_settings
 from window_gate.kit import Gate
 
+pytest_plugins = ["tests.upstream"]  # the scripted Meta every app fixture talks to
+
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = (
     "message_events",
@@ -75,12 +77,16 @@ async def _admin(url: str, sql: str) -> None:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return load_settings(database_url=database_url, sandbox=True, api_key_cache_seconds=0)
+    return load_settings(
+        database_url=database_url, sandbox=True, api_key_cache_seconds=0, graph_timeout_seconds=1
+    )
 
 
 @pytest.fixture
-async def app_state(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Gate]]:
-    app = create_app(settings)
+async def app_state(
+    settings: Settings, upstream: httpx.AsyncBaseTransport
+) -> AsyncIterator[tuple[httpx.AsyncClient, Gate]]:
+    app = create_app(settings, upstream)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
@@ -125,3 +131,10 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert (body["status"], body["code"]) == (status, code), body
     assert str(body["type"]).endswith("/" + code) and body["title"] and body["detail"], body
     return body
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """This environment without any inherited WINDOW_GATE_* setting, plus the given ones (names unprefixed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WINDOW_GATE_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env | {f"WINDOW_GATE_{k}": v for k, v in settings.items()}

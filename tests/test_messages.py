@@ -1,107 +1,15 @@
 """Gated sending against a scripted Graph API (httpx.MockTransport), on real PostgreSQL."""
 
 import asyncio
-import itertools
-import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import time
 
 import httpx
-import pytest
-from asgi_lifespan import LifespanManager
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import TABLES, make_key
-from tests.factories import PN, delivery, inbound, signed, status
-from window_gate.app import create_app
-from window_gate.config import Settings
-
-WA = "551187654321"  # Meta's wa_id for "+55 11 98765-4321" (no ninth digit)
-Handler = Callable[[httpx.Request], httpx.Response]
+from tests.factories import PN, delivery, signed, status
+from tests.upstream import WA, Gated, Meta, count, meta_error, open_window, template_message, text_message
 
 
-class Meta:
-    """A scripted upstream that counts what reached it."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.reply: Handler = self.accept
-        self.delay = 0.0
-        self.ids = itertools.count(1)
-
-    def accept(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        return httpx.Response(
-            200,
-            json={
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": body["to"], "wa_id": WA}],
-                "messages": [{"id": f"wamid.T{next(self.ids)}", "message_status": "accepted"}],
-            },
-        )
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(json.loads(request.content))
-        await asyncio.sleep(self.delay)
-        return self.reply(request)
-
-
-def meta_error(code: int, message: str = "error", http_status: int = 400) -> Handler:
-    def reply(_: httpx.Request) -> httpx.Response:
-        error = {"message": f"(#{code}) {message}", "type": "OAuthException", "code": code, "fbtrace_id": "X"}
-        return httpx.Response(http_status, json={"error": error})
-
-    return reply
-
-
-@pytest.fixture
-async def meta() -> Meta:
-    return Meta()
-
-
-@pytest.fixture
-async def gate(settings: Settings, meta: Meta) -> AsyncIterator[tuple[httpx.AsyncClient, AsyncEngine]]:
-    app = create_app(settings.model_copy(update={"graph_timeout_seconds": 1.0}), httpx.MockTransport(meta))
-    async with LifespanManager(app) as manager:
-        engine: AsyncEngine = app.state.gate.engine
-        key = await make_key(engine)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app),
-            base_url="http://gate",
-            headers={"Authorization": f"Bearer {key}"},
-        ) as client:
-            yield client, engine
-        async with engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-
-
-async def open_window(client: httpx.AsyncClient, wa_id: str = WA, ts: float | None = None) -> None:
-    body, headers = signed(delivery([inbound(wa_id, ts=ts)]))
-    assert (await client.post("/webhooks/whatsapp", content=body, headers=headers)).status_code == 200
-
-
-def text_message(to: str = "+55 11 98765-4321", **extra: Any) -> dict[str, Any]:
-    return {"phone_number_id": PN, "to": to, "type": "text", "text": {"body": "hello"}, **extra}
-
-
-def template_message(to: str = "+55 11 98765-4321") -> dict[str, Any]:
-    return {
-        "phone_number_id": PN,
-        "to": to,
-        "type": "template",
-        "template": {"name": "hello_world", "language": {"code": "en_US"}},
-    }
-
-
-async def count(engine: AsyncEngine, table: str) -> int:
-    async with engine.connect() as conn:
-        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
-
-
-async def test_free_form_passes_inside_window_and_is_recorded(
-    gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta
-) -> None:
+async def test_free_form_passes_inside_window_and_is_recorded(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     await open_window(client)
     r = await client.post("/v1/messages", json=text_message())
@@ -116,10 +24,8 @@ async def test_free_form_passes_inside_window_and_is_recorded(
     assert [e["status"] for e in record["history"]] == ["pending", "accepted"]
 
 
-async def test_free_form_refused_after_24h(gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta) -> None:
+async def test_free_form_refused_after_24h(gate: Gated, meta: Meta) -> None:
     client, engine = gate
-    import time
-
     await open_window(client, ts=time.time() - 25 * 3600)
     r = await client.post("/v1/messages", json=text_message())
     assert r.status_code == 409
@@ -130,16 +36,14 @@ async def test_free_form_refused_after_24h(gate: tuple[httpx.AsyncClient, AsyncE
     assert meta.requests == [] and await count(engine, "messages") == 0
 
 
-async def test_template_passes_when_window_never_opened(
-    gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta
-) -> None:
+async def test_template_passes_when_window_never_opened(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     r = await client.post("/v1/messages", json=template_message())
     assert r.status_code == 201, r.text
     assert r.json()["window"]["state"] == "never_opened" and len(meta.requests) == 1
 
 
-async def test_alias_learnt_from_meta_answer(gate: tuple[httpx.AsyncClient, AsyncEngine]) -> None:
+async def test_alias_learnt_from_meta_answer(gate: Gated) -> None:
     client, _ = gate
     await client.post("/v1/messages", json=template_message("+52 1 55 1234 5678"))  # Meta answers wa_id WA
     await open_window(client, WA)
@@ -147,9 +51,7 @@ async def test_alias_learnt_from_meta_answer(gate: tuple[httpx.AsyncClient, Asyn
     assert r.json()["state"] == "open" and r.json()["customer"]["wa_id"] == WA
 
 
-async def test_idempotency_replays_first_answer_and_conflicts_on_other_body(
-    gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta
-) -> None:
+async def test_idempotency_replays_first_answer_and_conflicts_on_other_body(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     await open_window(client)
     first = await client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": "k1"})
@@ -162,9 +64,7 @@ async def test_idempotency_replays_first_answer_and_conflicts_on_other_body(
     assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
 
 
-async def test_fifty_concurrent_retries_make_one_upstream_call(
-    gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta
-) -> None:
+async def test_fifty_concurrent_retries_make_one_upstream_call(gate: Gated, meta: Meta) -> None:
     client, engine = gate
     await open_window(client)
     meta.delay = 0.2
@@ -179,7 +79,7 @@ async def test_fifty_concurrent_retries_make_one_upstream_call(
     assert len(meta.requests) == 1 and await count(engine, "messages") == 1
 
 
-async def test_meta_131047_closes_window(gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta) -> None:
+async def test_meta_131047_closes_window(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     await open_window(client)
     meta.reply = meta_error(131047, "Re-engagement message")
@@ -189,18 +89,14 @@ async def test_meta_131047_closes_window(gate: tuple[httpx.AsyncClient, AsyncEng
     assert window["state"] == "closed_by_meta" and window["can_send_free_form"] is False
 
 
-async def test_throttled_by_meta_is_429_with_retry_after(
-    gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta
-) -> None:
+async def test_throttled_by_meta_is_429_with_retry_after(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     meta.reply = meta_error(131056, "pair rate limit")
     r = await client.post("/v1/messages", json=template_message())
     assert r.status_code == 429 and r.json()["code"] == "rate_limited" and r.headers["retry-after"] == "6"
 
 
-async def test_timeout_is_unknown_and_never_resent(
-    gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta
-) -> None:
+async def test_timeout_is_unknown_and_never_resent(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     meta.delay = 0.01
 
@@ -216,7 +112,7 @@ async def test_timeout_is_unknown_and_never_resent(
     assert record["status"] == "unknown"
 
 
-async def test_status_webhooks_update_the_record(gate: tuple[httpx.AsyncClient, AsyncEngine]) -> None:
+async def test_status_webhooks_update_the_record(gate: Gated) -> None:
     client, _ = gate
     sent = (await client.post("/v1/messages", json=template_message())).json()
     for state in ("sent", "delivered", "read"):
@@ -232,9 +128,7 @@ async def test_status_webhooks_update_the_record(gate: tuple[httpx.AsyncClient, 
     assert [e["status"] for e in record["history"]] == ["pending", "accepted", "sent", "delivered", "read"]
 
 
-async def test_graph_pass_through_renders_closed_window_as_meta(
-    gate: tuple[httpx.AsyncClient, AsyncEngine], meta: Meta
-) -> None:
+async def test_graph_pass_through_renders_closed_window_as_meta(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     body = {"messaging_product": "whatsapp", "to": WA, "type": "text", "text": {"body": "hi"}}
     r = await client.post(f"/graph/v25.0/{PN}/messages", json=body)

@@ -2,8 +2,8 @@
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -33,7 +33,7 @@ from window_gate.window.endpoints import router as window_router
 from window_gate.window.rule import Policy
 
 log = logging.getLogger(__name__)
-CHORES_EVERY_SECONDS = 60
+PURGE_EVERY_SECONDS = 3600
 
 
 def policy(settings: Settings) -> Policy:
@@ -112,17 +112,20 @@ async def _database_unavailable(_: Request, exc: Exception) -> Response:
 
 
 async def _chores_forever(state: Gate) -> None:
-    """Every minute: sends left `pending` by a dead process become `unknown`; hourly: retention purge.
-    Both are idempotent statements, so every replica may run them."""
-    for minute in itertools.count():
-        await asyncio.sleep(CHORES_EVERY_SECONDS)
+    """Sends left `pending` by a dead process become `unknown` (once surely past the upstream timeout);
+    hourly, the retention purge. Idempotent statements: every replica may run them."""
+    every = state.settings.graph_timeout_seconds
+    last_purge = 0.0
+    while True:
         try:
             async with state.engine.begin() as conn:
-                await messages.expire_pending(conn, state.settings.graph_timeout_seconds * 3)
-                if minute % 60 == 0:
+                await messages.expire_pending(conn, state.settings.graph_timeout_seconds * 3 + 5)
+                if time.monotonic() - last_purge > PURGE_EVERY_SECONDS:
                     await webhooks.purge(conn, state.settings.webhook_retention_days)
+                    last_purge = time.monotonic()
         except Exception:  # a failed chore must not end the task; the next round tries again
             log.exception("periodic chores failed")
+        await asyncio.sleep(every)
 
 
 class BodyLimit:

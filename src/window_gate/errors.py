@@ -145,6 +145,36 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GateError, gate_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    _document_problems(app)
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the handlers above send. FastAPI files a `responses` model
+    under application/json and adds its own 422 schema; both bodies really are problem+json."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = generate()
+        problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
+        for operation in (op for item in spec.get("paths", {}).values() for op in item.values()):
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                schema = content.get("application/json", {}).get("schema", {})
+                if schema.get("$ref", "").endswith("/HTTPValidationError"):
+                    response["description"] = f"`{ValidationFailed.code}`: {ValidationFailed.title}"
+                    content.pop("application/json")
+                    content[PROBLEM_JSON] = problem
+                elif PROBLEM_JSON in content and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class Problem(BaseModel):

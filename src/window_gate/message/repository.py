@@ -22,12 +22,15 @@ RETURNING id
 ADD_EVENT = text(
     "INSERT INTO message_events (message_id, status, at, detail) VALUES (:id, :status, :at, CAST(:detail AS jsonb))"
 )
+# A status webhook may overtake Meta's synchronous answer: the answer is stored either way, and the status
+# only moves when nothing later is known yet.
 FINISH = text(
     """
-UPDATE messages SET status = :status, graph_message_id = :graph_message_id, recipient_wa_id = :wa_id,
-       error = CAST(:error AS jsonb), response_status = :response_status, response = CAST(:response AS jsonb),
-       updated_at = now()
-WHERE id = :id AND status = 'pending'
+UPDATE messages SET status = CASE WHEN status IN ('pending', 'unknown') THEN :status ELSE status END,
+       graph_message_id = COALESCE(graph_message_id, :graph_message_id), recipient_wa_id = :wa_id,
+       error = COALESCE(error, CAST(:error AS jsonb)), response_status = :response_status,
+       response = CAST(:response AS jsonb), updated_at = now()
+WHERE id = :id
 """
 )
 BY_IDEMPOTENCY_KEY = text(

@@ -44,7 +44,7 @@ class SendOut(BaseModel):
     id: UUID = Field(description="The gate's id of this send (also in biz_opaque_callback_data)")
     graph_message_id: str | None = Field(description="Meta's wamid", examples=["wamid.HBgN…"])
     status: str = Field(description="accepted, or a later status from Meta's webhooks", examples=["accepted"])
-    recipient: RecipientOut
+    recipient: RecipientOut = Field(description="Who the message went to: as written, and Meta's wa_id")
     window: WindowOut = Field(description="The window as the gate saw it when the send was decided")
     pricing_estimate: dict[str, Any] | None = Field(None, description="Cost estimate (templates issue)")
 
@@ -58,11 +58,11 @@ class EventOut(BaseModel):
 class MessageOut(BaseModel):
     id: UUID = Field(description="The gate's id of this send")
     phone_number_id: str = Field(examples=[EXAMPLE_PN])
-    recipient: RecipientOut
+    recipient: RecipientOut = Field(description="Who the message went to: as written, and Meta's wa_id")
     type: str = Field(examples=["text"])
     status: str = Field(description="Latest status", examples=["delivered"])
     graph_message_id: str | None = Field(description="Meta's wamid")
     error: dict[str, Any] | None = Field(description="Meta's error when the send failed")
     pricing: dict[str, Any] | None = Field(description="Meta's `pricing` from status webhooks")
-    created_at: datetime
+    created_at: datetime = Field(description="When the gate recorded the send, before it left")
     history: list[EventOut] = Field(description="Every status, oldest first")

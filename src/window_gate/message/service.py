@@ -101,6 +101,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         answer = await gate.graph.send_message(phone_number_id, outbound, token)
     except graph.GraphError as exc:
         err = gate_error(exc)
+        err.context["id"] = str(message_id)
         await _finish_refused(gate, message_id, err, exc, phone_number_id, window)
         raise err from None
     except graph.UpstreamTimeout as exc:
