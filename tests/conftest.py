@@ -27,6 +27,7 @@ pytest_plugins = ["tests.upstream"]  # the scripted Meta every app fixture talks
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = (
+    "consents",
     "message_events",
     "messages",
     "phone_numbers",

@@ -161,3 +161,18 @@ class MessageEvent(Base):
     status: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(TZ)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class Consent(Base):
+    """A customer's latest word on a message category (marketing): the newest statement wins."""
+
+    __tablename__ = "consents"
+
+    phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    category: Mapped[str] = mapped_column(Text, primary_key=True)
+    opted_out: Mapped[bool]
+    source: Mapped[str] = mapped_column(Text)
+    changed_at: Mapped[datetime] = mapped_column(TZ)

@@ -28,6 +28,10 @@ OPENS_WINDOW: dict[str, bool] = {
     "request_welcome": False,  # Meta's first-contact signal, not a message (unsure)
 }
 RE_ENGAGEMENT = 131047  # Meta: more than 24 h since the customer last wrote
+MARKETING_STOPPED = 131050  # Meta: the customer stopped marketing messages
+MARKETING = "marketing"
+# user_preferences categories → the gate's consent categories.
+PREFERENCE_CATEGORIES = {"marketing_messages": MARKETING}
 REFERRAL_CONVERSION = "referral_conversion"  # conversation origin inside a free-entry-point window
 
 
@@ -66,11 +70,25 @@ class StatusEvent:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    """A customer stopped or resumed a category of messages (user_preferences, or Meta's 131050)."""
+
+    phone_number_id: str
+    wa_id: str | None
+    user_id: str | None
+    category: str
+    opted_out: bool
+    at: datetime
+    source: str
+
+
 @dataclass(slots=True)
 class Delivery:
     inbound: list[InboundEvent] = field(default_factory=list)
     statuses: list[StatusEvent] = field(default_factory=list)
     verdicts: list[VerdictEvent] = field(default_factory=list)
+    consents: list[ConsentEvent] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome) for metrics
 
 
@@ -90,6 +108,8 @@ def parse_delivery(body: bytes) -> Delivery:
                 _messages(value, out)
             elif change.get("field") == "calls":
                 _calls(value, out)
+            elif change.get("field") == "user_preferences":
+                _preferences(value, out)
             else:
                 out.counts[str(change.get("field")), "ignored"] += 1
     return out
@@ -101,8 +121,10 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
         out.counts["messages", "ignored"] += 1
         return
     # contacts[] carries the wa_id ↔ BSUID pairing when Meta knows both.
-    wa_by_user = {c["user_id"]: c.get("wa_id") for c in _dicts(value.get("contacts")) if c.get("user_id")}
-    user_by_wa = {c["wa_id"]: c.get("user_id") for c in _dicts(value.get("contacts")) if c.get("wa_id")}
+    # str(): a well-signed delivery with odd types must still be acknowledged, never crash on hashing.
+    contacts = _dicts(value.get("contacts"))
+    wa_by_user = {str(c["user_id"]): str(c.get("wa_id") or "") for c in contacts if c.get("user_id")}
+    user_by_wa = {str(c["wa_id"]): str(c.get("user_id") or "") for c in contacts if c.get("wa_id")}
     for m in _dicts(value.get("messages")):
         kind = str(m.get("type"))
         wa_id, user_id = _identity(m.get("from"), m.get("from_user_id"), wa_by_user, user_by_wa)
@@ -128,8 +150,11 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
                     s,
                 )
             )
-        codes = {e.get("code") for e in _dicts(s.get("errors"))}
-        closed = at if s.get("status") == "failed" and RE_ENGAGEMENT in codes else None
+        codes = [e.get("code") for e in _dicts(s.get("errors"))]  # a list: codes may be unhashable
+        failed = s.get("status") == "failed"
+        closed = at if failed and RE_ENGAGEMENT in codes else None
+        if failed and MARKETING_STOPPED in codes and at and (wa_id or user_id):
+            out.consents.append(ConsentEvent(pn, wa_id, user_id, MARKETING, True, at, "meta_131050"))
         conversation = _dict(s.get("conversation"))
         fep_until = None
         if _dict(conversation.get("origin")).get("type") == REFERRAL_CONVERSION:
@@ -151,6 +176,27 @@ def _calls(value: dict[str, Any], out: Delivery) -> None:
             out.inbound.append(InboundEvent(pn, str(c["from"]), None, str(c["id"]), "call", sent_at, None))
         else:
             out.counts["call", "ignored"] += 1
+
+
+def _preferences(value: dict[str, Any], out: Delivery) -> None:
+    """Marketing opt-outs from the customer's own settings (whatsapp-platform.md §7)."""
+    pn = str(_dict(value.get("metadata")).get("phone_number_id") or "")
+    for p in _dicts(value.get("user_preferences")):
+        category = PREFERENCE_CATEGORIES.get(str(p.get("category")))
+        at = _timestamp(p.get("timestamp"))
+        wa_id, user_id = p.get("wa_id"), p.get("user_id")
+        if pn and category and at and p.get("value") in ("stop", "resume") and (wa_id or user_id):
+            opted_out = p["value"] == "stop"
+            out.consents.append(
+                ConsentEvent(pn, _str(wa_id), _str(user_id), category, opted_out, at, "user_preferences")
+            )
+            out.counts["user_preferences", str(p["value"])] += 1
+        else:
+            out.counts["user_preferences", "ignored"] += 1
+
+
+def _str(value: object) -> str | None:
+    return str(value) if value else None
 
 
 def _identity(

@@ -8,6 +8,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
+from window_gate.consent import repository as consent
 from window_gate.customer import repository as customers
 from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
@@ -46,6 +47,15 @@ async def ingest(conn: AsyncConnection, body: bytes, received_at: datetime, poli
     )
     for m in delivery.inbound:
         delivery.counts[m.type, "opened" if m.message_id in fresh else "duplicate"] += 1
+    await consent.record(
+        conn,
+        [
+            consent.Statement(
+                c.phone_number_id, ids[c.wa_id, c.user_id], c.category, c.opted_out, c.at, c.source
+            )
+            for c in delivery.consents
+        ],
+    )
     for st in delivery.statuses:
         found = await messages.apply_status(
             conn,
@@ -78,9 +88,8 @@ async def _customer_ids(
     conn: AsyncConnection, delivery: Delivery
 ) -> dict[tuple[str | None, str | None], int]:
     """One lookup for every identity in the delivery; only unknown or newly linked ones take the slow path."""
-    pairs = {(e.wa_id, e.user_id) for e in delivery.inbound} | {
-        (e.wa_id, e.user_id) for e in delivery.verdicts
-    }
+    events = [*delivery.inbound, *delivery.verdicts, *delivery.consents]
+    pairs = {(e.wa_id, e.user_id) for e in events}
     aliases = sorted({a for pair in pairs for a in pair if a})
     known = await customers.resolve(conn, aliases)
     unresolved = [
