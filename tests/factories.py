@@ -78,3 +78,74 @@ def delivery(
 def signed(payload: dict[str, Any], secret: str = SANDBOX_APP_SECRET) -> tuple[bytes, dict[str, str]]:
     body = orjson.dumps(payload)
     return body, {"X-Hub-Signature-256": sign(secret.encode(), body), "Content-Type": "application/json"}
+
+
+# Helpers appended for the webhook tests: batching, calls, free-entry-point statuses, raw signing.
+
+
+def sign_raw(body: bytes, secret: str = SANDBOX_APP_SECRET) -> dict[str, str]:
+    """Headers for an arbitrary (even malformed) body, signed as Meta would."""
+    return {"X-Hub-Signature-256": sign(secret.encode(), body), "Content-Type": "application/json"}
+
+
+def one_entry(*payloads: dict[str, Any]) -> dict[str, Any]:
+    """All the changes of several deliveries batched into a single entry."""
+    changes = [c for p in payloads for e in p["entry"] for c in e["changes"]]
+    return {"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": changes}]}
+
+
+def many_entries(*payloads: dict[str, Any]) -> dict[str, Any]:
+    """Several deliveries batched as separate entries of one POST."""
+    return {"object": "whatsapp_business_account", "entry": [e for p in payloads for e in p["entry"]]}
+
+
+def change(field: str, value: dict[str, Any], *, phone_number_id: str = PN) -> dict[str, Any]:
+    """A delivery of one change of any field (calls, smb_message_echoes, ...)."""
+    value = {"metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id}, **value}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA, "changes": [{"field": field, "value": value}]}],
+    }
+
+
+def call(
+    wa_id: str = "5511987654321",
+    *,
+    ts: float | None = None,
+    direction: str = "USER_INITIATED",
+    event: str = "connect",
+) -> dict[str, Any]:
+    return {
+        "id": f"wacid.{uuid.uuid4().hex}",
+        "from": wa_id,
+        "to": "15550001111",
+        "event": event,
+        "direction": direction,
+        "timestamp": str(int(ts if ts is not None else time.time())),
+    }
+
+
+def referral(headline: str = "Spring sale") -> dict[str, Any]:
+    return {
+        "source_url": "https://fb.me/ad",
+        "source_id": "120200000000000",
+        "source_type": "ad",
+        "headline": headline,
+        "body": "Write to us",
+        "media_type": "image",
+        "ctwa_clid": f"ARA{uuid.uuid4().hex}",
+    }
+
+
+def fep_status(
+    wa_id: str = "5511987654321", *, ts: float | None = None, expires: float, state: str = "delivered"
+) -> dict[str, Any]:
+    """A status for a message sent inside a free-entry-point window: Meta tells when it ends."""
+    out = status(wa_id, ts=ts, state=state, code=None)
+    out["conversation"] = {
+        "id": uuid.uuid4().hex,
+        "expiration_timestamp": str(int(expires)),
+        "origin": {"type": "referral_conversion"},
+    }
+    out["pricing"] = {"billable": False, "pricing_model": "PMP", "category": "referral_conversion"}
+    return out

@@ -1,7 +1,8 @@
-"""`window-gate`: serve, migrate, api-keys create."""
+"""`window-gate`: serve, migrate, api-keys create, simulator, sandbox-inbound."""
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -32,11 +33,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     create.add_argument("--phone-number", action="append", default=[], dest="phone_numbers", metavar="ID")
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.SEND.value)
 
+    sim = verbs.add_parser("simulator", help="run the Graph API simulator (sandbox Meta) as its own server")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8001)
+    sim.add_argument("--webhook-url", default="http://127.0.0.1:8000/webhooks/whatsapp", help="'' posts none")
+    sim.add_argument("--throughput", type=int, default=80, help="messages per second per phone number")
+
+    inbound = verbs.add_parser("sandbox-inbound", help="simulate a customer writing, through the simulator")
+    inbound.add_argument("--simulator-url", default="http://127.0.0.1:8001")
+    inbound.add_argument("--phone-number-id", required=True, metavar="ID")
+    inbound.add_argument("--from", required=True, dest="sender", metavar="NUMBER")
+    inbound.add_argument("--text", default="Hello")
+    inbound.add_argument("--hours-ago", type=float, default=0, help="date the message in the past")
+
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except SettingsError as exc:
         sys.exit(f"window-gate: bad setting: {exc}")
+    if args.verb in ("simulator", "sandbox-inbound"):
+        _sandbox(args, settings)  # before the database URL: the simulator needs no database
+        return
     url = db.database_url(settings)
     if args.verb == "serve":
         _serve(settings, url, args.host, args.port, args.workers, migrate=not args.no_migrate)
@@ -47,6 +64,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         key = asyncio.run(_create_key(url, args.name, Role(args.role), args.phone_numbers))
         print(f"API key {args.name!r} ({args.role}); it is shown only this once:")
         print(key)
+
+
+def _sandbox(args: argparse.Namespace, settings: Settings) -> None:
+    import httpx
+
+    from window_gate.sandbox import cli as sandbox
+
+    if args.verb == "simulator":  # signs webhooks with the secret the gate checks them with
+        sandbox.run_simulator(
+            args.host, args.port, args.webhook_url, args.throughput, settings.app_secrets[0].decode()
+        )
+        return
+    try:
+        answer = sandbox.post_inbound(
+            args.simulator_url, args.phone_number_id, args.sender, args.text, args.hours_ago
+        )
+    except httpx.HTTPError as exc:
+        sys.exit(
+            f"window-gate: the simulator at {args.simulator_url} did not take it ({exc}); is it running?"
+        )
+    print(json.dumps(answer["payload"], indent=2))
+    hook = answer["webhook"]
+    if not hook["url"]:
+        print(f"inbound {answer['message_id']}: the simulator has no webhook URL, nothing was posted")
+        return
+    print(f"inbound {answer['message_id']}: webhook to {hook['url']} answered {hook['status_code']}")
+    if not hook["delivered"]:
+        sys.exit(1)
 
 
 def _serve(settings: Settings, url: str, host: str, port: int, workers: int, *, migrate: bool) -> None:

@@ -13,7 +13,7 @@ from window_gate.customer import repository as customers
 from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
 from window_gate.webhook import repository
-from window_gate.webhook.parse import Delivery, parse_delivery
+from window_gate.webhook.parse import ConsentEvent, Delivery, InboundEvent, VerdictEvent, parse_delivery
 from window_gate.window import repository as windows
 from window_gate.window.rule import Policy, inbound_time
 
@@ -88,7 +88,11 @@ async def _customer_ids(
     conn: AsyncConnection, delivery: Delivery
 ) -> dict[tuple[str | None, str | None], int]:
     """One lookup for every identity in the delivery; only unknown or newly linked ones take the slow path."""
-    events = [*delivery.inbound, *delivery.verdicts, *delivery.consents]
+    events: list[InboundEvent | VerdictEvent | ConsentEvent] = [
+        *delivery.inbound,
+        *delivery.verdicts,
+        *delivery.consents,
+    ]
     pairs = {(e.wa_id, e.user_id) for e in events}
     aliases = sorted({a for pair in pairs for a in pair if a})
     known = await customers.resolve(conn, aliases)

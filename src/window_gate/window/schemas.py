@@ -43,7 +43,7 @@ class WindowOut(BaseModel):
     )
 
     phone_number_id: str = Field(description="The business phone number id", examples=[EXAMPLE_PN])
-    customer: CustomerOut
+    customer: CustomerOut = Field(description="The customer as asked, and the ids it resolved to")
     state: WindowState = Field(
         description="open | closing (inside the safety margin) | expired | never_opened | closed_by_meta"
     )

@@ -1,0 +1,392 @@
+"""The Graph API simulator: a stand-in for Meta's Cloud API in tests and on a newcomer's machine.
+
+It is a test double of Meta, never a claim that a message reached WhatsApp: every answer carries
+`X-Sandbox: true` and every wamid starts with `wamid.SANDBOX`. Its state lives in memory on
+`app.state.simulator`; several simulator processes would each keep their own view, so run one.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from window_gate.sandbox.meta import (
+    MetaError,
+    envelope,
+    new_wamid,
+    pricing,
+    unix,
+    validate_send,
+    wa_id_for,
+)
+from window_gate.sandbox.meta import Send as SendBody
+from window_gate.sandbox.state import Fault, Faults, SentMessage, SimulatorConfig, SimulatorState
+from window_gate.sandbox.templates import Template, check_send, page
+
+GRAPH_TAG, SANDBOX_TAG = "graph (simulated)", "sandbox controls"
+META_ERROR = {"description": "Meta's error shape: `{error: {message, type, code, error_data, fbtrace_id}}`"}
+graph = APIRouter(tags=[GRAPH_TAG])
+controls = APIRouter(prefix="/sandbox", tags=[SANDBOX_TAG])
+
+
+def create_simulator(config: SimulatorConfig | None = None) -> FastAPI:
+    """The simulator as an app of its own: serve it with uvicorn, or mount it in-process with an
+    `httpx.ASGITransport` (its state is built here, so it works without a lifespan too)."""
+    state = SimulatorState(config or SimulatorConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.aclose()
+
+    app = FastAPI(
+        title="window_gate Graph API simulator",
+        version="0.1.0",
+        summary="A test double of Meta's WhatsApp Cloud API: nothing sent here reaches WhatsApp",
+        description=__doc__ or "",
+        lifespan=lifespan,
+    )
+    app.state.simulator = state
+    app.add_exception_handler(MetaError, _meta_error)
+    app.include_router(graph)
+    app.include_router(controls)
+    app.add_middleware(SandboxHeader)
+    return app
+
+
+def simulator_state(app: FastAPI) -> SimulatorState:
+    state: SimulatorState = app.state.simulator
+    return state
+
+
+def _state(request: Request) -> SimulatorState:
+    return simulator_state(request.app)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def _meta_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MetaError)
+    response = _json(exc.body(), exc.http_status)
+    if exc.code == 190:
+        response.headers["WWW-Authenticate"] = f'OAuth "Facebook Platform" "invalid_token" "{exc.title}"'
+    return response
+
+
+class SandboxHeader:
+    """`X-Sandbox: true` on every answer, errors and 404s included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-sandbox", b"true")]
+            await send(message)
+
+        await self.app(scope, receive, marked if scope["type"] == "http" else send)
+
+
+def _authenticate(request: Request) -> None:
+    """Any non-empty token passes: the simulator checks presence, not validity."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not (scheme.lower() == "bearer" and token.strip()) and not request.query_params.get("access_token"):
+        raise MetaError(190)
+
+
+# --- Graph API (Meta's paths and shapes) -------------------------------------------------------------------
+@graph.post(
+    "/{version}/{phone_number_id}/messages",
+    summary="Send a message (simulated)",
+    status_code=200,
+    responses={
+        400: META_ERROR,
+        401: META_ERROR,
+        404: META_ERROR,
+        500: META_ERROR,
+        502: {"description": "dropped answer (fault)"},
+    },
+)
+async def send_message(request: Request, version: str, phone_number_id: str) -> Response:
+    """Meta's send: validated like Meta (code 100), throttled per number (130429), templates checked
+    (132000/132001/132015/132016). Accepted sends answer a `wamid.SANDBOX…` id and post signed status
+    webhooks: sent → delivered → read, or a `failed` status with 131047 for free-form outside the
+    simulator's own view of the window."""
+    state = _state(request)
+    state.sends[phone_number_id] += 1
+    try:
+        _authenticate(request)
+        fault = await _apply_faults(state)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise MetaError(100, "The request body is not valid JSON.") from None
+        send = validate_send(body)
+        template = check_send(state.config.templates, send.template) if send.type == "template" else None
+        if not state.take_throughput(phone_number_id):
+            raise MetaError(130429)
+    except MetaError as exc:
+        state.errors[exc.code] += 1
+        raise
+    answer = _accept(state, phone_number_id, send, template)
+    if fault == "timeout":  # the message did go out; the answer comes too late for the caller
+        await asyncio.sleep(state.faults.timeout_seconds)
+    if fault == "drop":  # the message did go out; the answer is lost on the way, as behind a proxy
+        return PlainTextResponse("upstream connect error or disconnect/reset before headers", status_code=502)
+    return _json(answer)
+
+
+async def _apply_faults(state: SimulatorState) -> Fault | None:
+    faults = state.faults
+    if faults.latency_ms:
+        await asyncio.sleep(faults.latency_ms / 1000)
+    fault = faults.draw()
+    if fault:
+        state.faulted[fault] += 1
+    if fault == "5xx":
+        raise MetaError(131000)
+    return fault
+
+
+def _accept(state: SimulatorState, pn: str, send: SendBody, template: Template | None) -> dict[str, Any]:
+    wa_id = send.wa_id or (state.wa_by_user.get(send.user_id) if send.user_id else None)
+    message = SentMessage(
+        id=new_wamid(wa_id),
+        phone_number_id=pn,
+        input=send.input,
+        wa_id=wa_id,
+        user_id=send.user_id,
+        type=send.type,
+        template=template.name if template else None,
+        window_open=state.window_open(pn, wa_id, send.user_id),
+        accepted_at=state.now(),
+    )
+    state.messages.append(message)
+    state.accepted[pn] += 1
+    category = template.category.lower() if template else "service"
+    state.spawn(_deliver(state, message, category, send.callback))
+    contact = {"input": send.input} | ({"wa_id": wa_id} if wa_id else {})
+    contact |= {"user_id": send.user_id} if send.user_id else {}
+    return {
+        "messaging_product": "whatsapp",
+        "contacts": [contact],
+        "messages": [{"id": message.id, "message_status": "accepted"}],
+    }
+
+
+async def _deliver(state: SimulatorState, message: SentMessage, category: str, callback: str | None) -> None:
+    """The status webhooks of one accepted message, in order, each after its configured delay."""
+    delays = state.config.status_delays
+    if category == "service" and not message.window_open:
+        await asyncio.sleep(delays[0])
+        await _post_status(state, message, "failed", callback, errors=[MetaError(131047).as_status_error()])
+        return
+    price = pricing(category, message.window_open)
+    for status, delay in zip(("sent", "delivered", "read"), delays, strict=True):
+        await asyncio.sleep(delay)
+        await _post_status(state, message, status, callback, pricing=price)
+
+
+async def _post_status(
+    state: SimulatorState, message: SentMessage, status: str, callback: str | None, **extra: Any
+) -> None:
+    item: dict[str, Any] = {"id": message.id, "status": status, "timestamp": unix(state.now())}
+    item |= {"recipient_id": message.wa_id} if message.wa_id else {}
+    item |= {"recipient_user_id": message.user_id} if message.user_id else {}
+    item |= {"biz_opaque_callback_data": callback} if callback is not None else {}
+    message.statuses.append(status)
+    config = state.config
+    payload = envelope(
+        config.waba_id, message.phone_number_id, config.display_phone_number, statuses=[item | extra]
+    )
+    await state.post_webhook(payload)
+
+
+@graph.get(
+    "/{version}/{waba_id}/message_templates",
+    summary="List message templates (simulated)",
+    status_code=200,
+    responses={400: META_ERROR, 401: META_ERROR},
+)
+async def list_templates(
+    request: Request,
+    version: str,
+    waba_id: str,
+    limit: Annotated[str | None, Query(examples=["25"])] = None,
+    after: str | None = None,
+    before: str | None = None,
+    fields: Annotated[str | None, Query(examples=["name,status,language"])] = None,
+    status: Annotated[str | None, Query(examples=["APPROVED"])] = None,
+    name: str | None = None,
+) -> Response:
+    """The simulator's built-in templates with Meta's cursor paging (`paging.cursors.before/after`,
+    `paging.next`, `paging.previous`) and `fields`, `status` and `name` filters."""
+    state = _state(request)
+    _authenticate(request)
+    if state.faults.latency_ms:
+        await asyncio.sleep(state.faults.latency_ms / 1000)
+    if waba_id != state.config.waba_id:
+        raise MetaError(
+            100,
+            f"Unsupported get request. Object with ID '{waba_id}' does not exist, cannot be loaded due to "
+            "missing permissions, or does not support this operation.",
+        )
+    found = page(
+        state.config.templates,
+        request.url,
+        limit=limit,
+        after=after,
+        before=before,
+        fields=fields,
+        status=status,
+        name=name,
+    )
+    return _json(found)
+
+
+# --- Sandbox controls (not Meta's) ---------------------------------------------------------------------
+class InboundIn(BaseModel):
+    """A customer writing to a business number, as the simulator will deliver it to the gate."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    phone_number_id: str = Field(min_length=1, max_length=64, examples=["106540352242922"])
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="Customer phone number; separators tolerated",
+        examples=["+55 11 98765-4321"],
+    )
+    user_id: str | None = Field(
+        None, description="Business-scoped user id (BSUID)", examples=["US.13491208655302741918"]
+    )
+    name: str = Field("Sandbox Customer", description="Profile name in `contacts[]`", examples=["Ana"])
+    type: str = Field("text", description="Inbound message type", examples=["text", "button"])
+    text: str | None = Field(None, description="Body of a text message", examples=["Hi, where is my order?"])
+    content: dict[str, Any] | None = Field(None, description="The `<type>` object for other types")
+    referral: dict[str, Any] | None = Field(None, description="Click-to-WhatsApp ad referral, passed through")
+    timestamp: float | None = Field(None, description="Unix seconds; default the simulator's now")
+    ago_seconds: float = Field(
+        0,
+        ge=0,
+        description="Date the message this long before the simulator's now (ages the window)",
+        examples=[90000],
+    )
+
+    @model_validator(mode="after")
+    def _someone(self) -> "InboundIn":
+        if not (self.from_ or self.user_id):
+            raise ValueError("either from (a phone number) or user_id (a BSUID) is required")
+        if self.from_ and wa_id_for(self.from_) is None:
+            raise ValueError(f"from ({self.from_!r}) is not a phone number")
+        return self
+
+
+class ClockIn(BaseModel):
+    advance_seconds: float = Field(
+        description="Shift the simulator's clock (negative goes back)", examples=[90000]
+    )
+
+
+class FaultsIn(BaseModel):
+    latency_ms: float = Field(
+        0, ge=0, le=600_000, description="Added before every Graph answer", examples=[250]
+    )
+    error_5xx_rate: float = Field(0, ge=0, le=1, description="Share of sends answered 500 (code 131000)")
+    timeout_rate: float = Field(0, ge=0, le=1, description="Share of sends accepted but answered late")
+    timeout_seconds: float = Field(30, ge=0, le=600, description="How late a timed-out answer comes")
+    drop_answer_rate: float = Field(0, ge=0, le=1, description="Share of sends accepted but answered 502")
+    seed: int | None = Field(None, description="Replay the same fault sequence", examples=[42])
+
+
+@controls.post("/inbound", summary="Simulate a customer message", status_code=200)
+async def inbound(request: Request, body: InboundIn) -> Response:
+    """Records the message in the simulator's own window view and posts it, signed, to the gate's
+    webhook URL, waiting for the answer. Answers the payload posted and what the gate said."""
+    state, config = _state(request), _state(request).config
+    wa_id = wa_id_for(body.from_) if body.from_ else None
+    at = datetime.fromtimestamp(body.timestamp, UTC) if body.timestamp is not None else state.now()
+    at -= timedelta(seconds=body.ago_seconds)
+    message: dict[str, Any] = {"id": new_wamid(wa_id), "timestamp": unix(at), "type": body.type}
+    message |= {"from": wa_id} if wa_id else {}
+    message |= {"from_user_id": body.user_id} if body.user_id else {}
+    default = {"body": body.text or "Hello"} if body.type == "text" else {}
+    message[body.type] = body.content if body.content is not None else default
+    message |= {"referral": body.referral} if body.referral else {}
+    contact: dict[str, Any] = {"profile": {"name": body.name}}
+    contact |= {"wa_id": wa_id} if wa_id else {}
+    contact |= {"user_id": body.user_id} if body.user_id else {}
+    payload = envelope(
+        config.waba_id,
+        body.phone_number_id,
+        config.display_phone_number,
+        contacts=[contact],
+        messages=[message],
+    )
+    if body.type != "system":  # an identity event, not the customer writing
+        state.record_inbound(body.phone_number_id, wa_id, body.user_id, at)
+    status = await state.post_webhook(payload)
+    webhook = {
+        "url": config.webhook_url,
+        "status_code": status,
+        "delivered": status is not None and status < 300,
+    }
+    return _json({"message_id": message["id"], "webhook": webhook, "payload": payload})
+
+
+@controls.get("/stats", summary="Counters", status_code=200)
+async def stats(request: Request) -> Response:
+    """Send attempts received (`sends`), `accepted`, per phone number, errors by Meta code, faults
+    injected, webhooks posted and given up, and the simulator's clock."""
+    return _json(_state(request).stats())
+
+
+@controls.get("/messages", summary="Recently accepted messages", status_code=200)
+async def messages(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
+    """What the services sent, newest first, with the statuses emitted so far."""
+    recent = list(_state(request).messages)[::-1][:limit]
+    return _json({"data": [m.public() for m in recent]})
+
+
+@controls.post("/faults", summary="Inject faults", status_code=200)
+async def set_faults(request: Request, body: FaultsIn) -> Response:
+    """Replace the fault settings for Graph sends: latency, 5xx, timeouts (accepted, answered after
+    `timeout_seconds`) and dropped answers (accepted, answered 502): the last two DID send."""
+    state = _state(request)
+    state.faults = Faults(**body.model_dump())
+    state.faults.rng.seed(body.seed)
+    return _json(state.faults.public())
+
+
+@controls.delete("/faults", summary="Clear faults", status_code=200)
+async def clear_faults(request: Request) -> Response:
+    """Back to a well-behaved Meta."""
+    state = _state(request)
+    state.faults = Faults()
+    return _json(state.faults.public())
+
+
+@controls.post("/clock", summary="Move the simulator's clock", status_code=200)
+async def move_clock(request: Request, body: ClockIn) -> Response:
+    """Shift the simulator's "now" (its window view and webhook timestamps); e.g. 90000 s = 25 h."""
+    state = _state(request)
+    state.offset += timedelta(seconds=body.advance_seconds)
+    return _json({"now": state.now().isoformat(), "offset_seconds": state.offset.total_seconds()})
+
+
+@controls.post("/reset", summary="Forget everything", status_code=200)
+async def reset(request: Request) -> Response:
+    """Windows, counters, faults, clock offset and pending webhooks are dropped."""
+    state = _state(request)
+    state.reset()
+    return _json(state.stats())

@@ -1,0 +1,224 @@
+"""The simulator's memory: its own view of the windows, throughput, faults, stats and webhook delivery.
+
+In-memory on purpose: it is a test double. Every simulator process has its own state; run one.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from window_gate.config import SANDBOX_APP_SECRET
+from window_gate.sandbox.templates import BUILT_IN, Template
+from window_gate.webhook.signature import sign
+
+log = logging.getLogger(__name__)
+Fault = Literal["5xx", "timeout", "drop"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """How the simulator behaves; every default fits a newcomer's first run against `window-gate serve`."""
+
+    webhook_url: str | None = None  # the gate's POST /webhooks/whatsapp; None: post nothing
+    app_secret: str = SANDBOX_APP_SECRET
+    waba_id: str = "102290129340398"
+    display_phone_number: str = "15550001111"
+    throughput_per_second: int = 80  # per phone number, sliding one-second window (Meta's default)
+    status_delays: tuple[float, float, float] = (0.05, 0.05, 0.05)  # before sent, delivered, read
+    window: timedelta = timedelta(hours=24)
+    webhook_retry_delays: tuple[float, ...] = (0.2, 1.0, 3.0)  # then the webhook is given up (and logged)
+    clock: Callable[[], datetime] = _utcnow  # the simulator's "now"; POST /sandbox/clock shifts it
+    monotonic: Callable[[], float] = time.monotonic  # throughput is measured in real seconds
+    templates: tuple[Template, ...] = BUILT_IN
+    webhook_transport: httpx.AsyncBaseTransport | None = None  # e.g. an ASGITransport into the gate app
+
+
+@dataclass(slots=True)
+class Faults:
+    latency_ms: float = 0
+    error_5xx_rate: float = 0
+    timeout_rate: float = 0
+    timeout_seconds: float = 30  # longer than any sane client timeout
+    drop_answer_rate: float = 0
+    seed: int | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def draw(self) -> Fault | None:
+        """At most one fault per send, drawn in a fixed order so a seed replays the same sequence."""
+        rates: tuple[tuple[Fault, float], ...] = (
+            ("5xx", self.error_5xx_rate),
+            ("timeout", self.timeout_rate),
+            ("drop", self.drop_answer_rate),
+        )
+        for fault, rate in rates:
+            if rate and self.rng.random() < rate:
+                return fault
+        return None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "latency_ms": self.latency_ms,
+            "error_5xx_rate": self.error_5xx_rate,
+            "timeout_rate": self.timeout_rate,
+            "timeout_seconds": self.timeout_seconds,
+            "drop_answer_rate": self.drop_answer_rate,
+            "seed": self.seed,
+        }
+
+
+@dataclass(slots=True)
+class SentMessage:
+    id: str
+    phone_number_id: str
+    input: str
+    wa_id: str | None
+    user_id: str | None
+    type: str
+    template: str | None
+    window_open: bool
+    accepted_at: datetime
+    statuses: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "phone_number_id": self.phone_number_id,
+            "to": self.input,
+            "wa_id": self.wa_id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "template": self.template,
+            "window_open": self.window_open,
+            "accepted_at": self.accepted_at.isoformat(),
+            "statuses": self.statuses,
+        }
+
+
+class SimulatorState:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.http = httpx.AsyncClient(transport=config.webhook_transport, timeout=5.0)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.offset = timedelta(0)
+        self.last_inbound: dict[tuple[str, str], datetime] = {}
+        self.wa_by_user: dict[str, str] = {}  # BSUID → wa_id, learnt from inbound messages carrying both
+        self.recent_sends: defaultdict[str, deque[float]] = defaultdict(deque)
+        self.faults = Faults()
+        self.messages: deque[SentMessage] = deque(maxlen=1000)
+        self.sends: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.errors: Counter[int] = Counter()
+        self.faulted: Counter[str] = Counter()
+        self.webhooks: Counter[str] = Counter()
+
+    def now(self) -> datetime:
+        return self.config.clock() + self.offset
+
+    # --- the simulator's own view of the customer service window ---------------------------------------
+    @staticmethod
+    def keys(wa_id: str | None, user_id: str | None) -> list[str]:
+        return [k for k in (f"wa:{wa_id}" if wa_id else "", f"user:{user_id}" if user_id else "") if k]
+
+    def record_inbound(
+        self, phone_number_id: str, wa_id: str | None, user_id: str | None, at: datetime
+    ) -> None:
+        if wa_id and user_id:
+            self.wa_by_user[user_id] = wa_id
+        for key in self.keys(wa_id, user_id):
+            seen = self.last_inbound.get((phone_number_id, key))
+            self.last_inbound[phone_number_id, key] = max(at, seen) if seen else at
+
+    def window_open(self, phone_number_id: str, wa_id: str | None, user_id: str | None) -> bool:
+        now = self.now()
+        seen = [self.last_inbound.get((phone_number_id, k)) for k in self.keys(wa_id, user_id)]
+        return any(at is not None and now - at < self.config.window for at in seen)
+
+    def take_throughput(self, phone_number_id: str) -> bool:
+        """One accepted message against the number's sliding one-second budget; False when it is spent."""
+        now, recent = self.config.monotonic(), self.recent_sends[phone_number_id]
+        while recent and now - recent[0] >= 1.0:
+            recent.popleft()
+        if len(recent) >= self.config.throughput_per_second:
+            return False
+        recent.append(now)
+        return True
+
+    # --- webhooks ----------------------------------------------------------------------------------------
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run in the background, never blocking an answer; kept referenced until done."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def post_webhook(self, payload: dict[str, Any]) -> int | None:
+        """POST a signed delivery to the gate, retrying with backoff; the last HTTP status, None if none."""
+        url = self.config.webhook_url
+        if not url:
+            return None
+        body = orjson.dumps(payload)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "facebookexternalua (window-gate sandbox)",
+            "X-Hub-Signature-256": sign(self.config.app_secret.encode(), body),
+        }
+        status: int | None = None
+        for delay in (*self.config.webhook_retry_delays, None):
+            try:
+                status = (await self.http.post(url, content=body, headers=headers)).status_code
+                if 200 <= status < 300:
+                    self.webhooks["posted"] += 1
+                    return status
+                problem = f"HTTP {status}"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if delay is None:
+                break
+            log.info("sandbox webhook to %s failed (%s); retrying in %ss", url, problem, delay)
+            await asyncio.sleep(delay)
+        self.webhooks["failed"] += 1
+        log.warning("sandbox webhook to %s given up: %s", url, problem)
+        return status
+
+    async def idle(self, seconds: float = 5.0) -> None:
+        """Wait until every background webhook has been posted (tests and a clean shutdown)."""
+        async with asyncio.timeout(seconds):
+            while self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.http.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        numbers = sorted(set(self.sends) | set(self.accepted))
+        return {
+            "sends": sum(self.sends.values()),
+            "accepted": sum(self.accepted.values()),
+            "by_phone_number": {
+                pn: {"sends": self.sends[pn], "accepted": self.accepted[pn]} for pn in numbers
+            },
+            "errors": {str(code): n for code, n in sorted(self.errors.items())},
+            "faults": dict(self.faulted),
+            "webhooks": {"posted": self.webhooks["posted"], "failed": self.webhooks["failed"]},
+            "now": self.now().isoformat(),
+        }
