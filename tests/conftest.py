@@ -93,7 +93,8 @@ async def app_state(
         async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
             yield client, app.state.gate
         async with app.state.gate.engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            for table in TABLES:  # DELETE is much cheaper than TRUNCATE on tables this small
+                await conn.execute(text(f"DELETE FROM {table}"))
 
 
 @pytest.fixture

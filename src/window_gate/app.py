@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from window_gate import __doc__ as description
 from window_gate import db
 from window_gate.apikey.service import Authenticator
-from window_gate.config import Settings
+from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.errors import DatabaseUnavailable, PayloadTooLarge, install_error_handlers, problem_response
 from window_gate.graph.client import GraphClient
 from window_gate.health.endpoints import router as health_router
@@ -27,6 +27,7 @@ from window_gate.message import repository as messages
 from window_gate.message.endpoints import graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.metrics import MetricsMiddleware
+from window_gate.sandbox import SimulatorConfig, create_simulator
 from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import router as webhook_router
 from window_gate.window.endpoints import router as window_router
@@ -51,6 +52,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(db.database_url, settings)
+        transport = graph_transport or _in_process_sandbox(settings, app)
         engine = db.make_engine(url, settings.db_pool_size)
         http = httpx.AsyncClient(
             base_url=settings.graph_base_url,
@@ -58,7 +60,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
                 settings.graph_timeout_seconds, connect=min(5.0, settings.graph_timeout_seconds)
             ),
             limits=httpx.Limits(max_connections=settings.graph_max_connections),
-            transport=graph_transport,
+            transport=transport,
         )
         graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
         auth = Authenticator(engine, settings.api_key_cache_seconds)
@@ -103,6 +105,19 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     if exc.connection_invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
         return await _database_unavailable(request, exc)
     raise exc  # a bug, not an outage: a 500
+
+
+def _in_process_sandbox(settings: Settings, app: FastAPI) -> httpx.AsyncBaseTransport | None:
+    """Sandbox mode with no simulator URL given: the simulator runs inside this process and posts its
+    webhooks straight into this app, so a sandbox never reaches Meta. (`serve` runs one beside it.)"""
+    if not settings.sandbox_mode or settings.graph_base_url != DEFAULT_GRAPH_BASE_URL:
+        return None
+    config = SimulatorConfig(
+        webhook_url="http://gate/webhooks/whatsapp",
+        app_secret=settings.app_secrets[0].decode(),
+        webhook_transport=httpx.ASGITransport(app=app),
+    )
+    return httpx.ASGITransport(app=create_simulator(config))
 
 
 async def _database_unavailable(_: Request, exc: Exception) -> Response:

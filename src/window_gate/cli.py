@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from window_gate import db
 from window_gate.apikey import repository as api_keys
 from window_gate.apikey import service as api_key_service
 from window_gate.apikey.rules import Role
-from window_gate.config import Settings, SettingsError, load_settings
+from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings, SettingsError, load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations")
+    serve.add_argument("--simulator-port", type=int, help="sandbox: the simulator's port (default: port + 1)")
 
     verbs.add_parser("migrate", help="apply pending database migrations")
 
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     url = db.database_url(settings)
     if args.verb == "serve":
-        _serve(settings, url, args.host, args.port, args.workers, migrate=not args.no_migrate)
+        _serve(settings, url, args, migrate=not args.no_migrate)
     elif args.verb == "migrate":
         db.upgrade(url)
         print(f"database at revision {db.head_revision()}")
@@ -94,8 +96,10 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> None:
         sys.exit(1)
 
 
-def _serve(settings: Settings, url: str, host: str, port: int, workers: int, *, migrate: bool) -> None:
+def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: bool) -> None:
     import uvicorn
+
+    host, port, workers = args.host, args.port, args.workers
 
     if migrate:
         db.upgrade(url)
@@ -108,20 +112,47 @@ def _serve(settings: Settings, url: str, host: str, port: int, workers: int, *, 
     os.environ["WINDOW_GATE_DATABASE_URL"] = url
     if workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="window-gate-metrics-"))
-    mode = "sandbox (simulated Meta)" if settings.sandbox_mode else settings.graph_base_url
+    simulator = None
+    upstream = settings.graph_base_url
+    if settings.sandbox_mode and upstream == DEFAULT_GRAPH_BASE_URL:
+        # Every worker must see one simulator (its view of the windows lives in its memory): run it beside us.
+        sim_port = args.simulator_port or port + 1
+        upstream = f"http://127.0.0.1:{sim_port}"
+        os.environ["WINDOW_GATE_GRAPH_BASE_URL"] = upstream
+        hook = f"http://127.0.0.1:{port}/webhooks/whatsapp"
+        simulator = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "window_gate.cli",
+                "simulator",
+                "--port",
+                str(sim_port),
+                "--webhook-url",
+                hook,
+            ]
+        )
+    mode = (
+        f"sandbox simulator at {upstream} (nothing reaches WhatsApp)" if settings.sandbox_mode else upstream
+    )
     print(
         f"window_gate on http://{host}:{port} · upstream: {mode} · docs: http://{host}:{port}/docs",
         flush=True,
     )
-    uvicorn.run(
-        "window_gate.asgi:app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-    )
+    try:
+        uvicorn.run(
+            "window_gate.asgi:app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(10)
 
 
 async def _create_key(url: str, name: str, role: Role, phone_numbers: Sequence[str]) -> str:
@@ -142,3 +173,7 @@ async def _first_admin_key(url: str) -> str | None:
             return await api_key_service.create(conn, "first-admin", Role.ADMIN)
     finally:
         await engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_GRAPH_BASE_URL = "https://graph.facebook.com"
+
 
 class Settings(BaseSettings):
     """Every knob of window_gate, read from ``WINDOW_GATE_*`` environment variables."""
@@ -14,7 +16,7 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(None, description="postgresql+asyncpg://…; unset → embedded PostgreSQL")
     data_dir: Path = Path(".window-gate")
-    graph_base_url: str = "https://graph.facebook.com"
+    graph_base_url: str = DEFAULT_GRAPH_BASE_URL
     graph_api_version: str = Field("v25.0", pattern=r"^v\d+\.\d+$")
     graph_access_token: str | None = None
     app_secret: str | None = None

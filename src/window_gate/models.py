@@ -60,7 +60,7 @@ class Customer(Base):
 
 
 class CustomerAlias(Base):
-    """Every spelling that leads to a customer: ``wa:<digits>`` and ``bsuid:<id>``."""
+    """Every spelling that leads to a customer: wa_id digits, BSUIDs, spellings Meta answered for."""
 
     __tablename__ = "customer_aliases"
 

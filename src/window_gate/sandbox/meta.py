@@ -54,7 +54,7 @@ MEDIA_TYPES = frozenset({"image", "audio", "video", "document", "sticker"})
 PHONE_CHARS = re.compile(r"^\+?[\d\s().\-]+$")
 # Meta answers the account's real wa_id. For Brazil that is, for most accounts, the number without the
 # mobile ninth digit; the simulator always drops it (a fixed, documented choice).
-BR_NINTH_DIGIT = re.compile(r"^55(\d{2})9(\d{8})$")
+BR_NINTH_DIGIT = re.compile(r"^55(\d{2})9([6-9]\d{7})$")  # mobile numbers: 9 then 6–9
 
 
 class MetaError(Exception):

@@ -41,7 +41,12 @@ async def ingest(conn: AsyncConnection, body: bytes, received_at: datetime, poli
     await windows.record_verdicts(
         conn,
         [
-            windows.Verdict(v.phone_number_id, ids[v.wa_id, v.user_id], v.closed_at, v.fep_expires_at)
+            windows.Verdict(
+                v.phone_number_id,
+                ids[v.wa_id, v.user_id],
+                v.closed_at and inbound_time(v.closed_at, received_at, policy),  # same clamp as messages
+                v.fep_expires_at,
+            )
             for v in delivery.verdicts
         ],
     )

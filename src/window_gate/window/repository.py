@@ -33,15 +33,18 @@ ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
 
 RECORD_INBOUND = text(
     f"""
-WITH m AS (
+WITH u AS (
   SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:phone_number_ids AS text[]),
     CAST(:customer_ids AS bigint[]), CAST(:types AS text[]), CAST(:sent_at AS timestamptz[]),
     CAST(:counts_from AS timestamptz[]), CAST(:referrals AS jsonb[]))
-    AS m(message_id, phone_number_id, customer_id, type, sent_at, counts_from, referral)
+    AS u(message_id, phone_number_id, customer_id, type, sent_at, counts_from, referral)
+  -- one row per message id, even when a delivery repeats one
+  ORDER BY message_id, counts_from
+), m AS (
+  SELECT DISTINCT ON (message_id) * FROM u
 ), fresh AS (
   INSERT INTO inbound_messages (message_id, phone_number_id, customer_id, type, sent_at)
-  SELECT DISTINCT ON (message_id) message_id, phone_number_id, customer_id, type, sent_at FROM m
-  ORDER BY message_id
+  SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
   ON CONFLICT (message_id) DO NOTHING
   RETURNING message_id
 ), up AS ({
