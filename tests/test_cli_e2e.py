@@ -31,6 +31,7 @@ CUSTOMER = "5511987654321"
 class Served:
     http: httpx.Client
     log: Path
+    proc: "subprocess.Popen[bytes]"
 
     def output(self) -> str:
         return self.log.read_text()
@@ -45,9 +46,9 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 @contextlib.contextmanager
-def serve(env: dict[str, str], log: Path, *flags: str) -> Iterator[Served]:
+def serve(env: dict[str, str], log: Path, *flags: str, port: int | None = None) -> Iterator[Served]:
     """`window-gate serve` on a free port: ready (healthz 200) within START_SECONDS, always stopped."""
-    port = free_port()
+    port = port or free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
             [WINDOW_GATE, "serve", "--port", str(port), *flags], env=env, stdout=out, stderr=subprocess.STDOUT
@@ -62,9 +63,10 @@ def serve(env: dict[str, str], log: Path, *flags: str) -> Iterator[Served]:
                     if http.get("/healthz").status_code == 200:
                         break
                 time.sleep(0.2)
-            yield Served(http, log)
+            yield Served(http, log, proc)
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

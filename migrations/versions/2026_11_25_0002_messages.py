@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("response_status", sa.Integer(), nullable=True),
         sa.Column("response", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("pricing", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("window", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column(
             "created_at", postgresql.TIMESTAMP(timezone=True), server_default=sa.text("now()"), nullable=False
         ),

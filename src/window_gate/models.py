@@ -147,6 +147,7 @@ class Message(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     pricing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # as the gate saw it when it let the send pass
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 INSERT_PENDING = text(
     """
 INSERT INTO messages (id, api_key_id, idempotency_key, request_hash, phone_number_id, recipient_input, type,
-                      body, status)
+                      body, "window", status)
 VALUES (:id, :api_key_id, :idempotency_key, :request_hash, :phone_number_id, :recipient_input, :type,
-        CAST(:body AS jsonb), 'pending')
+        CAST(:body AS jsonb), CAST(:window AS jsonb), 'pending')
 ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -34,7 +34,8 @@ WHERE id = :id
 """
 )
 BY_IDEMPOTENCY_KEY = text(
-    "SELECT id, request_hash, status, response_status, response FROM messages "
+    "SELECT id, request_hash, status, response_status, response, graph_message_id, recipient_input, "
+    'recipient_wa_id, "window" FROM messages '
     "WHERE api_key_id = :api_key_id AND idempotency_key = :idempotency_key"
 )
 BY_ID = text("SELECT * FROM messages WHERE id = :id")
@@ -70,6 +71,10 @@ class Previous:
     status: str
     response_status: int | None
     response: dict[str, Any] | None
+    graph_message_id: str | None
+    recipient_input: str
+    recipient_wa_id: str | None
+    window: dict[str, Any] | None
 
 
 def _json(value: object) -> str | None:
@@ -87,6 +92,7 @@ async def insert_pending(
     recipient_input: str,
     type: str,
     body: dict[str, Any],
+    window: dict[str, Any],
     at: datetime,
 ) -> bool:
     """Record a send before it leaves; False when the Idempotency-Key is already taken."""
@@ -101,6 +107,7 @@ async def insert_pending(
             "recipient_input": recipient_input,
             "type": type,
             "body": _json(body),
+            "window": _json(window),
         },
     )
     if row.first() is None:
@@ -143,7 +150,7 @@ async def finish(
 
 async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -> Previous | None:
     row = (await conn.execute(BY_IDEMPOTENCY_KEY, {"api_key_id": api_key_id, "idempotency_key": key})).first()
-    return Previous(row.id, row.request_hash, row.status, row.response_status, row.response) if row else None
+    return Previous(**row._asdict()) if row else None
 
 
 async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]] | None:

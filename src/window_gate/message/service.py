@@ -35,6 +35,7 @@ from window_gate.window import service as window_service
 from window_gate.window.schemas import WindowOut
 
 TEMPLATE = "template"
+DELIVERED = {"sent", "delivered", "read"}  # statuses only Meta's webhooks set
 OPAQUE_PREFIX = "wg:"  # biz_opaque_callback_data = "wg:<message id>": status webhooks find the record
 
 
@@ -89,6 +90,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
             recipient_input=to,
             type=kind,
             body={**body, "biz_opaque_callback_data": caller_opaque} if caller_opaque else body,
+            window=window.model_dump(mode="json"),
             at=now,
         )
     if not recorded:  # a concurrent request with the same key won the race: answer as it does
@@ -161,6 +163,21 @@ async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> 
             stored = dict(previous.response)
             meta = stored.pop("meta", {})
             return Sent(SendOut.model_validate(stored), meta)
+        if previous.status in DELIVERED and previous.window is not None:
+            # Meta's answer was lost (the process died) but its status webhooks told us the message left.
+            out = SendOut(
+                id=previous.id,
+                graph_message_id=previous.graph_message_id,
+                status=previous.status,
+                recipient=RecipientOut(input=previous.recipient_input, wa_id=previous.recipient_wa_id),
+                window=WindowOut.model_validate(previous.window),
+            )
+            meta = {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": previous.recipient_input, "wa_id": previous.recipient_wa_id}],
+                "messages": [{"id": previous.graph_message_id}],
+            }
+            return Sent(out, meta)
         if previous.status != "pending" or time.monotonic() > deadline:
             raise UpstreamTimeout(
                 "the first request with this Idempotency-Key has no known outcome; it is not re-sent",

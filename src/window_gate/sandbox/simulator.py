@@ -170,6 +170,7 @@ def _accept(state: SimulatorState, pn: str, send: SendBody, template: Template |
         template=template.name if template else None,
         window_open=state.window_open(pn, wa_id, send.user_id),
         accepted_at=state.now(),
+        callback=send.callback,
     )
     state.messages.append(message)
     state.accepted[pn] += 1
@@ -352,7 +353,7 @@ async def stats(request: Request) -> Response:
 
 
 @controls.get("/messages", summary="Recently accepted messages", status_code=200)
-async def messages(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
+async def messages(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> Response:
     """What the services sent, newest first, with the statuses emitted so far."""
     recent = list(_state(request).messages)[::-1][:limit]
     return _json({"data": [m.public() for m in recent]})

@@ -90,6 +90,7 @@ class SentMessage:
     template: str | None
     window_open: bool
     accepted_at: datetime
+    callback: str | None = None  # biz_opaque_callback_data, as sent
     statuses: list[str] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
@@ -103,6 +104,7 @@ class SentMessage:
             "template": self.template,
             "window_open": self.window_open,
             "accepted_at": self.accepted_at.isoformat(),
+            "biz_opaque_callback_data": self.callback,
             "statuses": self.statuses,
         }
 
@@ -122,7 +124,7 @@ class SimulatorState:
         self.wa_by_user: dict[str, str] = {}  # BSUID → wa_id, learnt from inbound messages carrying both
         self.recent_sends: defaultdict[str, deque[float]] = defaultdict(deque)
         self.faults = Faults()
-        self.messages: deque[SentMessage] = deque(maxlen=1000)
+        self.messages: deque[SentMessage] = deque(maxlen=10_000)
         self.sends: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.errors: Counter[int] = Counter()

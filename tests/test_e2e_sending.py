@@ -1,0 +1,149 @@
+"""Sending end to end over real sockets: the gate and the Graph simulator as separate processes."""
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from pywa.client import WhatsApp
+from pywa.errors import ReEngagementMessage
+
+from tests.conftest import cli_env, free_port
+from tests.factories import PN
+from tests.test_cli_e2e import KEY, WINDOW_GATE, emptied_afterwards, run_cli, serve
+
+__all__ = ["emptied_afterwards"]  # a fixture, used by name
+OPEN = "5511987654321"  # Meta's wa_id: 551187654321
+NEVER = "5511976543210"
+
+
+@contextlib.contextmanager
+def simulator(gate_port: int, log: Path) -> Iterator[httpx.Client]:
+    port = free_port()
+    hook = f"http://127.0.0.1:{gate_port}/webhooks/whatsapp"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [WINDOW_GATE, "simulator", "--port", str(port), "--webhook-url", hook, "--throughput", "10000"],
+            env=cli_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get("/sandbox/stats").status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield http
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def loop(emptied_afterwards: str, tmp_path: Path) -> Iterator[tuple[int, httpx.Client, dict[str, str], str]]:
+    """(gate port, simulator client, gate env, admin key) — start the gate with `serve(env, …, port=…)`."""
+    gate_port = free_port()
+    with simulator(gate_port, tmp_path / "simulator.log") as sim:
+        env = cli_env(
+            DATABASE_URL=emptied_afterwards,
+            GRAPH_BASE_URL=str(sim.base_url).rstrip("/"),
+            SANDBOX="true",
+            GRAPH_TIMEOUT_SECONDS="2",
+        )
+        key = run_cli("api-keys", "create", "e2e", "--role", "admin", env=env).stdout.strip().splitlines()[-1]
+        assert KEY.match(key)
+        yield gate_port, sim, env, key
+
+
+def test_pywa_client_works_through_the_graph_pass_through(
+    loop: tuple[int, httpx.Client, dict[str, str], str], tmp_path: Path
+) -> None:
+    port, sim, env, key = loop
+    with serve(env, tmp_path / "gate.log", "--no-migrate", port=port), httpx.Client(timeout=10) as session:
+        assert sim.post("/sandbox/inbound", json={"phone_number_id": PN, "from": OPEN}).json()["webhook"][
+            "delivered"
+        ]
+        wa = WhatsApp(phone_id=PN, token=key, session=session)
+        wa.api._session.base_url = (
+            f"http://127.0.0.1:{port}/graph/v{wa.api._session.base_url.path.split('/v')[-1]}"
+        )
+        sent = wa.send_message(to=OPEN, text="Your order shipped")
+        assert sent.id.startswith("wamid.SANDBOX")
+        with pytest.raises(ReEngagementMessage):  # pywa's own error, from the gate's synchronous refusal
+            wa.send_message(to=NEVER, text="hello?")
+        assert sim.get("/sandbox/stats").json()["sends"] == 1  # the refusal never reached Meta
+
+
+def test_sigkill_mid_load_loses_nothing_and_sends_nothing_twice(
+    loop: tuple[int, httpx.Client, dict[str, str], str], tmp_path: Path
+) -> None:
+    port, sim, env, key = loop
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"phone_number_id": PN, "to": OPEN, "type": "text", "text": {"body": "hi"}}
+
+    def send(i: int) -> int:
+        with contextlib.suppress(httpx.TransportError):
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/messages",
+                json=body,
+                timeout=10,
+                headers={**auth, "Idempotency-Key": f"k{i}"},
+            )
+            return r.status_code
+        return 0  # the connection died with the gate
+
+    with (
+        serve(env, tmp_path / "gate1.log", "--no-migrate", port=port) as first,
+        ThreadPoolExecutor(32) as pool,
+    ):
+        assert sim.post("/sandbox/inbound", json={"phone_number_id": PN, "from": OPEN}).json()["webhook"][
+            "delivered"
+        ]
+        sim.post("/sandbox/faults", json={"latency_ms": 300})  # keep sends in flight when the gate dies
+        futures = [pool.submit(send, i) for i in range(200)]
+        deadline = time.monotonic() + 60
+        while sum(f.done() for f in futures) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.proc.kill()  # SIGKILL: no cleanup, no answer for what was in flight
+        before = [f.result() for f in futures]
+    assert 0 in before and 201 in before  # the kill really cut requests short
+
+    sim.delete("/sandbox/faults")
+    with serve(env, tmp_path / "gate2.log", "--no-migrate", port=port):
+        time.sleep(2 * 3 + 5 + 2)  # orphaned `pending` records expire after 3 × timeout + 5 s
+        with ThreadPoolExecutor(32) as pool:
+            after = list(pool.map(send, range(200)))  # every caller retries with its key
+    left = Counter(
+        m["biz_opaque_callback_data"] for m in sim.get("/sandbox/messages?limit=10000").json()["data"]
+    )
+    records = asyncio.run(_records(env["WINDOW_GATE_DATABASE_URL"]))
+
+    assert len(records) == 200  # exactly one record per key, however often it was retried
+    assert max(left.values()) == 1, "a message left twice"
+    assert set(left) <= {f"wg:{r}" for r in records}
+    for record_id, status in records.items():
+        assert status in {"accepted", "sent", "delivered", "read", "unknown"}, status
+        if status != "unknown":
+            assert left[f"wg:{record_id}"] == 1
+    assert set(after) <= {201, 504}
+    # A retry answers what is known: 201 once Meta's answer or status webhooks said it left, else 504.
+    assert Counter(after)[504] == Counter(records.values())["unknown"]
+
+
+async def _records(url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        return {str(r["id"]): r["status"] for r in await conn.fetch("SELECT id, status FROM messages")}
+    finally:
+        await conn.close()
