@@ -27,9 +27,13 @@ pytest_plugins = ["tests.upstream"]  # the scripted Meta every app fixture talks
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = (
+    "budget_spend",
+    "budgets",
     "consents",
     "message_events",
     "messages",
+    "templates",
+    "template_syncs",
     "phone_numbers",
     "webhook_deliveries",
     "inbound_messages",

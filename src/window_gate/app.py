@@ -19,6 +19,7 @@ from window_gate import __doc__ as description
 from window_gate import db
 from window_gate.apikey.service import Authenticator
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
+from window_gate.consent.endpoints import router as consent_router
 from window_gate.errors import DatabaseUnavailable, PayloadTooLarge, install_error_handlers, problem_response
 from window_gate.graph.client import GraphClient
 from window_gate.health.endpoints import router as health_router
@@ -27,7 +28,9 @@ from window_gate.message import repository as messages
 from window_gate.message.endpoints import graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.metrics import MetricsMiddleware
+from window_gate.pricing.endpoints import budgets_router, costs_router
 from window_gate.sandbox import SimulatorConfig, create_simulator
+from window_gate.template.endpoints import router as template_router
 from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import router as webhook_router
 from window_gate.window.endpoints import router as window_router
@@ -87,7 +90,17 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(OSError, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_error)
-    for router in (health_router, webhook_router, window_router, message_router, graph_router):
+    for router in (
+        health_router,
+        webhook_router,
+        window_router,
+        message_router,
+        template_router,
+        consent_router,
+        costs_router,
+        budgets_router,
+        graph_router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

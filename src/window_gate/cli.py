@@ -1,4 +1,4 @@
-"""`window-gate`: serve, migrate, api-keys create, simulator, sandbox-inbound."""
+"""`window-gate`: serve, migrate, api-keys create, templates sync, simulator, sandbox-inbound."""
 
 import argparse
 import asyncio
@@ -35,6 +35,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     create.add_argument("--phone-number", action="append", default=[], dest="phone_numbers", metavar="ID")
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.SEND.value)
 
+    templates = verbs.add_parser("templates", help="the template registry").add_subparsers(
+        dest="action", required=True
+    )
+    sync = templates.add_parser(
+        "sync", help="pull every template of each WhatsApp Business Account from Meta"
+    )
+    sync.add_argument(
+        "--waba",
+        action="append",
+        default=[],
+        dest="wabas",
+        metavar="ID",
+        help="only this account (repeatable; default: WINDOW_GATE_WABA_IDS and every account learnt from webhooks)",
+    )
+
+    budgets = verbs.add_parser("budgets", help="monthly spending limits").add_subparsers(
+        dest="action", required=True
+    )
+    budget = budgets.add_parser("set", help="set the monthly budget of a phone number or an API key (by id)")
+    budget.add_argument("scope", choices=["phone_number", "api_key"])
+    budget.add_argument("scope_id", metavar="ID")
+    budget.add_argument(
+        "--limit", required=True, metavar="AMOUNT", help="most estimated spend a calendar month"
+    )
+    budget.add_argument("--currency", help="default: the rate card's currency")
+
     sim = verbs.add_parser("simulator", help="run the Graph API simulator (sandbox Meta) as its own server")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8001)
@@ -62,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.verb == "migrate":
         db.upgrade(url)
         print(f"database at revision {db.head_revision()}")
+    elif args.verb == "templates":
+        sys.exit(asyncio.run(_sync_templates(settings, url, args.wabas)))
+    elif args.verb == "budgets":
+        sys.exit(asyncio.run(_set_budget(settings, url, args)))
     else:
         key = asyncio.run(_create_key(url, args.name, Role(args.role), args.phone_numbers))
         print(f"API key {args.name!r} ({args.role}); it is shown only this once:")
@@ -153,6 +183,81 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
         if simulator is not None:
             simulator.terminate()
             simulator.wait(10)
+
+
+async def _sync_templates(settings: Settings, url: str, only: Sequence[str]) -> int:
+    """`templates sync`: one line per account; exit status 1 when any account failed."""
+    import httpx
+
+    from window_gate.graph.client import GraphClient
+    from window_gate.template import service as templates
+
+    transport = None
+    if settings.sandbox_mode and settings.graph_base_url == DEFAULT_GRAPH_BASE_URL:
+        from window_gate.sandbox import SimulatorConfig, create_simulator
+
+        transport = httpx.ASGITransport(app=create_simulator(SimulatorConfig()))  # its templates, in-process
+    engine = db.make_engine(url, 1)
+    try:
+        async with httpx.AsyncClient(
+            base_url=settings.graph_base_url, timeout=settings.graph_timeout_seconds, transport=transport
+        ) as http:
+            async with engine.connect() as conn:
+                accounts = await templates.accounts_to_sync(conn, settings, only)
+            if not accounts:
+                print("no WhatsApp Business Account known: set WINDOW_GATE_WABA_IDS, or let a webhook arrive")
+                return 1
+            graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
+            results = await templates.sync(engine, graph, accounts)
+    finally:
+        await engine.dispose()
+    for r in results:
+        if r.error:
+            print(f"{r.waba_id}: not synced: {r.error}")
+        else:
+            print(f"{r.waba_id}: {r.templates} templates, {r.deleted} no longer listed (marked DELETED)")
+    return 1 if any(r.error for r in results) else 0
+
+
+async def _set_budget(settings: Settings, url: str, args: argparse.Namespace) -> int:
+    """`budgets set`: the same rules as PUT /v1/budgets/{scope}/{scope_id}."""
+    from decimal import Decimal, InvalidOperation
+
+    from window_gate.errors import GateError
+    from window_gate.pricing import service as pricing
+    from window_gate.pricing.schemas import Scope
+    from window_gate.window.service import now
+
+    tables = settings.pricing_tables
+    try:
+        limit = Decimal(args.limit)
+    except InvalidOperation:
+        limit = Decimal("NaN")
+    if not limit.is_finite() or limit < 0:
+        print(f"window-gate: --limit {args.limit!r} is not an amount", file=sys.stderr)
+        return 2
+    engine = db.make_engine(url, 1)
+    try:
+        async with engine.begin() as conn:
+            budget = await pricing.set_budget(
+                conn,
+                tables,
+                Scope(args.scope),
+                args.scope_id,
+                limit,
+                args.currency or tables.card.currency,
+                now(),
+            )
+    except GateError as exc:
+        print(f"window-gate: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
+    print(
+        f"{budget.scope.value} {budget.scope_id}: {budget.monthly_limit} {budget.currency} a month, "
+        f"{budget.spent} spent in {budget.month:%Y-%m}"
+    )
+    return 0
 
 
 async def _create_key(url: str, name: str, role: Role, phone_numbers: Sequence[str]) -> str:

@@ -6,6 +6,15 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from window_gate.consent.rules import (
+    DEFAULT_OPT_IN_KEYWORDS,
+    DEFAULT_OPT_OUT_KEYWORDS,
+    Keywords,
+    parse_keywords,
+)
+from window_gate.pricing.rules import Tables
+from window_gate.pricing.tables import load_card, load_matrix, load_tables
+
 DEFAULT_GRAPH_BASE_URL = "https://graph.facebook.com"
 
 
@@ -35,6 +44,30 @@ class Settings(BaseSettings):
     graph_timeout_seconds: float = Field(10.0, gt=0, le=120)
     graph_max_connections: int = Field(100, ge=1)
     bootstrap_admin_key: bool = True
+    rate_card: str | None = Field(
+        None,
+        description="Comma-separated Meta rate-card CSVs (`PATH` or `PATH@YYYY-MM-DD`, one per effective date); "
+        "unset → the bundled EXAMPLE card (not Meta's prices)",
+    )
+    billability_matrix: str | None = Field(
+        None, description="CSV of which messages Meta charges, with effective dates; unset → the bundled one"
+    )
+    pricing_apply_unsure: bool = Field(
+        False, description="Apply matrix rows marked unsure (the reported 2026-10-01 pricing changes)"
+    )
+    waba_ids: str = Field(
+        "",
+        description="Comma-separated WhatsApp Business Account ids whose templates `templates sync` pulls "
+        "(besides every account learnt from webhooks)",
+    )
+    opt_out_keywords: str = Field(
+        DEFAULT_OPT_OUT_KEYWORDS,
+        description="Comma-separated; a customer message that is exactly one of these stops marketing messages",
+    )
+    opt_in_keywords: str = Field(
+        DEFAULT_OPT_IN_KEYWORDS,
+        description="Comma-separated; a customer message that is exactly one of these resumes them",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -51,6 +84,56 @@ class Settings(BaseSettings):
                 if not getattr(self, name):
                     raise ValueError(f"WINDOW_GATE_{name.upper()} is required unless sandbox mode is on")
         return self
+
+    @field_validator("opt_out_keywords", "opt_in_keywords")
+    @classmethod
+    def _keyword_list(cls, value: str) -> str:
+        parse_keywords(value)
+        return value
+
+    @model_validator(mode="after")
+    def _keywords_disjoint(self) -> "Settings":
+        try:
+            self.consent_keywords  # noqa: B018  (parsed once here, so a bad list stops start-up)
+        except ValueError as exc:
+            raise ValueError(f"WINDOW_GATE_OPT_OUT_KEYWORDS and WINDOW_GATE_OPT_IN_KEYWORDS: {exc}") from None
+        return self
+
+    @cached_property
+    def consent_keywords(self) -> Keywords:
+        """The keyword lists, normalised (consent/rules.py says how messages are compared)."""
+        return Keywords.parse(self.opt_out_keywords, self.opt_in_keywords)
+
+    @field_validator("waba_ids")
+    @classmethod
+    def _numeric_ids(cls, value: str) -> str:
+        bad = [w for w in _split(value) if not w.isdigit()]
+        if bad:
+            raise ValueError(f"not a WhatsApp Business Account id (digits): {bad[0]!r}")
+        return value
+
+    @property
+    def template_accounts(self) -> list[str]:
+        """The accounts to sync templates of; the sandbox's simulated one when none is configured."""
+        configured = _split(self.waba_ids)
+        return configured or ([SANDBOX_WABA_ID] if self.sandbox_mode else [])
+
+    @field_validator("rate_card")
+    @classmethod
+    def _rate_card_readable(cls, value: str | None) -> str | None:
+        load_card(value or None)  # a bad card stops start-up, naming the file and line
+        return value or None
+
+    @field_validator("billability_matrix")
+    @classmethod
+    def _matrix_readable(cls, value: str | None) -> str | None:
+        load_matrix(value or None, True)
+        return value or None
+
+    @property
+    def pricing_tables(self) -> Tables:
+        """Rate card, billability matrix and markets, as these settings name them (read once per process)."""
+        return load_tables(self.rate_card, self.billability_matrix, self.pricing_apply_unsure)
 
     @cached_property
     def sandbox_mode(self) -> bool:
@@ -73,6 +156,11 @@ class Settings(BaseSettings):
 # Public on purpose: the sandbox is a local test double, never Meta.
 SANDBOX_APP_SECRET = "sandbox-app-secret"  # noqa: S105
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105
+SANDBOX_WABA_ID = "102290129340398"  # the simulator's account (SimulatorConfig.waba_id)
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 class SettingsError(Exception):

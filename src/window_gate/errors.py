@@ -73,6 +73,26 @@ class WindowClosed(GateError):
     code, status, title = "window_closed", 409, "Customer service window is not open"
 
 
+class OptedOut(GateError):
+    code, status, title = "opted_out", 409, "Customer stopped marketing messages"
+
+
+class TemplateNotFound(GateError):
+    code, status, title = "template_not_found", 422, "Template does not exist in that language"
+
+
+class TemplateNotApproved(GateError):
+    code, status, title = "template_not_approved", 422, "Template is not approved"
+
+
+class TemplateParametersInvalid(GateError):
+    code, status, title = "template_parameters_invalid", 422, "Template parameters do not match the template"
+
+
+class BudgetExceeded(GateError):
+    code, status, title = "budget_exceeded", 402, "The send would pass a monthly budget"
+
+
 class IdempotencyConflict(GateError):
     code, status, title = "idempotency_conflict", 409, "Idempotency-Key reused with another body"
 

@@ -1,16 +1,21 @@
 """ORM models: the one place Alembic imports. Runtime SQL lives in each domain's repository.py."""
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
+    Date,
     ForeignKey,
     Identity,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -123,6 +128,7 @@ class PhoneNumber(Base):
 
     phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
     access_token: Mapped[str | None] = mapped_column(Text)
+    waba_id: Mapped[str | None] = mapped_column(Text)  # its WhatsApp Business Account, learnt from webhooks
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 
@@ -130,7 +136,10 @@ class Message(Base):
     """One send a caller asked for: recorded before it leaves, then updated with Meta's answers."""
 
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("api_key_id", "idempotency_key"),
+        Index("ix_messages_phone_number_id_created_at", "phone_number_id", "created_at"),  # costs report
+    )
 
     id: Mapped[UUID] = mapped_column(primary_key=True)
     api_key_id: Mapped[UUID] = mapped_column(ForeignKey("api_keys.id"))
@@ -146,8 +155,18 @@ class Message(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     response_status: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    pricing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # as the gate saw it when it let the send pass
+    pricing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # Meta's word, from status webhooks
+    # The gate's own estimate when the send left (pricing/rules.py): category, market, money, window flags.
+    pricing_category: Mapped[str | None] = mapped_column(Text)
+    market: Mapped[str | None] = mapped_column(Text)
+    billable: Mapped[bool | None]
+    estimated_amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    inside_csw: Mapped[bool | None]
+    inside_fep: Mapped[bool | None]
+    window: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONB
+    )  # as the gate saw it when it let the send pass
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
@@ -177,3 +196,69 @@ class Consent(Base):
     opted_out: Mapped[bool]
     source: Mapped[str] = mapped_column(Text)
     changed_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class MessageTemplate(Base):
+    """A message template as Meta last described it: synced from the Graph API, kept current by template
+    webhooks and by Meta's answers to sends. Meta's id is the key; senders name (name, language) of a WABA."""
+
+    __tablename__ = "templates"
+    __table_args__ = (Index("ix_templates_waba_id_name_language", "waba_id", "name", "language"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    waba_id: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    language: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(Text)
+    previous_category: Mapped[str | None] = mapped_column(Text)
+    parameter_format: Mapped[str] = mapped_column(Text, server_default=text("'POSITIONAL'"))
+    components: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)  # None: known from a webhook only
+    quality: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    meta_error_code: Mapped[int | None] = mapped_column(Integer)
+    meta_error_at: Mapped[datetime | None] = mapped_column(TZ)
+    synced_at: Mapped[datetime | None] = mapped_column(TZ)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class TemplateSync(Base):
+    """The last complete template sync of a WhatsApp Business Account. Until one ran, the registry does not
+    know every template of that account, so a template missing from it is not refused."""
+
+    __tablename__ = "template_syncs"
+
+    waba_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    synced_at: Mapped[datetime] = mapped_column(TZ)
+    templates: Mapped[int] = mapped_column(Integer)
+
+
+class Budget(Base):
+    """A monthly spending limit for one business phone number or one API key, in the rate card's currency."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        CheckConstraint("scope IN ('phone_number', 'api_key')", name="scope"),
+        CheckConstraint("monthly_limit >= 0", name="monthly_limit"),
+    )
+
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    scope_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    monthly_limit: Mapped[Decimal] = mapped_column(Numeric(18, 6))
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class BudgetSpend(Base):
+    """Estimated spend reserved per scope and calendar month (UTC), kept whether or not a budget is set:
+    the row every replica's reservation locks, so concurrent sends can never pass the limit together."""
+
+    __tablename__ = "budget_spend"
+
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    scope_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    spent: Mapped[Decimal] = mapped_column(Numeric(18, 6), server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))

@@ -8,6 +8,8 @@ import httpx
 import orjson
 
 CONNECT_RETRIES = 2  # a refused connection means the message surely did not leave
+TEMPLATE_FIELDS = "id,name,language,status,category,previous_category,parameter_format,components,rejected_reason,quality_score"
+TEMPLATE_PAGE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +95,31 @@ class GraphClient:
         if not isinstance(answer, dict):
             raise UpstreamTimeout("unreadable answer from the Graph API")
         return answer
+
+    async def list_templates(
+        self, waba_id: str, after: str | None = None, limit: int = TEMPLATE_PAGE, token: str | None = None
+    ) -> dict[str, Any]:
+        """One page of GET /{version}/{waba_id}/message_templates: `{data, paging: {cursors: {after}, next}}`.
+        A read: retried on connection failures; GraphError / UpstreamTimeout / UpstreamUnreachable otherwise."""
+        params = {"fields": TEMPLATE_FIELDS, "limit": str(limit)} | ({"after": after} if after else {})
+        headers = {"Authorization": f"Bearer {token or self.default_token or 'sandbox'}"}
+        url = f"/{self.version}/{waba_id}/message_templates"
+        for attempt in range(CONNECT_RETRIES + 1):
+            try:
+                response = await self.http.get(url, params=params, headers=headers)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                if attempt == CONNECT_RETRIES:
+                    raise UpstreamUnreachable(str(exc)) from exc
+                await asyncio.sleep(0.05 * 2**attempt)
+            except httpx.HTTPError as exc:
+                raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise GraphError.from_response(response)
+        try:
+            page = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamTimeout(f"unreadable answer from the Graph API: {exc}") from exc
+        if not isinstance(page, dict) or not isinstance(page.get("data"), list):
+            raise UpstreamTimeout("unreadable answer from the Graph API: no `data` list")
+        return page

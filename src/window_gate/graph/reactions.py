@@ -3,7 +3,11 @@
 from window_gate.errors import (
     GateError,
     InvalidRecipient,
+    OptedOut,
     RateLimited,
+    TemplateNotApproved,
+    TemplateNotFound,
+    TemplateParametersInvalid,
     UpstreamError,
     ValidationFailed,
     WindowClosed,
@@ -22,6 +26,12 @@ REACTIONS: dict[int, type[GateError]] = {
     131008: ValidationFailed,  # required parameter missing
     131009: ValidationFailed,  # parameter value invalid
     100: ValidationFailed,  # invalid parameter
+    131050: OptedOut,  # the customer stopped marketing messages (recorded from the failed status too)
+    132000: TemplateParametersInvalid,  # parameter count mismatch
+    132012: TemplateParametersInvalid,  # parameter format mismatch
+    132001: TemplateNotFound,  # missing in that language, or not approved
+    132015: TemplateNotApproved,  # paused
+    132016: TemplateNotApproved,  # disabled
 }
 RETRY_AFTER_SECONDS = {131056: 6}  # pair rate: about one message per 6 s to one customer
 

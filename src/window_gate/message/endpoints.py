@@ -11,11 +11,16 @@ from fastapi.responses import JSONResponse, Response
 from window_gate.apikey.rules import Role
 from window_gate.errors import (
     AUTH_PROBLEMS,
+    BudgetExceeded,
     GateError,
     IdempotencyConflict,
     InvalidRecipient,
     NotFound,
+    OptedOut,
     RateLimited,
+    TemplateNotApproved,
+    TemplateNotFound,
+    TemplateParametersInvalid,
     UpstreamError,
     UpstreamTimeout,
     ValidationFailed,
@@ -42,6 +47,11 @@ IdempotencyKey = Annotated[
         *AUTH_PROBLEMS,
         InvalidRecipient,
         WindowClosed,
+        TemplateNotFound,
+        TemplateNotApproved,
+        TemplateParametersInvalid,
+        OptedOut,
+        BudgetExceeded,
         IdempotencyConflict,
         RateLimited,
         UpstreamError,
@@ -96,6 +106,11 @@ META_SHAPES: dict[str, tuple[int, int, str]] = {
     "rate_limited": (400, 130429, "Rate limit hit"),
     "upstream_timeout": (504, 131000, "Something went wrong"),
     "database_unavailable": (503, 131000, "Something went wrong"),
+    "template_not_found": (404, 132001, "Template name does not exist in the translation"),
+    "template_not_approved": (400, 132015, "Template is paused"),
+    "template_parameters_invalid": (400, 132000, "Number of parameters does not match the expected number"),
+    "opted_out": (400, 131050, "User has stopped marketing messages"),
+    "budget_exceeded": (400, 131042, "Business eligibility payment issue"),
 }
 INVALID_PARAMETER = (400, 100, "Invalid parameter")
 

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from window_gate.pricing.schemas import EstimateOut
 from window_gate.window.schemas import EXAMPLE_PN, WindowOut
 
 
@@ -46,7 +47,7 @@ class SendOut(BaseModel):
     status: str = Field(description="accepted, or a later status from Meta's webhooks", examples=["accepted"])
     recipient: RecipientOut = Field(description="Who the message went to: as written, and Meta's wa_id")
     window: WindowOut = Field(description="The window as the gate saw it when the send was decided")
-    pricing_estimate: dict[str, Any] | None = Field(None, description="Cost estimate (templates issue)")
+    pricing_estimate: EstimateOut | None = Field(None, description="What the gate expects Meta to charge")
 
 
 class EventOut(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from window_gate.apikey.rules import Caller, Role
+from window_gate.consent import service as consent
 from window_gate.customer import repository as customers
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
@@ -30,11 +31,15 @@ from window_gate.graph.reactions import RE_ENGAGEMENT, gate_error
 from window_gate.kit import Gate
 from window_gate.message import repository
 from window_gate.message.schemas import RecipientOut, SendOut
+from window_gate.pricing import service as pricing
+from window_gate.template import service as templates
+from window_gate.template.service import TemplateInfo
 from window_gate.window import repository as windows
 from window_gate.window import service as window_service
 from window_gate.window.schemas import WindowOut
 
 TEMPLATE = "template"
+MARKETING = "MARKETING"
 DELIVERED = {"sent", "delivered", "read"}  # statuses only Meta's webhooks set
 OPAQUE_PREFIX = "wg:"  # biz_opaque_callback_data = "wg:<message id>": status webhooks find the record
 
@@ -66,8 +71,13 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
             return previous
 
     now = window_service.now()
+    template: TemplateInfo | None = None
     async with gate.engine.connect() as conn:
         [window] = await window_service.check(conn, phone_number_id, [ref], gate.policy, now)
+        if kind == TEMPLATE:
+            template = await templates.check_send(conn, phone_number_id, body[TEMPLATE])
+            if template.category == MARKETING:
+                await consent.check_marketing(conn, phone_number_id, ref.aliases())
         token = await repository.access_token(conn, phone_number_id)
     if kind != TEMPLATE and not window.can_send_free_form:
         raise WindowClosed(
@@ -79,7 +89,18 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     message_id = uuid.uuid4()
     caller_opaque = body.get("biz_opaque_callback_data")
     outbound = {**body, "biz_opaque_callback_data": f"{OPAQUE_PREFIX}{message_id}"}
+    # An unknown template category is priced as the dearest (marketing), so budgets err on the safe side.
+    category = (template.category or MARKETING) if template else None
     async with gate.engine.begin() as conn:
+        estimate = await pricing.estimate_send(
+            conn,
+            gate.settings.pricing_tables,
+            phone_number_id=phone_number_id,
+            category=category,
+            recipient=window.customer.wa_id or window.customer.user_id or to,
+            window=window,
+            at=now,
+        )
         recorded = await repository.insert_pending(
             conn,
             id=message_id,
@@ -93,11 +114,29 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
             window=window.model_dump(mode="json"),
             at=now,
         )
+        if recorded:  # a budget refusal rolls all of this back: nothing recorded, nothing sent
+            await pricing.reserve(
+                conn,
+                phone_number_id=phone_number_id,
+                api_key_id=caller.id,
+                amount=estimate.amount,
+                currency=estimate.currency,
+                at=now,
+            )
+            await pricing.record_estimate(conn, message_id, estimate)
     if not recorded:  # a concurrent request with the same key won the race: answer as it does
         assert idempotency_key is not None
         previous = await _previous(gate, caller, idempotency_key, request_hash)
         assert previous is not None
         return previous
+
+    async def release(refusal: graph.GraphError | None) -> None:  # only when the message surely did not leave
+        async with gate.engine.begin() as conn:
+            await pricing.release(
+                conn, phone_number_id=phone_number_id, api_key_id=caller.id, amount=estimate.amount, at=now
+            )
+            if refusal is not None and refusal.code and kind == TEMPLATE:
+                await templates.learn_from_meta_error(conn, phone_number_id, body[TEMPLATE], refusal.code)
 
     try:
         answer = await gate.graph.send_message(phone_number_id, outbound, token)
@@ -105,6 +144,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         err = gate_error(exc)
         err.context["id"] = str(message_id)
         await _finish_refused(gate, message_id, err, exc, phone_number_id, window)
+        await release(exc)
         raise err from None
     except graph.UpstreamTimeout as exc:
         err = UpstreamTimeout(
@@ -115,6 +155,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     except graph.UpstreamUnreachable as exc:
         err = UpstreamError(f"Meta could not be reached ({exc}); nothing was sent", id=str(message_id))
         await _finish(gate, message_id, "not_sent", err.status, err.problem(), error={"reason": str(exc)})
+        await release(None)
         raise err from None
 
     contact = (answer.get("contacts") or [{}])[0]
@@ -126,6 +167,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         status="accepted",
         recipient=RecipientOut(input=to, wa_id=wa_id),
         window=window,
+        pricing_estimate=pricing.estimate_out(estimate),
     )
     response = {**out.model_dump(mode="json"), "meta": answer}
     async with gate.engine.begin() as conn:

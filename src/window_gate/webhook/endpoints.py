@@ -80,7 +80,9 @@ async def receive(
     received_at = datetime.now(UTC)
     try:
         async with state.engine.begin() as conn:
-            delivery = await service.ingest(conn, body, received_at, state.policy)
+            delivery = await service.ingest(
+                conn, body, received_at, state.policy, state.settings.consent_keywords
+            )
         service.count(delivery)
     except (ValueError, DBAPIError) as exc:
         # Well-signed but not applicable (malformed JSON, data PostgreSQL refuses): a retry cannot help.

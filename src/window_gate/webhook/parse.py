@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from window_gate.consent.rules import comparable
+
 # Which user-sent `messages[].type` open or renew the customer service window (whatsapp-platform.md §1).
 # Meta says "messages or calls"; reaction and unsupported are unsure: change a row to change the rule.
 # A type not listed here does not open the window (fail closed) and is counted as `ignored`.
@@ -33,6 +35,14 @@ MARKETING = "marketing"
 # user_preferences categories → the gate's consent categories.
 PREFERENCE_CATEGORIES = {"marketing_messages": MARKETING}
 REFERRAL_CONVERSION = "referral_conversion"  # conversation origin inside a free-entry-point window
+TEMPLATE_STATUS = "message_template_status_update"
+TEMPLATE_QUALITY = "message_template_quality_update"
+# Meta documents the first name; the second matches its sibling fields' naming.
+TEMPLATE_CATEGORY = ("template_category_update", "message_template_category_update")
+TEMPLATE_FIELDS = frozenset({TEMPLATE_STATUS, TEMPLATE_QUALITY, *TEMPLATE_CATEGORY})
+# Status events that end a state without naming the status they return to: an unarchived or unlocked
+# template is approved again in the common case (unsure); the next sync corrects it if not.
+RESTORED = {"UNARCHIVED": "APPROVED", "UNLOCKED": "APPROVED"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,7 @@ class InboundEvent:
     type: str
     sent_at: datetime
     referral: dict[str, Any] | None
+    words: tuple[str, ...] = ()  # short texts that may be a consent keyword, normalised (consent/rules.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +94,21 @@ class ConsentEvent:
     source: str
 
 
+@dataclass(frozen=True, slots=True)
+class TemplateEvent:
+    """Meta's word on one template: its status, quality rating or category (None: not in this event)."""
+
+    waba_id: str | None
+    template_id: str
+    name: str | None
+    language: str | None
+    status: str | None = None
+    reason: str | None = None
+    category: str | None = None
+    previous_category: str | None = None
+    quality: str | None = None
+
+
 @dataclass(slots=True)
 class Delivery:
     inbound: list[InboundEvent] = field(default_factory=list)
@@ -90,6 +116,8 @@ class Delivery:
     verdicts: list[VerdictEvent] = field(default_factory=list)
     consents: list[ConsentEvent] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome) for metrics
+    accounts: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, waba_id) seen
+    templates: list[TemplateEvent] = field(default_factory=list)
 
 
 def parse_delivery(body: bytes) -> Delivery:
@@ -100,16 +128,22 @@ def parse_delivery(body: bytes) -> Delivery:
         out.counts["delivery", "ignored"] += 1
         return out
     for entry in _dicts(payload.get("entry")):
+        waba_id = _str(entry.get("id"))  # the WhatsApp Business Account
         for change in _dicts(entry.get("changes")):
             value = change.get("value")
             if not isinstance(value, dict):
                 continue
+            pn = _dict(value.get("metadata")).get("phone_number_id")
+            if waba_id and pn:
+                out.accounts.add((str(pn), waba_id))
             if change.get("field") == "messages":
                 _messages(value, out)
             elif change.get("field") == "calls":
                 _calls(value, out)
             elif change.get("field") == "user_preferences":
                 _preferences(value, out)
+            elif change.get("field") in TEMPLATE_FIELDS:
+                _template(str(change.get("field")), waba_id, value, out)
             else:
                 out.counts[str(change.get("field")), "ignored"] += 1
     return out
@@ -133,7 +167,8 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
             out.counts[kind, "ignored"] += 1
             continue
         referral = _dict(m.get("referral")) or None
-        out.inbound.append(InboundEvent(pn, wa_id, user_id, str(m["id"]), kind, sent_at, referral))
+        words = _words(kind, m.get(kind))
+        out.inbound.append(InboundEvent(pn, wa_id, user_id, str(m["id"]), kind, sent_at, referral, words))
     for s in _dicts(value.get("statuses")):
         wa_id, user_id = _identity(s.get("recipient_id"), s.get("recipient_user_id"), wa_by_user, user_by_wa)
         at = _timestamp(s.get("timestamp"))
@@ -193,6 +228,64 @@ def _preferences(value: dict[str, Any], out: Delivery) -> None:
             out.counts["user_preferences", str(p["value"])] += 1
         else:
             out.counts["user_preferences", "ignored"] += 1
+
+
+def _words(kind: str, part: object) -> tuple[str, ...]:
+    """What the customer typed or tapped, if short enough to be a keyword: the text body, a quick-reply
+    button's payload and label, an interactive reply's id and title."""
+    if not isinstance(part, dict):
+        return ()
+    texts: tuple[object, ...]
+    if kind == "text":  # the common case, kept to one lookup and one comparison
+        word = comparable(part.get("body"))
+        return (word,) if word else ()
+    if kind == "button":
+        texts = (part.get("payload"), part.get("text"))
+    elif kind == "interactive":
+        reply = part.get("button_reply") or part.get("list_reply")
+        texts = (reply.get("id"), reply.get("title")) if isinstance(reply, dict) else ()
+    else:
+        return ()
+    return tuple(word for text in texts if (word := comparable(text)))
+
+
+def _template(kind: str, waba_id: str | None, value: dict[str, Any], out: Delivery) -> None:
+    """Template status, quality and category updates: the registry stays current between syncs."""
+    template_id = _str(value.get("message_template_id"))
+    name, language = _str(value.get("message_template_name")), _str(value.get("message_template_language"))
+    event = None
+    if template_id and kind == TEMPLATE_STATUS and value.get("event"):
+        status = str(value["event"]).upper()
+        info = _dict(value.get("other_info"))
+        reason = _str(value.get("reason")) if value.get("reason") != "NONE" else None
+        event = TemplateEvent(
+            waba_id,
+            template_id,
+            name,
+            language,
+            status=RESTORED.get(status, status),
+            reason=reason or _str(info.get("description") or info.get("title")),
+            category=_upper(value.get("message_template_category")),
+        )
+    elif template_id and kind == TEMPLATE_QUALITY and value.get("new_quality_score"):
+        quality = _upper(value.get("new_quality_score"))
+        event = TemplateEvent(waba_id, template_id, name, language, quality=quality)
+    elif template_id and kind in TEMPLATE_CATEGORY and value.get("new_category"):
+        # An impending change names the current category as new_category (and correct_category next to
+        # it); a completed one names previous_category. Either way new_category is the one in force.
+        category, previous = _upper(value.get("new_category")), _upper(value.get("previous_category"))
+        event = TemplateEvent(
+            waba_id, template_id, name, language, category=category, previous_category=previous
+        )
+    if event is None:
+        out.counts[kind, "ignored"] += 1
+        return
+    out.templates.append(event)
+    out.counts[kind, "recorded"] += 1
+
+
+def _upper(value: object) -> str | None:
+    return str(value).upper() if value else None
 
 
 def _str(value: object) -> str | None:

@@ -9,18 +9,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
 from window_gate.consent import repository as consent
+from window_gate.consent.rules import DEFAULT_KEYWORDS, MARKETING, Keywords
 from window_gate.customer import repository as customers
 from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
+from window_gate.template import repository as templates
 from window_gate.webhook import repository
-from window_gate.webhook.parse import ConsentEvent, Delivery, InboundEvent, VerdictEvent, parse_delivery
+from window_gate.webhook.parse import (
+    ConsentEvent,
+    Delivery,
+    InboundEvent,
+    TemplateEvent,
+    VerdictEvent,
+    parse_delivery,
+)
 from window_gate.window import repository as windows
 from window_gate.window.rule import Policy, inbound_time
 
 
-async def ingest(conn: AsyncConnection, body: bytes, received_at: datetime, policy: Policy) -> Delivery:
+async def ingest(
+    conn: AsyncConnection,
+    body: bytes,
+    received_at: datetime,
+    policy: Policy,
+    keywords: Keywords = DEFAULT_KEYWORDS,
+) -> Delivery:
     """Store the delivery and apply it, in the caller's transaction. Raises on malformed JSON."""
     delivery = parse_delivery(body)
+    _keyword_consents(delivery, keywords, received_at, policy)
     await repository.store(conn, body)
     ids = await _customer_ids(conn, delivery)
     fresh = await windows.record_inbound(
@@ -73,7 +89,41 @@ async def ingest(conn: AsyncConnection, body: bytes, received_at: datetime, poli
             detail=st.payload,
         )
         delivery.counts[f"status_{st.status}", "recorded" if found else "unknown_message"] += 1
+    await templates.record_accounts(conn, delivery.accounts)  # a statement only for pairs not seen yet
+    for event in delivery.templates:
+        await _apply_template(conn, event)
     return delivery
+
+
+async def _apply_template(conn: AsyncConnection, event: TemplateEvent) -> None:
+    """One template webhook: rare, so one statement each, in delivery order."""
+    if event.status is not None:
+        await templates.apply_status(
+            conn,
+            waba_id=event.waba_id,
+            template_id=event.template_id,
+            name=event.name,
+            language=event.language,
+            status=event.status,
+            reason=event.reason,
+            category=event.category,
+        )
+    elif event.quality is not None:
+        await templates.apply_quality(conn, event.template_id, event.quality)
+    elif event.category is not None:
+        await templates.apply_category(conn, event.template_id, event.category, event.previous_category)
+
+
+def _keyword_consents(delivery: Delivery, keywords: Keywords, received_at: datetime, policy: Policy) -> None:
+    """A customer message that is exactly an opt-out (opt-in) keyword stops (resumes) marketing messages,
+    as of the instant the message counts from for the window."""
+    for m in delivery.inbound:
+        if m.words and (opted_out := keywords.verdict(m.words)) is not None:
+            at = inbound_time(m.sent_at, received_at, policy)
+            delivery.consents.append(
+                ConsentEvent(m.phone_number_id, m.wa_id, m.user_id, MARKETING, opted_out, at, "keyword")
+            )
+            delivery.counts["keyword", "stop" if opted_out else "resume"] += 1
 
 
 def _own_id(opaque: str | None) -> UUID | None:

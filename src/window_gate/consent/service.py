@@ -1,0 +1,102 @@
+"""Marketing opt-outs: the send path's check, and the caller's own statements."""
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from window_gate.consent import repository
+from window_gate.consent.rules import MARKETING
+from window_gate.consent.schemas import ConsentCustomer, OptOutOut, OptOutPage
+from window_gate.customer import repository as customers
+from window_gate.customer.identity import CustomerRef
+from window_gate.errors import OptedOut, ValidationFailed
+
+API = "api"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def check_marketing(conn: AsyncConnection, phone_number_id: str, aliases: Sequence[str]) -> None:
+    """Raise OptedOut when the customer these spellings name (`CustomerRef.aliases()`) has stopped
+    marketing messages from this number. Utility and authentication templates are not the caller's
+    question: call this for MARKETING templates only. An unknown customer has not opted out."""
+    row = await repository.current(conn, phone_number_id, aliases, MARKETING)
+    if row is not None and row.opted_out:
+        out = _out(row, phone_number_id)
+        raise OptedOut(
+            f"the customer stopped marketing messages from this number ({out.source}, "
+            f"{out.changed_at.isoformat()}); utility and authentication templates still pass",
+            phone_number_id=phone_number_id,
+            customer=out.customer.model_dump(mode="json"),
+            consent=out.model_dump(mode="json", include={"opted_out", "source", "changed_at"})
+            | {"category": MARKETING},
+            hint="only the customer resumes marketing: WhatsApp settings, an opt-in keyword, or "
+            "DELETE /v1/opt-outs/{phone_number_id}/{customer} when they asked you elsewhere",
+        )
+
+
+async def state(conn: AsyncConnection, phone_number_id: str, ref: CustomerRef) -> OptOutOut | None:
+    row = await repository.current(conn, phone_number_id, ref.aliases(), MARKETING)
+    return _out(row, phone_number_id) if row is not None else None
+
+
+async def declare(
+    conn: AsyncConnection, phone_number_id: str, ref: CustomerRef, opted_out: bool, at: datetime
+) -> OptOutOut:
+    """Record the caller's statement (source `api`) on every customer these spellings name, creating
+    the customer when none is known, so that an older webhook arriving later cannot undo it."""
+    known = await customers.resolve(conn, ref.aliases())
+    ids = sorted(set(known.values())) or [await customers.link(conn, ref.wa_id, ref.user_id, API)]
+    await repository.record(
+        conn, [repository.Statement(phone_number_id, cid, MARKETING, opted_out, at, API) for cid in ids]
+    )
+    found = await state(conn, phone_number_id, ref)
+    assert found is not None  # just recorded, in this transaction
+    return found
+
+
+async def opted_out(
+    conn: AsyncConnection, phone_number_ids: Sequence[str] | None, after: str | None, limit: int
+) -> OptOutPage:
+    """Customers currently opted out of marketing, `limit` at a time (None: every number)."""
+    rows = await repository.opted_out(conn, MARKETING, phone_number_ids, _cursor(after), limit + 1)
+    page = rows[:limit]
+    last = page[-1] if len(rows) > limit else None
+    return OptOutPage(
+        opt_outs=[_out(row, row.phone_number_id) for row in page],
+        next_after=_encode(last.phone_number_id, last.customer_id) if last is not None else None,
+    )
+
+
+def _out(row: Row[Any], phone_number_id: str) -> OptOutOut:
+    return OptOutOut(
+        phone_number_id=phone_number_id,
+        customer=ConsentCustomer(wa_id=row.wa_id, user_id=row.user_id),
+        opted_out=row.opted_out,
+        source=row.source,
+        changed_at=row.changed_at,
+    )
+
+
+def _encode(phone_number_id: str, customer_id: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([phone_number_id, customer_id])).decode().rstrip("=")
+
+
+def _cursor(after: str | None) -> tuple[str, int] | None:
+    if not after:
+        return None
+    try:
+        pn, cid = orjson.loads(base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)))
+        if isinstance(pn, str) and type(cid) is int and 0 <= cid < 2**63:
+            return pn, cid
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise ValidationFailed("after: not a `next_after` from a previous page", after=after)

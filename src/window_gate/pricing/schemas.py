@@ -1,0 +1,121 @@
+"""What the costs and budgets endpoints take and answer. Money is a decimal string, never a float."""
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from window_gate.window.schemas import EXAMPLE_PN
+
+EXAMPLE_KEY = "0b8f7a52-4c1e-4a8e-9a57-2f0e4c8b1d2a"
+Money = Annotated[Decimal, Field(max_digits=18, decimal_places=6)]
+
+
+class Scope(StrEnum):
+    PHONE_NUMBER = "phone_number"
+    API_KEY = "api_key"
+
+
+class GroupBy(StrEnum):
+    DAY = "day"
+    CATEGORY = "category"
+    MARKET = "market"
+    API_KEY = "api_key"
+
+
+class EstimateOut(BaseModel):
+    """What the gate expected Meta to charge when the send left."""
+
+    category: str = Field(
+        description="marketing, utility, authentication or service (free-form)", examples=["utility"]
+    )
+    market: str = Field(description="Meta's market, from the recipient's calling code", examples=["Brazil"])
+    billable: bool = Field(description="Whether Meta is expected to charge it", examples=[True])
+    amount: Money = Field(description="Expected charge; 0 when free", examples=["0.007000"])
+    currency: str = Field(description="The rate card's currency", examples=["USD"])
+    rate: Money | None = Field(
+        description="The card's list rate for this market and category", examples=["0.0070"]
+    )
+    type: str = Field(
+        description="In Meta's words: regular, free_customer_service or free_entry_point",
+        examples=["regular"],
+    )
+    inside_csw: bool = Field(description="Sent inside the customer service window", examples=[False])
+    inside_fep: bool = Field(description="Sent inside a free-entry-point window", examples=[False])
+    unsure: bool = Field(description="Decided by a billability row marked unsure", examples=[False])
+    rule: str = Field(description="Why, in a line", examples=["utility outside csw: paid (since 2025-07-01)"])
+
+
+class BudgetIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"monthly_limit": "250.00", "currency": "USD"}})
+
+    monthly_limit: Money = Field(
+        ge=0, description="Most estimated spend per calendar month (UTC); 0 refuses every paid send"
+    )
+    currency: str = Field(
+        pattern=r"^[A-Z]{3}$", description="Must be the rate card's currency", examples=["USD"]
+    )
+
+
+class BudgetOut(BaseModel):
+    scope: Scope = Field(description="phone_number or api_key", examples=["phone_number"])
+    scope_id: str = Field(description="The phone_number_id, or the API key's id", examples=[EXAMPLE_PN])
+    monthly_limit: Money = Field(description="Most estimated spend per calendar month", examples=["250.00"])
+    currency: str = Field(description="Currency of limit and spend", examples=["USD"])
+    month: date = Field(
+        description="The current calendar month (UTC), as its first day", examples=["2026-11-01"]
+    )
+    spent: Money = Field(description="Estimated spend reserved this month", examples=["12.345000"])
+    remaining: Money = Field(description="monthly_limit − spent, never below 0", examples=["237.655000"])
+    updated_at: datetime = Field(description="When the budget was last set")
+
+
+class BudgetsOut(BaseModel):
+    budgets: list[BudgetOut] = Field(description="Every budget, by scope then id")
+
+
+class CostGroupOut(BaseModel):
+    key: str = Field(
+        description="The day (YYYY-MM-DD), category, market or API key id of this group",
+        examples=["2026-11-24"],
+    )
+    label: str | None = Field(description="The API key's name (group_by=api_key)", examples=[None])
+    messages: int = Field(
+        description="Sends that left (Meta accepted them, or the outcome is unknown)", examples=[120]
+    )
+    not_estimated: int = Field(description="Of those, sends recorded without an estimate", examples=[0])
+    estimated_billable: int = Field(description="Sends the gate expected Meta to charge", examples=[80])
+    estimated_amount: Money = Field(description="Sum of the gate's estimates", examples=["0.560000"])
+    sent_free: int = Field(
+        description="Sends the gate expected to be free (service, utility in the window, free entry point)",
+        examples=[40],
+    )
+    reported: int = Field(description="Sends Meta's status webhooks reported pricing for", examples=[118])
+    reported_billable: int = Field(description="Of those, the ones Meta says it charges", examples=[79])
+    reported_free: int = Field(description="Of those, the ones Meta says are free", examples=[39])
+    reported_amount: Money = Field(
+        description="Meta's billable sends priced with the rate card (category Meta reported, day sent)",
+        examples=["0.553000"],
+    )
+    reported_billable_by_category: dict[str, int] = Field(
+        description="Meta's billable sends by the category Meta reported",
+        examples=[{"marketing": 12, "utility": 67}],
+    )
+
+
+class CostsOut(BaseModel):
+    phone_number_id: str | None = Field(
+        description="The number asked for; null: every number the key may see", examples=[EXAMPLE_PN]
+    )
+    from_date: date = Field(description="First day included (UTC)", examples=["2026-11-01"])
+    to_date: date = Field(description="Last day included (UTC)", examples=["2026-11-30"])
+    group_by: GroupBy = Field(description="day, category, market or api_key", examples=["day"])
+    currency: str = Field(description="The rate card's currency", examples=["USD"])
+    rate_card: list[str] = Field(
+        description="The rate-card files the amounts come from (an EXAMPLE card is not Meta's prices)",
+        examples=[["rates/USD_2026-10-01.csv"]],
+    )
+    groups: list[CostGroupOut] = Field(description="One entry per group, ordered by key")
+    totals: CostGroupOut = Field(description="All groups together (key `total`)")

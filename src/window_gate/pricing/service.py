@@ -1,0 +1,348 @@
+"""Cost estimates, budgets and the costs report: the rules in rules.py applied to what the database knows.
+
+The send path (message/service.py) calls, in this order and all in the transaction that records the send:
+`estimate_send` → `repository.insert_pending` → `reserve` → `record_estimate`; and `release` when the send
+surely did not leave. A budget is a monthly ceiling on the gate's own estimates, reserved before the send
+leaves, so concurrent sends from any number of replicas cannot pass it together.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from window_gate.errors import BudgetExceeded, NotFound, ValidationFailed
+from window_gate.pricing import repository
+from window_gate.pricing.rules import (
+    OTHER,
+    REPORTED_CATEGORIES,
+    Estimate,
+    Tables,
+    estimate,
+    message_category,
+    place,
+    utc_day,
+)
+from window_gate.pricing.schemas import (
+    BudgetOut,
+    BudgetsOut,
+    CostGroupOut,
+    CostsOut,
+    EstimateOut,
+    GroupBy,
+    Scope,
+)
+from window_gate.window.rule import WindowState
+from window_gate.window.schemas import WindowOut
+
+MAX_REPORT_DAYS = 366
+MICRO = Decimal("0.000001")  # the precision money is stored with (Numeric(18, 6))
+
+
+def month_of(at: datetime) -> date:
+    """Budgets and free tiers count calendar months in UTC."""
+    utc = at.astimezone(UTC)
+    return date(utc.year, utc.month, 1)
+
+
+def _next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Estimates
+
+
+def window_flags(window: WindowOut, at: datetime) -> tuple[bool, bool]:
+    """(inside_csw, inside_fep) for pricing, from the window the send was decided on.
+
+    Inside the safety margin (`closing`) counts as outside: Meta's clock may already have closed the
+    window, and an estimate that errs should err towards paid (budgets stay safe). The first business reply
+    within 24 h of a Click-to-WhatsApp referral starts the free-entry-point window, so it is free too."""
+    inside_csw = window.state is WindowState.OPEN
+    fep = window.free_entry_point
+    inside_fep = fep is not None and (
+        fep.active or (fep.started_at is None and inside_csw and at < fep.reply_by)
+    )
+    return inside_csw, inside_fep
+
+
+async def estimate_send(
+    conn: AsyncConnection,
+    tables: Tables,
+    *,
+    phone_number_id: str,
+    category: str | None,
+    recipient: str,
+    window: WindowOut,
+    at: datetime,
+) -> Estimate:
+    """The estimate of one send: `category` is the template's (MARKETING/UTILITY/AUTHENTICATION) or None
+    for free-form; `recipient` its wa_id, phone number or BSUID. Reads the database only when the matrix
+    has a monthly free tier for this case (the reported 2026-10 service rule)."""
+    inside_csw, inside_fep = window_flags(window, at)
+    kind = message_category(category)
+    cell = tables.matrix.row(kind, utc_day(at)).cells[place(inside_csw=inside_csw, inside_fep=inside_fep)]
+    sent = 0
+    if cell.kind == "paid_after":
+        month = month_of(at)
+        sent = await repository.sent_this_month(
+            conn, phone_number_id, kind.value, _midnight(month), _midnight(_next_month(month))
+        )
+    return estimate(
+        tables,
+        category=category,
+        recipient=recipient,
+        inside_csw=inside_csw,
+        inside_fep=inside_fep,
+        at=at,
+        sent_this_month=sent,
+    )
+
+
+def estimate_out(est: Estimate) -> EstimateOut:
+    return EstimateOut.model_validate(est.as_json())
+
+
+async def record_estimate(conn: AsyncConnection, message_id: UUID, est: Estimate) -> None:
+    """Store the estimate on the send's record (after `insert_pending`, in the same transaction)."""
+    await repository.record_estimate(
+        conn,
+        message_id,
+        category=est.category.value,
+        market=est.market,
+        billable=est.billable,
+        amount=est.amount,
+        currency=est.currency,
+        inside_csw=est.inside_csw,
+        inside_fep=est.inside_fep,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Budgets
+
+
+async def reserve(
+    conn: AsyncConnection,
+    *,
+    phone_number_id: str,
+    api_key_id: str,
+    amount: Decimal,
+    currency: str,
+    at: datetime,
+) -> None:
+    """Count `amount` against this month's spend of the phone number and of the API key, or raise
+    BudgetExceeded (402) and count nothing. Atomic on its own (a savepoint) and safe across replicas:
+    each scope's spend row is locked by a conditional UPDATE until the caller's transaction ends, so
+    commit that transaction promptly. Free sends (amount 0) reserve nothing and are never refused."""
+    if amount <= 0:
+        return
+    month = month_of(at)
+    async with conn.begin_nested():
+        # Always the phone number first, then the key: one lock order, so reservations never deadlock.
+        for scope, scope_id in ((Scope.PHONE_NUMBER, phone_number_id), (Scope.API_KEY, api_key_id)):
+            if await repository.reserve(conn, scope.value, scope_id, month, amount, currency) is None:
+                raise await _exceeded(conn, scope, scope_id, month, amount, currency)
+
+
+async def _exceeded(
+    conn: AsyncConnection, scope: Scope, scope_id: str, month: date, amount: Decimal, currency: str
+) -> BudgetExceeded:
+    found = await repository.standing(conn, scope.value, scope_id, month)
+    limit, spent, in_currency = (
+        (found.monthly_limit, found.spent, found.currency) if found else (Decimal(0), Decimal(0), currency)
+    )
+    if in_currency != currency:
+        detail = (
+            f"the {scope.value} budget of {scope_id} is in {in_currency} but estimates are in {currency}: "
+            f"set the budget again in {currency}"
+        )
+    else:
+        detail = (
+            f"this send (about {amount} {currency}) would take the {scope.value} budget of {scope_id} past "
+            f"{limit} {currency} for {month:%Y-%m} (spent so far {spent}); nothing was sent"
+        )
+    return BudgetExceeded(
+        detail,
+        scope=scope.value,
+        scope_id=scope_id,
+        limit=str(limit),
+        spent=str(spent),
+        amount=str(amount),
+        currency=in_currency,
+        month=month.isoformat(),
+    )
+
+
+async def release(
+    conn: AsyncConnection, *, phone_number_id: str, api_key_id: str, amount: Decimal, at: datetime
+) -> None:
+    """Give back a reservation whose send surely did not leave. `at` is the reservation's own time, so
+    the right month is credited even across midnight on the 1st."""
+    if amount <= 0:
+        return
+    month = month_of(at)
+    for scope, scope_id in ((Scope.PHONE_NUMBER, phone_number_id), (Scope.API_KEY, api_key_id)):
+        await repository.release(conn, scope.value, scope_id, month, amount)
+
+
+async def set_budget(
+    conn: AsyncConnection,
+    tables: Tables,
+    scope: Scope,
+    scope_id: str,
+    monthly_limit: Decimal,
+    currency: str,
+    at: datetime,
+) -> BudgetOut:
+    if currency != tables.card.currency:
+        raise ValidationFailed(
+            f"budgets are in the rate card's currency, {tables.card.currency}",
+            currency=currency,
+            rate_card_currency=tables.card.currency,
+        )
+    if scope is Scope.API_KEY:
+        try:
+            scope_id = str(UUID(scope_id))
+        except ValueError:
+            raise ValidationFailed("an api_key budget is keyed by the key's id (a UUID)") from None
+        if not await repository.api_key_exists(conn, scope_id):
+            raise NotFound(f"no API key {scope_id}")
+    await repository.put_budget(conn, scope.value, scope_id, monthly_limit, currency)
+    [row] = await repository.budgets(conn, month_of(at), scope.value, scope_id)
+    return _budget_out(row, month_of(at))
+
+
+async def list_budgets(conn: AsyncConnection, at: datetime) -> BudgetsOut:
+    month = month_of(at)
+    return BudgetsOut(budgets=[_budget_out(row, month) for row in await repository.budgets(conn, month)])
+
+
+async def delete_budget(conn: AsyncConnection, scope: Scope, scope_id: str) -> None:
+    if not await repository.delete_budget(conn, scope.value, scope_id):
+        raise NotFound(f"no {scope.value} budget for {scope_id}")
+
+
+def _budget_out(row: Row[Any], month: date) -> BudgetOut:
+    return BudgetOut(
+        scope=Scope(row.scope),
+        scope_id=row.scope_id,
+        monthly_limit=row.monthly_limit,
+        currency=row.currency,
+        month=month,
+        spent=Decimal(row.spent).quantize(MICRO),
+        remaining=max(row.monthly_limit - row.spent, Decimal(0)).quantize(MICRO),
+        updated_at=row.updated_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The costs report
+
+
+@dataclass
+class _Group:
+    key: str
+    label: str | None
+    messages: int = 0
+    not_estimated: int = 0
+    estimated_billable: int = 0
+    estimated_amount: Decimal = Decimal(0)
+    sent_free: int = 0
+    reported: int = 0
+    reported_billable: int = 0
+    reported_free: int = 0
+    reported_amount: Decimal = Decimal(0)
+    by_category: Counter[str] = field(default_factory=Counter)
+
+    def add(self, row: Row[Any], reported_amount: Decimal) -> None:
+        self.messages += row.messages
+        self.not_estimated += row.not_estimated
+        self.estimated_billable += row.estimated_billable
+        self.estimated_amount += row.estimated_amount
+        self.sent_free += row.estimated_free
+        self.reported += row.reported
+        if row.reported_billable is True:
+            self.reported_billable += row.reported
+            self.by_category[row.reported_category or "unknown"] += row.reported
+            self.reported_amount += reported_amount
+        elif row.reported_billable is False:
+            self.reported_free += row.reported
+
+    def out(self) -> CostGroupOut:
+        return CostGroupOut(
+            key=self.key,
+            label=self.label,
+            messages=self.messages,
+            not_estimated=self.not_estimated,
+            estimated_billable=self.estimated_billable,
+            estimated_amount=self.estimated_amount.quantize(MICRO),
+            sent_free=self.sent_free,
+            reported=self.reported,
+            reported_billable=self.reported_billable,
+            reported_free=self.reported_free,
+            reported_amount=self.reported_amount.quantize(MICRO),
+            reported_billable_by_category=dict(sorted(self.by_category.items())),
+        )
+
+
+def report_period(from_date: date | None, to_date: date | None, now: datetime) -> tuple[date, date]:
+    """Defaults: the current calendar month (UTC) up to today."""
+    today = now.astimezone(UTC).date()
+    start, end = from_date or today.replace(day=1), to_date or today
+    if start > end:
+        raise ValidationFailed("`from` is after `to`", **{"from": start.isoformat(), "to": end.isoformat()})
+    if (end - start).days >= MAX_REPORT_DAYS:
+        raise ValidationFailed(f"a report covers at most {MAX_REPORT_DAYS} days")
+    return start, end
+
+
+async def costs(
+    conn: AsyncConnection,
+    tables: Tables,
+    *,
+    phone_number_id: str | None,
+    phone_number_ids: list[str] | None,
+    from_date: date,
+    to_date: date,
+    group_by: GroupBy,
+) -> CostsOut:
+    """Estimated and Meta-reported totals of the sends that left between two days (UTC, inclusive)."""
+    rows = await repository.costs(
+        conn, group_by.value, _midnight(from_date), _midnight(to_date + timedelta(days=1)), phone_number_ids
+    )
+    groups: dict[str, _Group] = {}
+    total = _Group("total", None)
+    for row in rows:
+        amount = _reported_amount(tables, row) if row.reported_billable is True else Decimal(0)
+        groups.setdefault(row.key, _Group(row.key, row.label)).add(row, amount)
+        total.add(row, amount)
+    return CostsOut(
+        phone_number_id=phone_number_id,
+        from_date=from_date,
+        to_date=to_date,
+        group_by=group_by,
+        currency=tables.card.currency,
+        rate_card=tables.card.sources,
+        groups=[groups[key].out() for key in sorted(groups)],
+        totals=total.out(),
+    )
+
+
+def _reported_amount(tables: Tables, row: Row[Any]) -> Decimal:
+    """Meta says it charges these: at the card's rate for the category Meta reported, on the day sent."""
+    category = REPORTED_CATEGORIES.get(str(row.reported_category or "").lower())
+    if category is None:
+        return Decimal(0)
+    rate = tables.card.rate(row.market or OTHER, category, row.day)
+    return (rate or Decimal(0)) * int(row.reported)

@@ -1,0 +1,78 @@
+"""The pricing tables the settings name, read once per process (the only file I/O of pricing)."""
+
+import functools
+import logging
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+from window_gate.pricing.rules import (
+    Matrix,
+    PricingDataError,
+    RateCard,
+    Tables,
+    parse_markets,
+    parse_matrix,
+    parse_rate_card,
+)
+
+log = logging.getLogger(__name__)
+EXAMPLE_RATE_CARD = "rate_card_EXAMPLE_USD.csv"
+MATRIX = "billability.csv"
+MARKETS = "markets.csv"
+
+
+def bundled(name: str) -> str:
+    return resources.files("window_gate.pricing").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def split_card_setting(value: str | None) -> tuple[tuple[str, date | None], ...]:
+    """WINDOW_GATE_RATE_CARD: comma-separated `PATH` or `PATH@YYYY-MM-DD`; empty → the bundled EXAMPLE."""
+    out: list[tuple[str, date | None]] = []
+    for item in (value or "").split(","):
+        path, _, when = item.strip().rpartition("@") if "@" in item else (item.strip(), "", "")
+        if not path:
+            continue
+        try:
+            out.append((path, date.fromisoformat(when) if when else None))
+        except ValueError:
+            raise PricingDataError(f"{item.strip()!r}: the date after @ must be YYYY-MM-DD") from None
+    return tuple(out)
+
+
+@functools.cache
+def load_card(setting: str | None) -> RateCard:
+    """WINDOW_GATE_RATE_CARD's files, or the bundled EXAMPLE card when it is empty."""
+    editions = [
+        parse_rate_card(_read(path), path, effective) for path, effective in split_card_setting(setting)
+    ]
+    if not editions:
+        editions = [parse_rate_card(bundled(EXAMPLE_RATE_CARD), EXAMPLE_RATE_CARD)]
+    return RateCard.of(editions)
+
+
+@functools.cache
+def load_matrix(path: str | None, apply_unsure: bool) -> Matrix:
+    """WINDOW_GATE_BILLABILITY_MATRIX, or the bundled matrix when it is empty."""
+    text, source = (_read(path), path) if path else (bundled(MATRIX), MATRIX)
+    return parse_matrix(text, source, apply_unsure=apply_unsure)
+
+
+@functools.cache
+def load_tables(rate_card: str | None, matrix: str | None, apply_unsure: bool) -> Tables:
+    """Everything `estimate` reads, as the settings name it (files are read once per process).
+    Raises PricingDataError naming the file and line of the first problem."""
+    if not rate_card:
+        log.warning("no WINDOW_GATE_RATE_CARD: cost estimates use the bundled EXAMPLE rates, not Meta's")
+    return Tables(
+        card=load_card(rate_card),
+        matrix=load_matrix(matrix, apply_unsure),
+        markets=parse_markets(bundled(MARKETS), MARKETS),
+    )
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")  # Meta's downloads may start with a BOM
+    except OSError as exc:
+        raise PricingDataError(f"{path}: {exc.strerror or exc}") from None

@@ -1,0 +1,160 @@
+"""HTTP: the template registry (sync, listing) and template sends by name."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request
+
+from window_gate.apikey.rules import Role
+from window_gate.errors import (
+    AUTH_PROBLEMS,
+    IdempotencyConflict,
+    InvalidRecipient,
+    RateLimited,
+    TemplateNotApproved,
+    TemplateNotFound,
+    TemplateParametersInvalid,
+    UpstreamError,
+    UpstreamTimeout,
+    problems,
+)
+from window_gate.kit import CallerDep, gate
+from window_gate.message import service as messages
+from window_gate.message.schemas import SendOut
+from window_gate.template import service
+from window_gate.template.schemas import (
+    EXAMPLE_CURSOR,
+    EXAMPLE_PN,
+    EXAMPLE_WABA,
+    SyncIn,
+    SyncOut,
+    TemplatePage,
+    TemplateSendIn,
+)
+
+router = APIRouter(prefix="/v1/templates", tags=["templates"])
+TEMPLATE_PROBLEMS = (TemplateNotFound, TemplateNotApproved, TemplateParametersInvalid)
+
+
+@router.get(
+    "",
+    summary="List the template registry",
+    response_model=TemplatePage,
+    status_code=200,
+    responses=problems(*AUTH_PROBLEMS),
+)
+async def list_templates(
+    request: Request,
+    caller: CallerDep,
+    waba_id: Annotated[
+        str | None,
+        Query(max_length=64, description="Only this WhatsApp Business Account", examples=[EXAMPLE_WABA]),
+    ] = None,
+    phone_number_id: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Only the account this business number belongs to",
+            examples=[EXAMPLE_PN],
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, Query(max_length=512, description="Exact name", examples=["order_update"])
+    ] = None,
+    language: Annotated[
+        str | None, Query(max_length=32, description="Language code", examples=["en"])
+    ] = None,
+    status: Annotated[
+        str | None,
+        Query(max_length=32, description="APPROVED, PAUSED, ... (any case)", examples=["APPROVED"]),
+    ] = None,
+    category: Annotated[
+        str | None,
+        Query(
+            max_length=32, description="MARKETING, UTILITY or AUTHENTICATION (any case)", examples=["UTILITY"]
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size", examples=[100])] = 100,
+    after: Annotated[
+        str | None,
+        Query(max_length=1000, description="`next_after` of the previous page", examples=[EXAMPLE_CURSOR]),
+    ] = None,
+) -> TemplatePage:
+    """Every template the registry holds, any status, as Meta last described it (sync, status / quality /
+    category webhooks, Meta's answers to sends). Keyset pagination: pass `next_after` as `after` until it
+    is null. A key limited to phone numbers sees only the accounts of those numbers."""
+    caller.require(Role.READ, phone_number_id)
+    async with gate(request).engine.connect() as conn:
+        accounts = await service.readable_accounts(conn, caller, waba_id, phone_number_id)
+        return await service.listing(
+            conn,
+            waba_ids=accounts,
+            name=name,
+            language=language,
+            status=status,
+            category=category,
+            after=after,
+            limit=limit,
+        )
+
+
+@router.post(
+    "/sync",
+    summary="Sync templates from Meta",
+    response_model=SyncOut,
+    status_code=200,
+    responses=problems(*AUTH_PROBLEMS, UpstreamError),
+)
+async def sync_templates(request: Request, caller: CallerDep, body: SyncIn | None = None) -> SyncOut:
+    """Pulls every template of each WhatsApp Business Account from Meta's `message_templates` (all pages)
+    and replaces the registry's view of it: upserted by Meta's id, templates no longer listed marked
+    DELETED. Accounts: `waba_ids` if given, else WINDOW_GATE_WABA_IDS plus every account learnt from
+    webhooks (the simulator's in sandbox mode). Each account is committed on its own; when any fails the
+    answer is 502 `upstream_error` with every account's outcome in `accounts`. Admin keys only."""
+    caller.require(Role.ADMIN)
+    state = gate(request)
+    async with state.engine.connect() as conn:
+        accounts = await service.accounts_to_sync(conn, state.settings, body.waba_ids if body else None)
+    results = SyncOut(accounts=[r.public() for r in await service.sync(state.engine, state.graph, accounts)])
+    failed = [a for a in results.accounts if a.error]
+    if failed:
+        raise UpstreamError(
+            f"{len(failed)} of {len(results.accounts)} accounts could not be synced: {failed[0].error}",
+            accounts=[a.model_dump() for a in results.accounts],
+        )
+    return results
+
+
+@router.post(
+    "/{name}/send",
+    summary="Send a template by name",
+    response_model=SendOut,
+    status_code=201,
+    responses=problems(
+        *AUTH_PROBLEMS,
+        InvalidRecipient,
+        *TEMPLATE_PROBLEMS,
+        IdempotencyConflict,
+        RateLimited,
+        UpstreamError,
+        UpstreamTimeout,
+    ),
+)
+async def send_template(
+    request: Request,
+    caller: CallerDep,
+    name: Annotated[str, Path(max_length=512, description="Template name", examples=["order_update"])],
+    body: TemplateSendIn,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=255, description="Same key (per API key) → at most one upstream send")
+    ] = None,
+) -> SendOut:
+    """A template send without Cloud API components: values by position (a list, in reading order: the
+    header's placeholders, then the body's) or by name (an object, NAMED templates), a media header, and
+    button values by index. The registry's components place them; the built message then goes through
+    `POST /v1/messages` unchanged (checked, recorded before it leaves, idempotent) and the answer is the
+    same. Refusals: 422 `template_not_found`, `template_not_approved`, `template_parameters_invalid`."""
+    caller.require(Role.SEND, body.phone_number_id)
+    state = gate(request)
+    async with state.engine.connect() as conn:
+        message = await service.build_send(conn, name, body)
+    return (await messages.send(state, caller, message, idempotency_key)).out
