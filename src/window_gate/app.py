@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import asyncpg
 import httpx
 from fastapi import FastAPI, Request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -57,6 +58,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         url = await asyncio.to_thread(db.database_url, settings)
         transport = graph_transport or _in_process_sandbox(settings, app)
         engine = db.make_engine(url, settings.db_pool_size)
+        reads = await db.make_read_pool(url, settings.db_pool_size)
         http = httpx.AsyncClient(
             base_url=settings.graph_base_url,
             timeout=httpx.Timeout(
@@ -66,8 +68,8 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
             transport=transport,
         )
         graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
-        auth = Authenticator(engine, settings.api_key_cache_seconds)
-        state = Gate(settings, engine, policy(settings), auth, graph)
+        auth = Authenticator(reads, settings.api_key_cache_seconds)
+        state = Gate(settings, engine, reads, policy(settings), auth, graph)
         app.state.gate = state
         chores = asyncio.create_task(_chores_forever(state))
         try:
@@ -75,6 +77,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         finally:
             chores.cancel()
             await http.aclose()
+            await reads.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -90,6 +93,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(OSError, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.PostgresError, _database_error)
     for router in (
         health_router,
         webhook_router,
@@ -113,9 +117,10 @@ UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "53", "57"})
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DBAPIError)
-    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
-    if exc.connection_invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+    """SQLAlchemy's DBAPIError, or asyncpg's own error on the hot-read pool."""
+    invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+    sqlstate = str(getattr(getattr(exc, "orig", exc), "sqlstate", None) or "")
+    if invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
         return await _database_unavailable(request, exc)
     raise exc  # a bug, not an outage: a 500
 

@@ -45,6 +45,17 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+async def make_read_pool(url: str, size: int) -> Any:
+    """The hot reads (window lookups, API keys) go to asyncpg directly: one round trip and about a third of
+    SQLAlchemy's client CPU per query (measured in bench/). Connects lazily, like the engine."""
+    import asyncpg
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return await asyncpg.create_pool(
+        dsn, min_size=0, max_size=size, timeout=5, server_settings={"application_name": "window_gate"}
+    )
+
+
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

@@ -1,9 +1,10 @@
 """What every endpoint shares: the process state and the caller."""
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from window_gate.apikey.rules import Caller
@@ -19,6 +20,7 @@ class Gate:
 
     settings: Settings
     engine: AsyncEngine
+    reads: Any  # asyncpg.Pool for the hot reads (db.make_read_pool)
     policy: Policy
     auth: Authenticator
     graph: GraphClient
@@ -39,3 +41,9 @@ async def _caller(
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """The model as JSON, skipping FastAPI's re-validation of what the endpoint already built (hot paths;
+    the route's response_model still documents it)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")

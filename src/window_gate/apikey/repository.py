@@ -1,6 +1,7 @@
 """Every SQL statement about API keys."""
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,9 +12,7 @@ INSERT = text(
     "INSERT INTO api_keys (name, key_hash, key_prefix, role, phone_number_ids) "
     "VALUES (:name, :key_hash, :key_prefix, :role, CAST(:phone_number_ids AS text[])) RETURNING id"
 )
-BY_HASH = text(
-    "SELECT id, name, role, phone_number_ids FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
-)
+BY_HASH = "SELECT id, name, role, phone_number_ids FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"
 COUNT = text("SELECT count(*) FROM api_keys")
 
 
@@ -37,11 +36,12 @@ async def insert(
     )
 
 
-async def by_hash(conn: AsyncConnection, key_hash: str) -> Caller | None:
-    row = (await conn.execute(BY_HASH, {"key_hash": key_hash})).one_or_none()
+async def by_hash(reads: Any, key_hash: str) -> Caller | None:
+    """On the hot path: `reads` is the asyncpg pool."""
+    row = await reads.fetchrow(BY_HASH, key_hash)
     if row is None:
         return None
-    return Caller(str(row.id), row.name, row.role, frozenset(row.phone_number_ids))
+    return Caller(str(row["id"]), row["name"], row["role"], frozenset(row["phone_number_ids"]))
 
 
 async def count(conn: AsyncConnection) -> int:

@@ -2,8 +2,9 @@
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey import repository
 from window_gate.apikey.rules import PREFIX, Caller, Role, hash_key, new_key
@@ -25,8 +26,8 @@ class Authenticator:
     A revoked key therefore keeps working for at most ``ttl`` seconds on a replica that saw it.
     """
 
-    def __init__(self, engine: AsyncEngine, ttl: float) -> None:
-        self.engine = engine
+    def __init__(self, reads: Any, ttl: float) -> None:
+        self.reads = reads
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
@@ -40,8 +41,7 @@ class Authenticator:
         if hit is not None and hit[0] > now:
             caller = hit[1]
         else:
-            async with self.engine.connect() as conn:
-                caller = await repository.by_hash(conn, key_hash)
+            caller = await repository.by_hash(self.reads, key_hash)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key_hash] = (now + self.ttl, caller)

@@ -72,8 +72,8 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
 
     now = window_service.now()
     template: TemplateInfo | None = None
+    [window] = await window_service.check(gate.reads, phone_number_id, [ref], gate.policy, now)
     async with gate.engine.connect() as conn:
-        [window] = await window_service.check(conn, phone_number_id, [ref], gate.policy, now)
         if kind == TEMPLATE:
             template = await templates.check_send(conn, phone_number_id, body[TEMPLATE])
             if template.category == MARKETING:

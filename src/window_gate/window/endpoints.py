@@ -2,12 +2,12 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Request, Response
 
 from window_gate.apikey.rules import Role
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import AUTH_PROBLEMS, InvalidRecipient, problems
-from window_gate.kit import CallerDep, gate
+from window_gate.kit import CallerDep, gate, json_response
 from window_gate.window import service
 from window_gate.window.schemas import EXAMPLE_PN, WindowCheckIn, WindowCheckOut, WindowOut
 
@@ -27,7 +27,7 @@ async def get_window(
     caller: CallerDep,
     phone_number_id: Annotated[str, Path(max_length=64, examples=[EXAMPLE_PN])],
     customer: Annotated[str, Path(max_length=200, examples=["+55 11 98765-4321", "US.13491208655302741918"])],
-) -> WindowOut:
+) -> Response:
     """Whether free-form messages may go to this customer now (`can_send_free_form`), and until when
     (`safe_until`). A customer never seen is not an error: state `never_opened`. The customer may be
     written with `+`, spaces and dashes, or as a BSUID; national spellings (BR ninth digit, MX 521,
@@ -35,9 +35,8 @@ async def get_window(
     caller.require(Role.READ, phone_number_id)
     state = gate(request)
     ref = parse_customer(customer)
-    async with state.engine.connect() as conn:
-        [answer] = await service.check(conn, phone_number_id, [ref], state.policy, service.now())
-    return answer
+    [answer] = await service.check(state.reads, phone_number_id, [ref], state.policy, service.now())
+    return json_response(answer)
 
 
 @router.post(
@@ -47,13 +46,12 @@ async def get_window(
     status_code=200,
     responses=ERRORS,
 )
-async def check_windows(request: Request, caller: CallerDep, body: WindowCheckIn) -> WindowCheckOut:
+async def check_windows(request: Request, caller: CallerDep, body: WindowCheckIn) -> Response:
     """The same answer as the single lookup for each customer, in the order asked, in one round trip
     to the database. One unreadable customer refuses the whole batch (422 `invalid_recipient` with
     its `index`)."""
     caller.require(Role.READ, body.phone_number_id)
     state = gate(request)
     refs = service.parse_all(body.customers)
-    async with state.engine.connect() as conn:
-        windows = await service.check(conn, body.phone_number_id, refs, state.policy, service.now())
-    return WindowCheckOut(windows=windows)
+    windows = await service.check(state.reads, body.phone_number_id, refs, state.policy, service.now())
+    return json_response(WindowCheckOut(windows=windows))

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.window.rule import WindowFacts
@@ -86,18 +86,17 @@ MOVE_WINDOWS = (
     text("DELETE FROM windows WHERE customer_id = :src"),
 )
 
-# One round trip: the best-matching alias that has a window for this number, else any customer it names.
-LOOKUP = text(
-    """
+# One round trip (asyncpg, the hot path): the best-matching alias that has a window for this number,
+# else any customer it names.
+LOOKUP = """
 SELECT q.idx, c.wa_id, c.user_id, w.last_inbound_at, w.closed_by_meta_at, w.referral_at, w.fep_started_at,
        w.fep_expires_at
-FROM unnest(CAST(:idx AS int[]), CAST(:aliases AS text[]), CAST(:ranks AS int[])) AS q(idx, alias, rank)
+FROM unnest($1::int[], $2::text[], $3::int[]) AS q(idx, alias, rank)
 JOIN customer_aliases a ON a.alias = q.alias
 JOIN customers c ON c.id = a.customer_id
-LEFT JOIN windows w ON w.customer_id = c.id AND w.phone_number_id = :phone_number_id
+LEFT JOIN windows w ON w.customer_id = c.id AND w.phone_number_id = $4
 ORDER BY q.idx, (w.last_inbound_at IS NULL), q.rank
 """
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +160,9 @@ async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
         await conn.execute(statement, {"src": src, "dst": dst})
 
 
-async def lookup(
-    conn: AsyncConnection, phone_number_id: str, candidates: Sequence[Sequence[str]]
-) -> list[Found | None]:
-    """For each customer (given as its candidate aliases, best first), what is known of its window."""
+async def lookup(reads: Any, phone_number_id: str, candidates: Sequence[Sequence[str]]) -> list[Found | None]:
+    """For each customer (given as its candidate aliases, best first), what is known of its window.
+    `reads` is the asyncpg pool of the hot reads."""
     idx: list[int] = []
     aliases: list[str] = []
     ranks: list[int] = []
@@ -173,22 +171,19 @@ async def lookup(
             idx.append(i)
             aliases.append(alias)
             ranks.append(rank)
-    rows = await conn.execute(
-        LOOKUP, {"idx": idx, "aliases": aliases, "ranks": ranks, "phone_number_id": phone_number_id}
-    )
     found: list[Found | None] = [None] * len(candidates)
-    for row in rows:
-        if found[row.idx] is None:
-            found[row.idx] = _found(row)
+    for row in await reads.fetch(LOOKUP, idx, aliases, ranks, phone_number_id):
+        if found[row["idx"]] is None:
+            found[row["idx"]] = _found(row)
     return found
 
 
-def _found(row: Row[Any]) -> Found:
+def _found(row: Any) -> Found:
     facts = WindowFacts(
-        last_inbound_at=row.last_inbound_at,
-        closed_by_meta_at=row.closed_by_meta_at,
-        referral_at=row.referral_at,
-        fep_started_at=row.fep_started_at,
-        fep_expires_at=row.fep_expires_at,
+        last_inbound_at=row["last_inbound_at"],
+        closed_by_meta_at=row["closed_by_meta_at"],
+        referral_at=row["referral_at"],
+        fep_started_at=row["fep_started_at"],
+        fep_expires_at=row["fep_expires_at"],
     )
-    return Found(row.wa_id, row.user_id, facts)
+    return Found(row["wa_id"], row["user_id"], facts)

@@ -3,8 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-
-from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import Any
 
 from window_gate import metrics
 from window_gate.customer.identity import CustomerRef, parse_customer
@@ -29,9 +28,10 @@ def parse_all(customers: Sequence[str]) -> list[CustomerRef]:
 
 
 async def check(
-    conn: AsyncConnection, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
+    reads: Any, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
 ) -> list[WindowOut]:
-    found = await repository.lookup(conn, phone_number_id, [r.aliases() for r in refs])
+    """`reads`: the asyncpg pool of hot reads (kit.Gate.reads)."""
+    found = await repository.lookup(reads, phone_number_id, [r.aliases() for r in refs])
     answers = []
     for ref, hit in zip(refs, found, strict=True):
         view = evaluate(hit.facts if hit else None, at, policy)
