@@ -83,7 +83,11 @@ async def _admin(url: str, sql: str) -> None:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return load_settings(
-        database_url=database_url, sandbox=True, api_key_cache_seconds=0, graph_timeout_seconds=1
+        database_url=database_url,
+        sandbox=True,
+        api_key_cache_seconds=0,
+        graph_timeout_seconds=1,
+        db_pool_size=5,
     )
 
 

@@ -38,7 +38,7 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,  # overflow connections are opened and closed per burst: costly, so none
         pool_timeout=5,
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "window_gate"}, "timeout": 5},

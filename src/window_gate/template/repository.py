@@ -146,6 +146,12 @@ class Candidates:
     rows: list[Row[Any]]  # every language of the name (any status)
 
 
+def accounts_known(engine: Any, pairs: Iterable[tuple[str, str]]) -> bool:
+    """True when every pair is known committed, so `record_accounts` would write nothing."""
+    seen = _recorded.get(engine, set())
+    return all(p in seen for p in pairs)
+
+
 async def record_accounts(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> None:
     """phone_number_id → waba_id as webhooks tell it (entry.id, value.metadata.phone_number_id)."""
     seen = _recorded.setdefault(conn.sync_engine, set())

@@ -1,31 +1,17 @@
 """Meta's webhook endpoint: the verification handshake and signed deliveries."""
 
-import logging
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from window_gate.errors import GateError, Unauthorized
 from window_gate.kit import gate
-from window_gate.webhook import repository, service
+from window_gate.webhook import service
 from window_gate.webhook.signature import verify
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-
-
-# SQLSTATE classes of data PostgreSQL refuses whenever it is sent: data exception (NUL in text, bad
-# JSON escape), integrity violation, program limit (an id too long to index). asyncpg raises the first and
-# last as plain DBAPIError, not DataError.
-REFUSED_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
-
-
-def _refused_data(exc: DBAPIError) -> bool:
-    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
-    return isinstance(exc, IntegrityError | DataError) or sqlstate[:2] in REFUSED_DATA_SQLSTATE_CLASSES
 
 
 class VerificationFailed(GateError):
@@ -78,18 +64,5 @@ async def receive(
     if not verify(x_hub_signature_256, body, state.settings.app_secrets):
         raise Unauthorized("bad or missing X-Hub-Signature-256")
     received_at = datetime.now(UTC)
-    try:
-        async with state.engine.begin() as conn:
-            delivery = await service.ingest(
-                conn, body, received_at, state.policy, state.settings.consent_keywords
-            )
-        service.count(delivery)
-    except (ValueError, DBAPIError) as exc:
-        # Well-signed but not applicable (malformed JSON, data PostgreSQL refuses): a retry cannot help.
-        # Any other failure (database down, deadlock) propagates as 5xx, so Meta delivers again.
-        if isinstance(exc, DBAPIError) and not _refused_data(exc):
-            raise
-        log.warning("webhook delivery stored unapplied: %s", exc)
-        async with state.engine.begin() as conn:
-            await repository.store(conn, body, f"{type(exc).__name__}: {exc}"[:2000])
+    service.count(await service.ingest(state, body, received_at))
     return Response(status_code=200)

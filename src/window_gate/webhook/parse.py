@@ -116,6 +116,11 @@ class Delivery:
     verdicts: list[VerdictEvent] = field(default_factory=list)
     consents: list[ConsentEvent] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome) for metrics
+
+    def has_more(self) -> bool:
+        """Anything besides customer messages: the part of ingest that needs a transaction."""
+        return bool(self.verdicts or self.consents or self.statuses or self.templates)
+
     accounts: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, waba_id) seen
     templates: list[TemplateEvent] = field(default_factory=list)
 

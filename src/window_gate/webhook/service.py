@@ -1,59 +1,113 @@
 """Webhook ingest: a signed delivery in, window facts forward, the raw bytes kept."""
 
 import contextlib
+import logging
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
+import asyncpg
 import orjson
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
 from window_gate.consent import repository as consent
-from window_gate.consent.rules import DEFAULT_KEYWORDS, MARKETING, Keywords
+from window_gate.consent.rules import MARKETING, Keywords
 from window_gate.customer import repository as customers
+from window_gate.kit import Gate
 from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
 from window_gate.template import repository as templates
 from window_gate.webhook import repository
-from window_gate.webhook.parse import (
-    ConsentEvent,
-    Delivery,
-    InboundEvent,
-    TemplateEvent,
-    VerdictEvent,
-    parse_delivery,
-)
+from window_gate.webhook.parse import ConsentEvent, Delivery, TemplateEvent, VerdictEvent, parse_delivery
 from window_gate.window import repository as windows
 from window_gate.window.rule import Policy, inbound_time
 
+log = logging.getLogger(__name__)
 
-async def ingest(
+
+async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
+    """Keep the delivery and apply it. The common case, messages from known customers, is one statement;
+    the rest (new customers, statuses, Meta's verdicts, consent, templates) follows in one transaction.
+
+    A delivery that cannot be applied (malformed JSON, data PostgreSQL refuses) is kept with the reason,
+    once: a retry cannot help. Any other failure (database down, deadlock) raises, so Meta delivers again.
+    """
+    try:
+        delivery = parse_delivery(body)
+    except ValueError as exc:
+        await _keep_unapplied(gate, body, None, exc)
+        return Delivery()
+    _keyword_consents(delivery, gate.settings.consent_keywords, received_at, gate.policy)
+    inbound = [
+        windows.Inbound(
+            message_id=m.message_id,
+            phone_number_id=m.phone_number_id,
+            wa_id=m.wa_id,
+            user_id=m.user_id,
+            type=m.type,
+            sent_at=m.sent_at,
+            counts_from=inbound_time(m.sent_at, received_at, gate.policy),
+            referral=orjson.dumps(m.referral).decode() if m.referral else None,
+        )
+        for m in delivery.inbound
+    ]
+    try:
+        recorded = await windows.record_delivery(gate.reads, body, inbound)
+    except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
+        await _keep_unapplied(gate, body, None, exc)
+        return delivery
+    fresh = set(recorded.fresh)
+    late = [m for m in inbound if m.message_id in recorded.unresolved]
+    known_accounts = templates.accounts_known(gate.engine.sync_engine, delivery.accounts)
+    try:
+        if late or delivery.has_more() or not known_accounts:
+            async with gate.engine.begin() as conn:
+                await _apply_rest(conn, delivery, late, received_at, gate.policy)
+        if late:  # their customers exist now (committed above)
+            again = await windows.record_delivery(gate.reads, None, late)
+            if again.unresolved:
+                raise RuntimeError(f"customers of {sorted(again.unresolved)} unresolved; Meta will retry")
+            fresh |= again.fresh
+    except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
+        await _keep_unapplied(gate, body, recorded.delivery_id, exc)
+    for m in delivery.inbound:
+        delivery.counts[m.type, "opened" if m.message_id in fresh else "duplicate"] += 1
+    return delivery
+
+
+# SQLSTATE classes of data PostgreSQL refuses whenever it is sent: data exception (NUL in text, bad
+# JSON escape), integrity violation, program limit (an id too long to index).
+REFUSED_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+async def _keep_unapplied(gate: Gate, body: bytes, delivery_id: int | None, exc: Exception) -> None:
+    """Keep (or mark) a well-signed delivery that cannot be applied; re-raise anything a retry may fix."""
+    sqlstate = str(getattr(getattr(exc, "orig", exc), "sqlstate", None) or "")
+    refused = (
+        isinstance(exc, ValueError | IntegrityError | DataError)
+        or sqlstate[:2] in REFUSED_DATA_SQLSTATE_CLASSES
+    )
+    if not refused:
+        raise exc
+    log.warning("webhook delivery kept unapplied: %s", exc)
+    reason = f"{type(exc).__name__}: {exc}"[:2000]
+    async with gate.engine.begin() as conn:
+        if delivery_id is None:
+            await repository.store(conn, body, reason)
+        else:
+            await repository.mark_unapplied(conn, delivery_id, reason)
+
+
+async def _apply_rest(
     conn: AsyncConnection,
-    body: bytes,
+    delivery: Delivery,
+    late: list[windows.Inbound],
     received_at: datetime,
     policy: Policy,
-    keywords: Keywords = DEFAULT_KEYWORDS,
-) -> Delivery:
-    """Store the delivery and apply it, in the caller's transaction. Raises on malformed JSON."""
-    delivery = parse_delivery(body)
-    _keyword_consents(delivery, keywords, received_at, policy)
-    await repository.store(conn, body)
-    ids = await _customer_ids(conn, delivery)
-    fresh = await windows.record_inbound(
-        conn,
-        [
-            windows.Inbound(
-                message_id=m.message_id,
-                phone_number_id=m.phone_number_id,
-                customer_id=ids[m.wa_id, m.user_id],
-                type=m.type,
-                sent_at=m.sent_at,
-                counts_from=inbound_time(m.sent_at, received_at, policy),
-                referral=orjson.dumps(m.referral).decode() if m.referral else None,
-            )
-            for m in delivery.inbound
-        ],
-    )
+) -> None:
+    ids = await _customer_ids(conn, [*late, *delivery.verdicts, *delivery.consents])
     await windows.record_verdicts(
         conn,
         [
@@ -66,8 +120,6 @@ async def ingest(
             for v in delivery.verdicts
         ],
     )
-    for m in delivery.inbound:
-        delivery.counts[m.type, "opened" if m.message_id in fresh else "duplicate"] += 1
     await consent.record(
         conn,
         [
@@ -92,7 +144,6 @@ async def ingest(
     await templates.record_accounts(conn, delivery.accounts)  # a statement only for pairs not seen yet
     for event in delivery.templates:
         await _apply_template(conn, event)
-    return delivery
 
 
 async def _apply_template(conn: AsyncConnection, event: TemplateEvent) -> None:
@@ -140,14 +191,9 @@ def count(delivery: Delivery) -> None:
 
 
 async def _customer_ids(
-    conn: AsyncConnection, delivery: Delivery
+    conn: AsyncConnection, events: Sequence[windows.Inbound | VerdictEvent | ConsentEvent]
 ) -> dict[tuple[str | None, str | None], int]:
-    """One lookup for every identity in the delivery; only unknown or newly linked ones take the slow path."""
-    events: list[InboundEvent | VerdictEvent | ConsentEvent] = [
-        *delivery.inbound,
-        *delivery.verdicts,
-        *delivery.consents,
-    ]
+    """One lookup for every identity; only unknown or newly linked ones take the slow path."""
     pairs = {(e.wa_id, e.user_id) for e in events}
     aliases = sorted({a for pair in pairs for a in pair if a})
     known = await customers.resolve(conn, aliases)

@@ -31,25 +31,33 @@ ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
   updated_at = now()
 """
 
-RECORD_INBOUND = text(
-    f"""
-WITH u AS (
-  SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:phone_number_ids AS text[]),
-    CAST(:customer_ids AS bigint[]), CAST(:types AS text[]), CAST(:sent_at AS timestamptz[]),
-    CAST(:counts_from AS timestamptz[]), CAST(:referrals AS jsonb[]))
-    AS u(message_id, phone_number_id, customer_id, type, sent_at, counts_from, referral)
-  -- one row per message id, even when a delivery repeats one
-  ORDER BY message_id, counts_from
-), m AS (
-  SELECT DISTINCT ON (message_id) * FROM u
+# The hot path of webhook ingest, one autocommit statement on asyncpg: the raw delivery is kept, each
+# message's customer is found by its aliases, new message ids are recorded and their windows move
+# forward. Messages whose customer is unknown (or newly linked) come back unresolved, for the slow path.
+RECORD_DELIVERY = f"""
+WITH raw AS (
+  INSERT INTO webhook_deliveries (body) SELECT $1::bytea WHERE $1::bytea IS NOT NULL RETURNING id
+), u AS (
+  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+    $8::timestamptz[], $9::jsonb[])
+    AS u(message_id, phone_number_id, wa_id, user_id, type, sent_at, counts_from, referral)
+), r AS (
+  SELECT u.*, COALESCE(aw.customer_id, au.customer_id) AS customer_id,
+    (u.wa_id IS NULL OR aw.customer_id IS NOT NULL) AND (u.user_id IS NULL OR au.customer_id IS NOT NULL)
+      AND (aw.customer_id IS NULL OR au.customer_id IS NULL OR aw.customer_id = au.customer_id) AS resolved
+  FROM u
+  LEFT JOIN customer_aliases aw ON aw.alias = u.wa_id
+  LEFT JOIN customer_aliases au ON au.alias = u.user_id
+), m AS (  -- one row per message id, even when a delivery repeats one
+  SELECT DISTINCT ON (message_id) * FROM r WHERE resolved ORDER BY message_id, counts_from
 ), fresh AS (
   INSERT INTO inbound_messages (message_id, phone_number_id, customer_id, type, sent_at)
   SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
   ON CONFLICT (message_id) DO NOTHING
   RETURNING message_id
 ), up AS ({
-        UPSERT_FACTS.format(
-            source='''
+    UPSERT_FACTS.format(
+        source='''
   SELECT phone_number_id, customer_id, max(counts_from),
     (array_agg(message_id ORDER BY counts_from DESC))[1], NULL::timestamptz,
     max(counts_from) FILTER (WHERE referral IS NOT NULL),
@@ -57,12 +65,14 @@ WITH u AS (
     NULL::timestamptz, NULL::timestamptz
   FROM m WHERE message_id IN (SELECT message_id FROM fresh)
   GROUP BY phone_number_id, customer_id ORDER BY phone_number_id, customer_id'''
-        )
-    }
+    )
+}
 )
-SELECT message_id FROM fresh
+SELECT (SELECT id FROM raw) AS delivery_id,
+  array_agg(r.message_id) FILTER (WHERE f.message_id IS NOT NULL) AS fresh,
+  array_agg(r.message_id) FILTER (WHERE NOT r.resolved) AS unresolved
+FROM r LEFT JOIN fresh f USING (message_id)
 """
-)
 
 RECORD_VERDICTS = text(
     UPSERT_FACTS.format(
@@ -103,11 +113,19 @@ ORDER BY q.idx, (w.last_inbound_at IS NULL), q.rank
 class Inbound:
     message_id: str
     phone_number_id: str
-    customer_id: int
+    wa_id: str | None
+    user_id: str | None
     type: str
     sent_at: datetime
     counts_from: datetime
     referral: str | None  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    delivery_id: int | None  # the kept raw delivery
+    fresh: set[str]  # message ids not seen before
+    unresolved: set[str]  # message ids whose customer must be created or linked first
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +143,21 @@ class Found:
     facts: WindowFacts
 
 
-async def record_inbound(conn: AsyncConnection, messages: Sequence[Inbound]) -> set[str]:
-    """Store new inbound messages and move their windows forward; returns the ids not seen before."""
-    if not messages:
-        return set()
-    params: dict[str, Any] = {
-        "message_ids": [m.message_id for m in messages],
-        "phone_number_ids": [m.phone_number_id for m in messages],
-        "customer_ids": [m.customer_id for m in messages],
-        "types": [m.type for m in messages],
-        "sent_at": [m.sent_at for m in messages],
-        "counts_from": [m.counts_from for m in messages],
-        "referrals": [m.referral for m in messages],
-    }
-    return set((await conn.execute(RECORD_INBOUND, params)).scalars())
+async def record_delivery(reads: Any, body: bytes | None, messages: Sequence[Inbound]) -> Recorded:
+    """Keep the raw delivery (unless `body` is None) and apply its messages, in one statement (asyncpg)."""
+    row = await reads.fetchrow(
+        RECORD_DELIVERY,
+        body,
+        [m.message_id for m in messages],
+        [m.phone_number_id for m in messages],
+        [m.wa_id for m in messages],
+        [m.user_id for m in messages],
+        [m.type for m in messages],
+        [m.sent_at for m in messages],
+        [m.counts_from for m in messages],
+        [m.referral for m in messages],
+    )
+    return Recorded(row["delivery_id"], set(row["fresh"] or ()), set(row["unresolved"] or ()))
 
 
 async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) -> None:
