@@ -1,0 +1,515 @@
+"""Load benchmark: window checks and webhook ingest over real sockets, beside a bare-stack reference.
+
+    ./dev run python -m bench.run [--workers 2] [--duration 12] [--rounds 3] [--set NAME=VALUE]
+
+Creates a scratch database on the local PostgreSQL, migrates it, seeds 100,000 windows, starts
+`window-gate serve` and bench/reference.py (same uvicorn, same worker count) on free ports and drives
+them with wrk (bench/load.lua): window checks in paired rounds (reference, then service; the median
+round counts), then signed webhook deliveries of 1 and of 100 new messages. Meanwhile it reads /proc
+for each worker's RSS and for the CPU time of the server, of its PostgreSQL backends and of any other
+process (the machine may be shared). Prints a markdown table with a verdict per target, writes
+bench/results/<time>.json, stops both servers and drops the database. Needs wrk (`apt-get install -y wrk`).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+
+from tests.factories import PN, delivery, inbound, signed
+from window_gate import db
+from window_gate.apikey import service as api_keys
+from window_gate.apikey.rules import Role
+
+HERE = Path(__file__).resolve().parent
+WINDOWS = 100_000
+NEW_CUSTOMER_SHARE = 0.05  # webhook messages from customers not seen before (the slower, linking path)
+# Pre-signed bodies per second of load; a run faster than this reuses bodies and says so ("wrapped").
+POOL_RATE = {1: 5_000, 100: 250}
+SEED = (
+    f"INSERT INTO customers (wa_id) SELECT '1555' || lpad(i::text, 7, '0') FROM generate_series(1, {WINDOWS}) i",
+    "INSERT INTO customer_aliases (alias, customer_id, source) SELECT wa_id, id, 'bench' FROM customers",
+    # Last inbound up to 36 h ago: a realistic mix of open, closing and expired windows.
+    "INSERT INTO windows (phone_number_id, customer_id, last_inbound_at, last_inbound_message_id) "
+    f"SELECT '{PN}', id, now() - random() * interval '36 hours', 'wamid.seed.' || id FROM customers",
+    "ANALYZE",
+)
+TARGETS = {"ratio_rps": 0.60, "ratio_p99": 2.0, "single_per_s": 2_000, "batch_messages_per_s": 10_000}
+RSS_LIMIT_MIB = 200
+SETTLED = (
+    "SELECT (SELECT count(*) FROM inbound_messages), sessions FROM pg_stat_database "
+    "WHERE datname = current_database()"
+)
+_SERIES = itertools.count(10)  # numbers the body files, so that no message id repeats across them
+# With few keep-alive connections one uvicorn worker may accept nearly all of them: measure again.
+MIN_BALANCE, ATTEMPTS = 0.5, 3
+QUIET_CPUS = 0.2  # before each scenario, wait (a while) for other processes to leave the CPUs this idle
+
+
+@dataclass
+class Server:
+    name: str
+    proc: "subprocess.Popen[bytes]"
+    url: str
+
+
+@dataclass
+class Result:
+    scenario: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    messages_per_s: float | None = None
+    recorded_per_s: float | None = None  # inbound_messages rows written per second, read back from the DB
+    wrapped: int = 0
+    app_cpu_ms: float = 0.0  # CPU time per request of the server's processes
+    postgres_cpu_ms: float = 0.0  # and of its PostgreSQL backends
+    foreign_cpus: float = 0.0  # CPU taken meanwhile by processes outside the benchmark
+    connections_opened: int = 0  # new PostgreSQL sessions during the load: pool churn
+    balance: float = 1.0  # CPU of the least busy worker / of the busiest: uvicorn's accept is first come
+    attempt: int = 1
+    rss_mib: dict[int, float] = field(default_factory=dict)  # worker pid → max RSS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--duration", type=int, default=12, help="seconds of load per scenario")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of load before each scenario")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="window check rounds (reference, service); the median counts"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("WINDOW_GATE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a PostgreSQL database to connect to for CREATE/DROP DATABASE",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the service only, e.g. WINDOW_GATE_DB_POOL_SIZE=20 (default: none, sandbox mode)",
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is missing; install it with `apt-get install -y wrk`")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the clean-up below runs
+
+    name = args.database = f"window_gate_bench_{secrets.token_hex(4)}"
+    dsn = args.dsn = args.admin_url.rsplit("/", 1)[0] + f"/{name}"
+    with contextlib.ExitStack() as stack:
+        asyncio.run(_admin(args.admin_url, f'CREATE DATABASE "{name}"'))
+        stack.callback(lambda: asyncio.run(_admin(args.admin_url, f'DROP DATABASE "{name}" WITH (FORCE)')))
+        started = time.monotonic()
+        url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        db.upgrade(url)
+        key = asyncio.run(_seed(url))
+        print(f"bench: database {name} migrated and seeded in {time.monotonic() - started:.1f} s", flush=True)
+
+        tmp = args.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wg-bench-")))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WINDOW_GATE_")}  # sandbox mode
+        env |= {"WINDOW_GATE_DATABASE_URL": url, "BENCH_REFERENCE_DSN": dsn}
+        if args.workers > 1:  # what `serve` would do, in a directory that is removed afterwards
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "metrics")
+            (tmp / "metrics").mkdir()
+        bin_dir = Path(sys.executable).parent
+        host = ["--host", "127.0.0.1", "--workers", str(args.workers)]
+        service_env = env | dict(setting.split("=", 1) for setting in args.set)
+        service = stack.enter_context(
+            _serving(
+                "service", [str(bin_dir / "window-gate"), "serve", *host, "--no-migrate"], service_env, tmp
+            )
+        )
+        uvicorn = [str(bin_dir / "uvicorn"), "bench.reference:app", "--app-dir", str(HERE.parent)]
+        uvicorn += ["--log-level", "warning", "--no-access-log"]
+        reference = stack.enter_context(_serving("reference", [*uvicorn, *host], env, tmp))
+        window = {"BENCH_MODE": "window", "BENCH_PN": PN, "BENCH_KEY": key, "BENCH_CUSTOMERS": str(WINDOWS)}
+        # Paired rounds, reference then service: another load on the machine hits both alike.
+        rounds = [
+            (
+                _scenario("window check · reference", reference, window, args),
+                _scenario("window check · service", service, window, args),
+            )
+            for _ in range(args.rounds)
+        ]
+        results = list(sorted(rounds, key=lambda pair: pair[1].rps / pair[0].rps)[len(rounds) // 2])
+        for per_body in (1, 100):
+            label = "1 message" if per_body == 1 else f"batches of {per_body} messages"
+            results.append(_scenario(f"webhook · {label}", service, {}, args, per_body))
+    _report(results, rounds, args)
+
+
+@contextlib.contextmanager
+def _serving(name: str, cmd: list[str], env: dict[str, str], tmp: Path) -> Iterator[Server]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*cmd, "--port", str(port)], env=env, stdout=out, stderr=out, start_new_session=True
+        )
+    server = Server(name, proc, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{server.url}/healthz", timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # it answers: the reference has no /healthz
+            except OSError:
+                time.sleep(0.2)
+        yield server
+    finally:
+        # The server leads its own session: its group is exactly the supervisor and its workers.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _scenario(
+    name: str, server: Server, env: dict[str, str], args: argparse.Namespace, per_body: int = 0
+) -> Result:
+    """Warm up, then measure; again (at most ATTEMPTS times) while one worker took most of the load."""
+
+    def bodies(phase: str, seconds: int) -> dict[str, str]:
+        if not per_body:
+            return {}
+        path = args.tmp / f"bodies-{per_body}-{phase}.txt"
+        _write_bodies(path, POOL_RATE[per_body] * seconds, per_body)
+        return {"BENCH_MODE": "bodies", "BENCH_BODIES": str(path)}
+
+    busy = _quiet()
+    note = f" (other processes busy: {busy:.2f} CPUs)" if busy > QUIET_CPUS else ""
+    print(f"bench: {name}: {args.warmup} s warm-up, {args.duration} s load{note}", flush=True)
+    _wrk(server, env | bodies("warmup", args.warmup), args, args.warmup)
+    best: Result | None = None
+    for attempt in range(1, ATTEMPTS + 1):
+        load = env | bodies("load", args.duration)
+        before, sessions, _ = _settled(args.dsn)
+        out, sampler = _wrk(server, load, args, args.duration)
+        after, sessions_after, polls = _settled(args.dsn)  # also gives the backends time to report
+        seconds = out["duration_us"] / 1e6
+        result = Result(
+            scenario=name,
+            requests=out["requests"],
+            seconds=round(seconds, 2),
+            rps=out["requests"] / seconds,
+            p50_ms=out["p50_us"] / 1000,
+            p99_ms=out["p99_us"] / 1000,
+            errors=sum(out["errors"].values()),
+            wrapped=out["wrapped"],
+            rss_mib=sampler.rss_mib,
+            app_cpu_ms=1000 * sampler.cpu_seconds("app") / out["requests"],
+            postgres_cpu_ms=1000 * sampler.cpu_seconds("postgres") / out["requests"],
+            foreign_cpus=round(sampler.foreign_cpus(), 2),
+            connections_opened=sessions_after - sessions - polls,
+            balance=round(sampler.balance(), 2),
+            attempt=attempt,
+        )
+        if per_body:
+            result.messages_per_s = (out["requests"] - out["errors"]["status"]) * per_body / seconds
+            result.recorded_per_s = (after - before) / seconds
+        if best is None or result.balance >= best.balance:
+            best = result
+        if result.balance >= MIN_BALANCE:
+            break
+        print(f"bench: {name}: one worker took most connections (balance {result.balance:.2f})", flush=True)
+    assert best is not None
+    return best
+
+
+def _wrk(
+    server: Server, env: dict[str, str], args: argparse.Namespace, seconds: int
+) -> tuple[dict[str, Any], "Sampler"]:
+    """One wrk run, sampling the server's processes until it ends."""
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout", "5s"]
+    cmd += ["-s", str(HERE / "load.lua"), server.url]
+    proc = subprocess.Popen(
+        cmd, env=os.environ | env | {"BENCH_THREADS": str(args.threads)}, stdout=subprocess.PIPE, text=True
+    )
+    sampler = Sampler(server.proc.pid, proc.pid, args.database)
+    deadline = time.monotonic() + seconds + 60  # wrk loads its body pool first
+    try:
+        while True:
+            sampler.sample()
+            try:
+                stdout, _ = proc.communicate(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    raise
+    finally:  # wrk must not outlive a failed or interrupted run
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{stdout}")
+    line = next(x for x in stdout.splitlines() if x.startswith("BENCH_JSON "))
+    return json.loads(line.removeprefix("BENCH_JSON ")), sampler
+
+
+class Sampler:
+    """Reads /proc: the RSS of each uvicorn worker (the server's children, or the server itself with one
+    worker), and the CPU time of the server, of its PostgreSQL backends, of wrk, and of other processes
+    (another load on the machine makes the figures pessimistic)."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, server: int, wrk: int, database: str) -> None:
+        self.server, self.wrk, self.database = server, wrk, database.encode()
+        self.rss_mib: dict[int, float] = {}
+        self.kind: dict[int, str] = {}  # pid → app | postgres | wrk | other | shared (kernel, PG's own)
+        self.workers: set[int] = set()
+        self.ticks: dict[int, tuple[int, int]] = {}  # pid → CPU ticks (at the start, last seen)
+        self.started = 0.0
+
+    def sample(self) -> None:
+        first = not self.started
+        self.started = self.started or time.monotonic()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError):
+                pid, text = int(stat.parent.name), stat.read_text()
+                fields = text.rsplit(")", 1)[1].split()
+                if pid not in self.kind:
+                    self.kind[pid] = self._kind(pid, text[text.index("(") + 1 : text.rindex(")")], fields)
+                ticks = int(fields[11]) + int(fields[12])  # utime + stime
+                # A process born during the run counts from zero: short-lived backends add up.
+                self.ticks[pid] = (self.ticks[pid][0] if pid in self.ticks else ticks if first else 0, ticks)
+        for pid in self.workers or {self.server}:
+            self.rss_mib[pid] = max(self.rss_mib.get(pid, 0.0), _rss_mib(pid))
+
+    def _kind(self, pid: int, comm: str, fields: list[str]) -> str:
+        ppid, group = int(fields[1]), int(fields[2])
+        if ppid == self.server and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            self.workers.add(pid)
+        if pid == self.wrk:
+            return "wrk"
+        if self.server in (pid, group):  # its process group: supervisor and workers
+            return "app"
+        if comm == "postgres":
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if self.database in cmdline:
+                return "postgres"
+            return "other" if b"(" in cmdline or b"[local]" in cmdline else "shared"  # a client's backend?
+        return "shared" if 2 in (pid, ppid) else "other"
+
+    def cpu_seconds(self, kind: str) -> float:
+        ticks = sum(last - first for pid, (first, last) in self.ticks.items() if self.kind[pid] == kind)
+        return ticks / self.TICK
+
+    def balance(self) -> float:
+        cpu = [last - first for pid, (first, last) in self.ticks.items() if pid in self.workers]
+        return min(cpu) / max(cpu) if len(cpu) > 1 and max(cpu) else 1.0
+
+    def foreign_cpus(self) -> float:
+        """CPUs' worth of work done meanwhile by other processes (not the kernel's or PostgreSQL's own)."""
+        return self.cpu_seconds("other") / (time.monotonic() - self.started)
+
+
+def _quiet(patience: float = 30) -> float:
+    """Wait, at most `patience` seconds, for the machine to idle; returns the CPUs busy last second."""
+    deadline = time.monotonic() + patience
+    while True:
+        before = _busy_ticks()
+        time.sleep(1)
+        busy = (_busy_ticks() - before) / Sampler.TICK
+        if busy <= QUIET_CPUS or time.monotonic() > deadline:
+            return busy
+
+
+def _busy_ticks() -> int:
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split(maxsplit=9)[1:9]
+    )
+    return user + nice + system + irq + softirq + steal
+
+
+def _rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _write_bodies(path: Path, count: int, per_body: int) -> None:
+    """Signed deliveries, one per line as "<X-Hub-Signature-256>\\t<body>", every message id new."""
+    series = next(_SERIES)  # so that message ids and new customers never repeat across files
+    rng = random.Random(series)
+    now = int(time.time())
+    with path.open("wb") as f:
+        for i in range(count):
+            messages = []
+            for j in range(per_body):
+                n = i * per_body + j
+                new = rng.random() < NEW_CUSTOMER_SHARE
+                wa_id = f"1666{series:02d}{n:07d}" if new else f"1555{rng.randint(1, WINDOWS):07d}"
+                messages.append(
+                    inbound(wa_id, ts=now - rng.randint(0, 600), message_id=f"wamid.b{series}.{n}")
+                )
+            body, headers = signed(delivery(messages))
+            f.write(headers["X-Hub-Signature-256"].encode() + b"\t" + body + b"\n")
+
+
+def _settled(dsn: str) -> tuple[int, int, int]:
+    """Inbound messages stored, once the requests still in flight when wrk stopped have landed; the
+    sessions PostgreSQL has counted on this database; the sessions this took (each poll connects)."""
+    count, polls, deadline = -1, 0, time.monotonic() + 10
+    while True:
+        previous, (count, sessions) = count, asyncio.run(_fetch(dsn, SETTLED))
+        polls += 1
+        if count == previous or time.monotonic() > deadline:
+            return count, sessions, polls
+        time.sleep(0.5)
+
+
+async def _seed(url: str) -> str:
+    """100,000 customers, each with its alias and a window on PN; returns a read API key."""
+    engine = db.make_engine(url, 1)
+    try:
+        async with engine.begin() as conn:
+            for statement in SEED:
+                await conn.execute(text(statement))
+            return await api_keys.create(conn, "bench", Role.READ)
+    finally:
+        await engine.dispose()
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _fetch(dsn: str, sql: str) -> tuple[int, ...]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return tuple(await conn.fetchrow(sql))
+    finally:
+        await conn.close()
+
+
+def _report(results: list[Result], rounds: list[tuple[Result, Result]], args: argparse.Namespace) -> None:
+    ref, svc, single, batch = results
+    rss = max(max(r.rss_mib.values(), default=0.0) for r in (svc, single, batch))
+    ratio_rps, ratio_p99 = svc.rps / ref.rps, svc.p99_ms / ref.p99_ms
+
+    def clean(*rs: Result) -> bool:
+        return all(r.errors == 0 and r.wrapped == 0 for r in rs)
+
+    single_rate, batch_rate = single.messages_per_s or 0, batch.messages_per_s or 0
+    targets = [
+        (f"window check req/s ≥ {TARGETS['ratio_rps']:.0%} of the reference's",
+         f"{ratio_rps:.0%} ({svc.rps:,.0f} vs {ref.rps:,.0f})",
+         ratio_rps >= TARGETS["ratio_rps"] and clean(ref, svc)),
+        (f"window check p99 ≤ {TARGETS['ratio_p99']:g}× the reference's",
+         f"{ratio_p99:.2f}× ({svc.p99_ms:.1f} vs {ref.p99_ms:.1f} ms)",
+         ratio_p99 <= TARGETS["ratio_p99"] and clean(ref, svc)),
+        (f"webhook single-message deliveries/s ≥ {TARGETS['single_per_s']:,}", f"{single_rate:,.0f}",
+         single_rate >= TARGETS["single_per_s"] and clean(single)),
+        (f"webhook messages/s in batches of 100 ≥ {TARGETS['batch_messages_per_s']:,}", f"{batch_rate:,.0f}",
+         batch_rate >= TARGETS["batch_messages_per_s"] and clean(batch)),
+        (f"RSS ≤ {RSS_LIMIT_MIB} MiB per worker under load", f"{rss:.0f} MiB", rss <= RSS_LIMIT_MIB),
+    ]  # fmt: skip
+    lines = [
+        f"\n{_revision()} · {args.workers} workers each · wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
+        f"(+{args.warmup} s warm-up) · {WINDOWS:,} seeded windows · {os.cpu_count()} CPUs\n",
+        "| scenario | req/s | p50 ms | p99 ms | messages/s (stored/s) | vs reference "
+        "| CPU ms/req app + PG | PG conns opened | worker balance | RSS max/worker MiB | errors | other CPU |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        vs = {id(ref): "(reference)", id(svc): f"{ratio_rps:.0%} req/s · {ratio_p99:.2f}× p99"}.get(id(r), "")
+        msgs = "" if r.messages_per_s is None else f"{r.messages_per_s:,.0f} ({r.recorded_per_s:,.0f})"
+        errors = f"{r.errors}" + (f" (body pool reused {r.wrapped}×)" if r.wrapped else "")
+        lines.append(
+            f"| {r.scenario} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {msgs} | {vs} "
+            f"| {r.app_cpu_ms:.2f} + {r.postgres_cpu_ms:.2f} | {r.connections_opened} | {r.balance:.2f} "
+            f"| {max(r.rss_mib.values(), default=0):.0f} | {errors} | {r.foreign_cpus:.2f} |"
+        )
+    per_round = ", ".join(f"{b.rps / a.rps:.0%} ({b.p99_ms / a.p99_ms:.1f}× p99)" for a, b in rounds)
+    lines.append(
+        f"\nwindow check, service vs reference in each round: {per_round}; the median round is shown."
+    )
+    lines += ["", "| target | measured | verdict |", "|---|--:|---|"]
+    lines += [f"| {t} | {m} | {'PASS' if ok else 'FAIL'} |" for t, m, ok in targets]
+    lines.append(
+        "\nstored/s: inbound messages written to the database per second. CPU ms/req: CPU time of the "
+        "server's processes and of its PostgreSQL backends per request (robust to a busy machine). "
+        "PG conns opened: new database sessions during the load (pool churn). worker balance: CPU of "
+        f"the least busy worker over the busiest's (runs under {MIN_BALANCE} are repeated, {ATTEMPTS} at most). "
+        "other CPU: CPUs' worth of work by processes outside the benchmark meanwhile (> 0.2 makes "
+        "req/s and latency pessimistic)."
+    )
+    print("\n".join(lines))
+
+    out = HERE / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(exist_ok=True)
+    report = {
+        "config": vars(args) | {"windows": WINDOWS, "cpus": os.cpu_count(), "revision": _revision()},
+        "results": [asdict(r) for r in results],
+        "window_check_rounds": [[asdict(r) for r in pair] for pair in rounds],
+        "targets": [{"target": t, "measured": m, "pass": ok} for t, m, ok in targets],
+    }
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nbench: results in {out.relative_to(HERE.parent)}")
+
+
+def _revision() -> str:
+    """The commit measured, "+changes" when the working tree differs from it."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", "--no-optional-locks", *argv], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "../src", "../migrations")
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if changed else "")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted; servers stopped and database dropped")
