@@ -34,6 +34,7 @@ from window_gate.sandbox import SimulatorConfig, create_simulator
 from window_gate.template.endpoints import router as template_router
 from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import router as webhook_router
+from window_gate.window.endpoints import FastLane
 from window_gate.window.endpoints import router as window_router
 from window_gate.window.rule import Policy
 
@@ -107,6 +108,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(FastLane)
     app.add_middleware(MetricsMiddleware)
     return app
 

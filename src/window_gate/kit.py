@@ -31,12 +31,10 @@ def gate(request: Request) -> Gate:
     return state
 
 
-async def _caller(
-    request: Request,
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_…"])
-    ] = None,
-) -> Caller:
+Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_…"])]
+
+
+async def _caller(request: Request, authorization: Authorization = None) -> Caller:
     return await gate(request).auth.caller(authorization)
 
 
