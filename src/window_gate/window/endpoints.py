@@ -1,18 +1,13 @@
 """HTTP: "can I send free text to this customer now, and until when?"."""
 
-import re
-
 from fastapi import APIRouter, Request, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from window_gate.apikey.rules import Role
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
     AUTH_PROBLEMS,
-    GateError,
     InvalidRecipient,
     ValidationFailed,
-    problem_response,
     problems,
 )
 from window_gate.kit import CallerDep, Gate, gate, json_response
@@ -84,40 +79,6 @@ async def one_window(
     return answer
 
 
-class FastLane:
-    """`GET /v1/windows/{phone_number_id}/{customer}`, the hottest call, answered straight from ASGI: FastAPI's
-    routing and request handling were half its CPU (bench/). The answer is the route's own (`one_window`);
-    a request it cannot answer plainly (anything but a refusal) is handed to the FastAPI route, which owns
-    the error mapping and the docs."""
-
-    PATH = re.compile(r"^/v1/windows/([^/]+)/([^/]+)$")
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = (
-            self.PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
-        )
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        authorization = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
-        )
-        try:
-            window = await one_window(scope["app"].state.gate, authorization, match[1], match[2])
-        except GateError as err:
-            response = problem_response(err.status, err.problem(), err.headers)
-        except Exception:  # e.g. the database is down: the route's handlers know what to answer
-            await self.app(scope, receive, send)
-            return
-        else:
-            response = json_response(window)
-        scope["route"] = ROUTE  # for the metrics
-        await response(scope, receive, send)
-
-
 @router.post(
     "/check",
     summary="Windows of up to 1,000 customers",
@@ -134,6 +95,3 @@ async def check_windows(request: Request, caller: CallerDep, body: WindowCheckIn
     refs = service.parse_all(body.customers)
     windows = await service.check(state.reads, body.phone_number_id, refs, state.policy, service.now())
     return json_response(WindowCheckOut(windows=windows))
-
-
-ROUTE = next(r for r in router.routes if getattr(r, "endpoint", None) is get_window)
