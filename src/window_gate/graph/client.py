@@ -66,25 +66,38 @@ class GraphClient:
         self, phone_number_id: str, body: dict[str, Any], token: str | None = None
     ) -> dict[str, Any]:
         """POST /{version}/{phone_number_id}/messages; Meta's JSON answer, or GraphError / UpstreamTimeout."""
-        headers = {"Authorization": f"Bearer {token or self.default_token or 'sandbox'}"}
+        headers = self._auth(token) | {"Content-Type": "application/json"}
         url = f"/{self.version}/{phone_number_id}/messages"
-        content = orjson.dumps(body)
+        return await self._call("POST", url, headers=headers, content=orjson.dumps(body))
+
+    async def list_templates(
+        self, waba_id: str, after: str | None = None, limit: int = TEMPLATE_PAGE, token: str | None = None
+    ) -> dict[str, Any]:
+        """One page of GET /{version}/{waba_id}/message_templates: `{data, paging: {cursors: {after}, next}}`.
+        A read: retried on connection failures; GraphError / UpstreamTimeout / UpstreamUnreachable otherwise."""
+        params = {"fields": TEMPLATE_FIELDS, "limit": str(limit)} | ({"after": after} if after else {})
+        headers = self._auth(token)
+        page = await self._call(
+            "GET", f"/{self.version}/{waba_id}/message_templates", headers=headers, params=params
+        )
+        if not isinstance(page.get("data"), list):
+            raise UpstreamTimeout("unreadable answer from the Graph API: no `data` list")
+        return page
+
+    def _auth(self, token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.default_token or 'sandbox'}"}
+
+    async def _call(self, method: str, url: str, **request: Any) -> dict[str, Any]:
+        """Meta's JSON object; retried only when no connection was made (nothing left)."""
         for attempt in range(CONNECT_RETRIES + 1):
             try:
-                response = await self.http.post(
-                    url, content=content, headers={**headers, "Content-Type": "application/json"}
-                )
+                response = await self.http.request(method, url, **request)
                 break
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 if attempt == CONNECT_RETRIES:
                     raise UpstreamUnreachable(str(exc)) from exc
                 await asyncio.sleep(0.05 * 2**attempt)
-            except (
-                httpx.TimeoutException,
-                httpx.RemoteProtocolError,
-                httpx.ReadError,
-                httpx.WriteError,
-            ) as exc:
+            except httpx.HTTPError as exc:  # the request may have left: the outcome is unknown
                 raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
             raise GraphError.from_response(response)
@@ -95,31 +108,3 @@ class GraphClient:
         if not isinstance(answer, dict):
             raise UpstreamTimeout("unreadable answer from the Graph API")
         return answer
-
-    async def list_templates(
-        self, waba_id: str, after: str | None = None, limit: int = TEMPLATE_PAGE, token: str | None = None
-    ) -> dict[str, Any]:
-        """One page of GET /{version}/{waba_id}/message_templates: `{data, paging: {cursors: {after}, next}}`.
-        A read: retried on connection failures; GraphError / UpstreamTimeout / UpstreamUnreachable otherwise."""
-        params = {"fields": TEMPLATE_FIELDS, "limit": str(limit)} | ({"after": after} if after else {})
-        headers = {"Authorization": f"Bearer {token or self.default_token or 'sandbox'}"}
-        url = f"/{self.version}/{waba_id}/message_templates"
-        for attempt in range(CONNECT_RETRIES + 1):
-            try:
-                response = await self.http.get(url, params=params, headers=headers)
-                break
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                if attempt == CONNECT_RETRIES:
-                    raise UpstreamUnreachable(str(exc)) from exc
-                await asyncio.sleep(0.05 * 2**attempt)
-            except httpx.HTTPError as exc:
-                raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 400:
-            raise GraphError.from_response(response)
-        try:
-            page = orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamTimeout(f"unreadable answer from the Graph API: {exc}") from exc
-        if not isinstance(page, dict) or not isinstance(page.get("data"), list):
-            raise UpstreamTimeout("unreadable answer from the Graph API: no `data` list")
-        return page
