@@ -1,5 +1,8 @@
 -- wrk script driven by bench/run.py through the environment.
 --   BENCH_MODE=window  GET /v1/windows/BENCH_PN/<random seeded customer> with Bearer BENCH_KEY
+--   BENCH_MODE=send    POST BENCH_PATH with BENCH_BODY, its %s the number of a random seeded open customer
+--                      (1555 then BENCH_FIRST + 1 … BENCH_FIRST + BENCH_CUSTOMERS, 7 digits); Bearer BENCH_KEY
+--                      when set; no Idempotency-Key
 --   BENCH_MODE=bodies  POST each pre-signed delivery of BENCH_BODIES ("<signature>\t<json>" lines) once;
 --                      thread k of BENCH_THREADS takes lines k, k+n, …; a wrapped pool is reported.
 -- done() prints one "BENCH_JSON {…}" line for run.py (wrk's Lua has no HMAC, hence the pool).
@@ -13,7 +16,7 @@ function setup(thread)
 end
 
 local pool, size, next_i = {}, 0, 0
-local prefix, headers, customers
+local prefix, headers, customers, first, body
 wrapped = 0
 
 function init(args)
@@ -21,6 +24,16 @@ function init(args)
     prefix = "/v1/windows/" .. os.getenv("BENCH_PN") .. "/"
     headers = { ["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY") }
     customers = tonumber(os.getenv("BENCH_CUSTOMERS"))
+    math.randomseed(os.time() * 97 + id)
+    return
+  end
+  if mode == "send" then
+    prefix, body = os.getenv("BENCH_PATH"), os.getenv("BENCH_BODY")
+    headers = { ["Content-Type"] = "application/json" }
+    if (os.getenv("BENCH_KEY") or "") ~= "" then
+      headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+    end
+    customers, first = tonumber(os.getenv("BENCH_CUSTOMERS")), tonumber(os.getenv("BENCH_FIRST"))
     math.randomseed(os.time() * 97 + id)
     return
   end
@@ -39,6 +52,10 @@ end
 function request()
   if mode == "window" then
     return wrk.format("GET", prefix .. string.format("1555%07d", math.random(customers)), headers)
+  end
+  if mode == "send" then
+    local to = string.format("1555%07d", first + math.random(customers))
+    return wrk.format("POST", prefix, headers, string.format(body, to))
   end
   next_i = next_i + 1
   if next_i > size then

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from window_gate.config import SettingsError, load_settings
 from window_gate.errors import BudgetExceeded
+from window_gate.message import repository as messages
 from window_gate.pricing import service
 from window_gate.pricing.rules import (
     OTHER,
@@ -500,17 +501,23 @@ async def test_send_path_recipe_records_the_estimate_in_the_pending_transaction(
                 window=window(WindowState.OPEN),
                 at=at,
             )
-            await conn.execute(
-                text(
-                    "INSERT INTO messages (id, api_key_id, request_hash, phone_number_id, recipient_input, type,"
-                    " body, status, created_at) VALUES (:id, :key, 'x', :pn, :to, 't', '{}', 'accepted', :at)"
-                ),
-                {"id": message_id, "key": key, "pn": PN, "to": BRAZIL, "at": at},
+            assert await messages.insert_pending(
+                conn,
+                id=message_id,
+                api_key_id=key,
+                idempotency_key=None,
+                request_hash="x",
+                phone_number_id=PN,
+                recipient_input=BRAZIL,
+                type="template",
+                body={},
+                window={},
+                estimate=service.estimate_columns(est),
+                at=at,
             )
             await service.reserve(
                 conn, phone_number_id=PN, api_key_id=key, amount=est.amount, currency=est.currency, at=at
             )
-            await service.record_estimate(conn, message_id, est)
         return message_id
 
     sent = await send("MARKETING", NOV_2026)

@@ -9,14 +9,20 @@ import orjson
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+# The record, its estimate and its first event in one round trip.
 INSERT_PENDING = text(
     """
-INSERT INTO messages (id, api_key_id, idempotency_key, request_hash, phone_number_id, recipient_input, type,
-                      body, "window", status)
-VALUES (:id, :api_key_id, :idempotency_key, :request_hash, :phone_number_id, :recipient_input, :type,
-        CAST(:body AS jsonb), CAST(:window AS jsonb), 'pending')
-ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
-RETURNING id
+WITH m AS (
+  INSERT INTO messages (id, api_key_id, idempotency_key, request_hash, phone_number_id, recipient_input, type,
+                        body, "window", status, pricing_category, market, billable, estimated_amount, currency,
+                        inside_csw, inside_fep)
+  VALUES (:id, :api_key_id, :idempotency_key, :request_hash, :phone_number_id, :recipient_input, :type,
+          CAST(:body AS jsonb), CAST(:window AS jsonb), 'pending', :pricing_category, :market, :billable,
+          :estimated_amount, :currency, :inside_csw, :inside_fep)
+  ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+  RETURNING id
+)
+INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
 """
 )
 ADD_EVENT = text(
@@ -26,11 +32,15 @@ ADD_EVENT = text(
 # only moves when nothing later is known yet.
 FINISH = text(
     """
-UPDATE messages SET status = CASE WHEN status IN ('pending', 'unknown') THEN :status ELSE status END,
-       graph_message_id = COALESCE(graph_message_id, :graph_message_id), recipient_wa_id = :wa_id,
-       error = COALESCE(error, CAST(:error AS jsonb)), response_status = :response_status,
-       response = CAST(:response AS jsonb), updated_at = now()
-WHERE id = :id
+WITH u AS (
+  UPDATE messages SET status = CASE WHEN status IN ('pending', 'unknown') THEN :status ELSE status END,
+         graph_message_id = COALESCE(graph_message_id, :graph_message_id), recipient_wa_id = :wa_id,
+         error = COALESCE(error, CAST(:error AS jsonb)), response_status = :response_status,
+         response = CAST(:response AS jsonb), updated_at = now()
+  WHERE id = :id
+  RETURNING id
+)
+INSERT INTO message_events (message_id, status, at, detail) SELECT id, :status, :at, CAST(:error AS jsonb) FROM u
 """
 )
 BY_IDEMPOTENCY_KEY = text(
@@ -40,7 +50,7 @@ BY_IDEMPOTENCY_KEY = text(
 )
 BY_ID = text("SELECT * FROM messages WHERE id = :id")
 EVENTS = text("SELECT status, at, detail FROM message_events WHERE message_id = :id ORDER BY id")
-TOKEN = text("SELECT access_token FROM phone_numbers WHERE phone_number_id = :phone_number_id")
+NUMBER_TOKEN = "SELECT access_token FROM phone_numbers WHERE phone_number_id = $1"  # noqa: S105 - a query
 # Meta's statuses move a record forward; `failed` is final unless Meta later says it was delivered.
 APPLY_STATUS = text(
     """
@@ -93,6 +103,7 @@ async def insert_pending(
     type: str,
     body: dict[str, Any],
     window: dict[str, Any],
+    estimate: dict[str, Any],
     at: datetime,
 ) -> bool:
     """Record a send before it leaves; False when the Idempotency-Key is already taken."""
@@ -108,12 +119,11 @@ async def insert_pending(
             "type": type,
             "body": _json(body),
             "window": _json(window),
+            "at": at,
+            **estimate,
         },
     )
-    if row.first() is None:
-        return False
-    await add_event(conn, id, "pending", at, None)
-    return True
+    return row.first() is not None
 
 
 async def add_event(conn: AsyncConnection, id: UUID, status: str, at: datetime, detail: object) -> None:
@@ -143,9 +153,9 @@ async def finish(
             "error": _json(error),
             "response_status": response_status,
             "response": _json(response),
+            "at": at,
         },
     )
-    await add_event(conn, id, status, at, error)
 
 
 async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -> Previous | None:
@@ -160,8 +170,9 @@ async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]
     return row, list(await conn.execute(EVENTS, {"id": id}))
 
 
-async def access_token(conn: AsyncConnection, phone_number_id: str) -> str | None:
-    token: str | None = (await conn.execute(TOKEN, {"phone_number_id": phone_number_id})).scalar()
+async def access_token(reads: Any, phone_number_id: str) -> str | None:
+    """The number's own token, if it has one (hot path: `reads` is the asyncpg pool)."""
+    token: str | None = await reads.fetchval(NUMBER_TOKEN, phone_number_id)
     return token
 
 

@@ -73,12 +73,12 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     now = window_service.now()
     template: TemplateInfo | None = None
     [window] = await window_service.check(gate.reads, phone_number_id, [ref], gate.policy, now)
-    async with gate.engine.connect() as conn:
-        if kind == TEMPLATE:
+    if kind == TEMPLATE:
+        async with gate.engine.connect() as conn:
             template = await templates.check_send(conn, phone_number_id, body[TEMPLATE])
             if template.category == MARKETING:
                 await consent.check_marketing(conn, phone_number_id, ref.aliases())
-        token = await repository.access_token(conn, phone_number_id)
+    token = await repository.access_token(gate.reads, phone_number_id)
     if kind != TEMPLATE and not window.can_send_free_form:
         raise WindowClosed(
             f"free-form messages need an open window; it is {window.state.value}: send an approved template",
@@ -112,6 +112,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
             type=kind,
             body={**body, "biz_opaque_callback_data": caller_opaque} if caller_opaque else body,
             window=window.model_dump(mode="json"),
+            estimate=pricing.estimate_columns(estimate),
             at=now,
         )
         if recorded:  # a budget refusal rolls all of this back: nothing recorded, nothing sent
@@ -123,7 +124,6 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
                 currency=estimate.currency,
                 at=now,
             )
-            await pricing.record_estimate(conn, message_id, estimate)
     if not recorded:  # a concurrent request with the same key won the race: answer as it does
         assert idempotency_key is not None
         previous = await _previous(gate, caller, idempotency_key, request_hash)

@@ -4,18 +4,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-RECORD_ESTIMATE = text(
-    """
-UPDATE messages SET pricing_category = :category, market = :market, billable = :billable,
-       estimated_amount = :amount, currency = :currency, inside_csw = :inside_csw, inside_fep = :inside_fep
-WHERE id = :id
-"""
-)
 # Sends of one category from one number this calendar month that left (or may have): the `paid_after:N`
 # cells of the billability matrix count these.
 SENT_THIS_MONTH = text(
@@ -108,33 +100,6 @@ class Standing:
     monthly_limit: Decimal
     currency: str
     spent: Decimal
-
-
-async def record_estimate(
-    conn: AsyncConnection,
-    message_id: UUID,
-    *,
-    category: str,
-    market: str,
-    billable: bool,
-    amount: Decimal,
-    currency: str,
-    inside_csw: bool,
-    inside_fep: bool,
-) -> None:
-    await conn.execute(
-        RECORD_ESTIMATE,
-        {
-            "id": message_id,
-            "category": category,
-            "market": market,
-            "billable": billable,
-            "amount": amount,
-            "currency": currency,
-            "inside_csw": inside_csw,
-            "inside_fep": inside_fep,
-        },
-    )
 
 
 async def sent_this_month(

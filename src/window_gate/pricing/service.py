@@ -1,7 +1,7 @@
 """Cost estimates, budgets and the costs report: the rules in rules.py applied to what the database knows.
 
 The send path (message/service.py) calls, in this order and all in the transaction that records the send:
-`estimate_send` → `repository.insert_pending` → `reserve` → `record_estimate`; and `release` when the send
+`estimate_send` → `repository.insert_pending` (with `estimate_columns`) → `reserve`; and `release` when the send
 surely did not leave. A budget is a monthly ceiling on the gate's own estimates, reserved before the send
 leaves, so concurrent sends from any number of replicas cannot pass it together.
 """
@@ -113,19 +113,17 @@ def estimate_out(est: Estimate) -> EstimateOut:
     return EstimateOut.model_validate(est.as_json())
 
 
-async def record_estimate(conn: AsyncConnection, message_id: UUID, est: Estimate) -> None:
-    """Store the estimate on the send's record (after `insert_pending`, in the same transaction)."""
-    await repository.record_estimate(
-        conn,
-        message_id,
-        category=est.category.value,
-        market=est.market,
-        billable=est.billable,
-        amount=est.amount,
-        currency=est.currency,
-        inside_csw=est.inside_csw,
-        inside_fep=est.inside_fep,
-    )
+def estimate_columns(est: Estimate) -> dict[str, Any]:
+    """The estimate as the send's record stores it (messages.pricing_category … inside_fep)."""
+    return {
+        "pricing_category": est.category.value,
+        "market": est.market,
+        "billable": est.billable,
+        "estimated_amount": est.amount,
+        "currency": est.currency,
+        "inside_csw": est.inside_csw,
+        "inside_fep": est.inside_fep,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
