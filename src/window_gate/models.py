@@ -164,9 +164,8 @@ class Message(Base):
     currency: Mapped[str | None] = mapped_column(String(3))
     inside_csw: Mapped[bool | None]
     inside_fep: Mapped[bool | None]
-    window: Mapped[dict[str, Any] | None] = mapped_column(
-        JSONB
-    )  # as the gate saw it when it let the send pass
+    # The window as the gate saw it when it let the send pass.
+    window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
