@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import assert_problem
-from tests.factories import PN, WABA
+from tests.factories import PN, WABA, delivery, signed, status
 from tests.upstream import Gated, count, open_window
 from window_gate.app import create_app
 from window_gate.config import Settings
@@ -144,3 +144,18 @@ async def test_two_replicas_sending_at_once_cannot_overspend(
         query = text("SELECT spent FROM budget_spend WHERE scope = 'phone_number' AND scope_id = :pn")
         spent = (await conn.execute(query, {"pn": PN})).scalar_one()
     assert spent == limit
+
+
+async def test_template_failure_reported_late_by_webhook_updates_the_registry(synced: Gated) -> None:
+    client, _ = synced
+    sent = (await client.post("/v1/messages", json=template("order_update", "en", "Ana", "#7"))).json()
+    failed = status(BR, code=132015) | {
+        "id": sent["graph_message_id"],
+        "biz_opaque_callback_data": f"wg:{sent['id']}",
+    }
+    body, headers = signed(delivery(statuses=[failed]))
+    assert (await client.post("/webhooks/whatsapp", content=body, headers=headers)).status_code == 200
+    listed = (await client.get("/v1/templates", params={"name": "order_update"})).json()["templates"]
+    assert [t["status"] for t in listed] == ["PAUSED"]
+    again = await client.post("/v1/messages", json=template("order_update", "en", "Ana", "#8"))
+    assert_problem(again, 422, "template_not_approved")

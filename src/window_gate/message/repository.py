@@ -65,7 +65,7 @@ UPDATE messages SET
   pricing = COALESCE(CAST(:pricing AS jsonb), pricing),
   updated_at = now()
 WHERE id = :id OR graph_message_id = :graph_message_id
-RETURNING id
+RETURNING id, phone_number_id, body -> 'template' AS template
 """
 )
 EXPIRE_PENDING = text(
@@ -176,6 +176,14 @@ async def access_token(reads: Any, phone_number_id: str) -> str | None:
     return token
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The record a status webhook moved."""
+
+    phone_number_id: str
+    template: dict[str, Any] | None  # the template object, when a template was sent
+
+
 async def apply_status(
     conn: AsyncConnection,
     *,
@@ -186,7 +194,7 @@ async def apply_status(
     error: object,
     pricing: object,
     detail: object,
-) -> bool:
+) -> Applied | None:
     """A status webhook: found by our own id (biz_opaque_callback_data) or by wamid."""
     row = await conn.execute(
         APPLY_STATUS,
@@ -200,9 +208,9 @@ async def apply_status(
     )
     found = row.first()
     if found is None:
-        return False
+        return None
     await add_event(conn, found.id, status, at, detail)
-    return True
+    return Applied(found.phone_number_id, found.template)
 
 
 async def expire_pending(conn: AsyncConnection, seconds: float) -> int:

@@ -19,6 +19,7 @@ from window_gate.kit import Gate
 from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
 from window_gate.template import repository as templates
+from window_gate.template import service as template_service
 from window_gate.webhook import repository
 from window_gate.webhook.parse import ConsentEvent, Delivery, TemplateEvent, VerdictEvent, parse_delivery
 from window_gate.window import repository as windows
@@ -141,6 +142,14 @@ async def _apply_rest(
             detail=st.payload,
         )
         delivery.counts[f"status_{st.status}", "recorded" if found else "unknown_message"] += 1
+        if found is not None and found.template is not None and st.status == "failed":
+            for (
+                error
+            ) in st.errors:  # Meta's late word on a template (paused, disabled, …) updates the registry
+                if isinstance(error.get("code"), int):
+                    await template_service.learn_from_meta_error(
+                        conn, found.phone_number_id, found.template, error["code"]
+                    )
     await templates.record_accounts(conn, delivery.accounts)  # a statement only for pairs not seen yet
     for event in delivery.templates:
         await _apply_template(conn, event)
