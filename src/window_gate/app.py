@@ -73,7 +73,8 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         )
         graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
         auth = Authenticator(reads, settings.api_key_cache_seconds)
-        state = Gate(settings, engine, reads, policy(settings), auth, graph)
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        state = Gate(settings, engine, autocommit, reads, policy(settings), auth, graph)
         app.state.gate = state
         chores = asyncio.create_task(_chores_forever(state))
         try:

@@ -20,7 +20,8 @@ class Gate:
 
     settings: Settings
     engine: AsyncEngine
-    reads: Any  # asyncpg.Pool for the hot reads (db.make_read_pool)
+    autocommit: AsyncEngine  # the same pool, for single statements: no BEGIN/COMMIT round trips
+    reads: Any  # asyncpg.Pool of the hot paths (db.make_read_pool)
     policy: Policy
     auth: Authenticator
     graph: GraphClient

@@ -5,6 +5,7 @@ left `pending` by a dead process becomes `unknown` and is never re-sent blindly.
 """
 
 import asyncio
+import functools
 import hashlib
 import time
 import uuid
@@ -91,7 +92,22 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     outbound = {**body, "biz_opaque_callback_data": f"{OPAQUE_PREFIX}{message_id}"}
     # An unknown template category is priced as the dearest (marketing), so budgets err on the safe side.
     category = (template.category or MARKETING) if template else None
-    async with gate.engine.begin() as conn:
+    record = functools.partial(
+        repository.insert_pending,
+        id=message_id,
+        api_key_id=caller.id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        phone_number_id=phone_number_id,
+        recipient_input=to,
+        type=kind,
+        body={**body, "biz_opaque_callback_data": caller_opaque} if caller_opaque else body,
+        window=window.model_dump(mode="json"),
+        at=now,
+    )
+    # A free send is one statement (autocommit: no BEGIN/COMMIT round trips); a paid one reserves its
+    # budget in the same transaction, so a budget refusal leaves nothing recorded and nothing sent.
+    async with gate.autocommit.connect() as conn:
         estimate = await pricing.estimate_send(
             conn,
             gate.settings.pricing_tables,
@@ -101,29 +117,20 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
             window=window,
             at=now,
         )
-        recorded = await repository.insert_pending(
-            conn,
-            id=message_id,
-            api_key_id=caller.id,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            phone_number_id=phone_number_id,
-            recipient_input=to,
-            type=kind,
-            body={**body, "biz_opaque_callback_data": caller_opaque} if caller_opaque else body,
-            window=window.model_dump(mode="json"),
-            estimate=pricing.estimate_columns(estimate),
-            at=now,
-        )
-        if recorded:  # a budget refusal rolls all of this back: nothing recorded, nothing sent
-            await pricing.reserve(
-                conn,
-                phone_number_id=phone_number_id,
-                api_key_id=caller.id,
-                amount=estimate.amount,
-                currency=estimate.currency,
-                at=now,
-            )
+        if not estimate.amount:
+            recorded = await record(conn, estimate=pricing.estimate_columns(estimate))
+    if estimate.amount:
+        async with gate.engine.begin() as conn:
+            recorded = await record(conn, estimate=pricing.estimate_columns(estimate))
+            if recorded:
+                await pricing.reserve(
+                    conn,
+                    phone_number_id=phone_number_id,
+                    api_key_id=caller.id,
+                    amount=estimate.amount,
+                    currency=estimate.currency,
+                    at=now,
+                )
     if not recorded:  # a concurrent request with the same key won the race: answer as it does
         assert idempotency_key is not None
         previous = await _previous(gate, caller, idempotency_key, request_hash)
@@ -170,7 +177,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         pricing_estimate=pricing.estimate_out(estimate),
     )
     response = {**out.model_dump(mode="json"), "meta": answer}
-    async with gate.engine.begin() as conn:
+    async with gate.autocommit.connect() as conn:
         await repository.finish(
             conn,
             message_id,
@@ -181,8 +188,9 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
             response_status=201,
             response=response,
         )
-        if wa_id and ref.wa_id and wa_id != ref.wa_id:
-            # Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it.
+    if wa_id and ref.wa_id and wa_id != ref.wa_id:
+        # Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it.
+        async with gate.engine.begin() as conn:
             await customers.link(conn, wa_id, None, "send", aliases=[ref.wa_id])
     return Sent(out, answer)
 
@@ -191,7 +199,7 @@ async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> 
     """The first answer given for this Idempotency-Key, waiting while that request is still in flight."""
     deadline = time.monotonic() + gate.settings.graph_timeout_seconds + 5
     while True:
-        async with gate.engine.connect() as conn:
+        async with gate.autocommit.connect() as conn:
             previous = await repository.by_idempotency_key(conn, caller.id, key)
         if previous is None:
             return None
