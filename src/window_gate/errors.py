@@ -105,10 +105,6 @@ class RateLimited(GateError):
         self.headers["Retry-After"] = str(retry_after)
 
 
-class UnknownPhoneNumber(GateError):
-    code, status, title = "unknown_phone_number", 404, "Not a phone number this gate serves"
-
-
 class UpstreamError(GateError):
     code, status, title = "upstream_error", 502, "Meta refused or failed the request"
 

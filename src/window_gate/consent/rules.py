@@ -81,6 +81,3 @@ class Keywords:
         if any(w in self.opt_in for w in words):
             return False
         return None
-
-
-DEFAULT_KEYWORDS = Keywords.parse(DEFAULT_OPT_OUT_KEYWORDS, DEFAULT_OPT_IN_KEYWORDS)
