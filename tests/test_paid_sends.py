@@ -159,3 +159,19 @@ async def test_template_failure_reported_late_by_webhook_updates_the_registry(sy
     assert [t["status"] for t in listed] == ["PAUSED"]
     again = await client.post("/v1/messages", json=template("order_update", "en", "Ana", "#8"))
     assert_problem(again, 422, "template_not_approved")
+
+
+async def test_budget_given_back_when_meta_refuses_the_send(synced: Gated, simulator: FastAPI) -> None:
+    client, _ = synced
+    await client.put(f"/v1/budgets/phone_number/{PN}", json={"monthly_limit": "0.063", "currency": "USD"})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=simulator), base_url="http://meta"
+    ) as meta:
+        assert (await meta.post("/sandbox/faults", json={"error_5xx_rate": 1.0})).status_code == 200
+        refused = await client.post("/v1/messages", json=template("spring_sale", "en", "Ana"))
+        assert_problem(refused, 502, "upstream_error")
+        await meta.delete("/sandbox/faults")
+    sent = await client.post("/v1/messages", json=template("spring_sale", "en", "Ana"))
+    assert sent.status_code == 201, sent.text  # the refused send's reservation was released
+    record = (await client.get(f"/v1/messages/{refused.json()['id']}")).json()
+    assert record["status"] == "failed"

@@ -41,7 +41,8 @@ from window_gate.window.schemas import WindowOut
 
 TEMPLATE = "template"
 MARKETING = "MARKETING"
-DELIVERED = {"sent", "delivered", "read"}  # statuses only Meta's webhooks set
+DELIVERED = {"sent", "delivered", "read"}
+UNKNOWN = "unknown"  # the request may have reached Meta: never re-sent  # statuses only Meta's webhooks set
 OPAQUE_PREFIX = "wg:"  # biz_opaque_callback_data = "wg:<message id>": status webhooks find the record
 
 
@@ -137,33 +138,51 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         assert previous is not None
         return previous
 
-    async def release(refusal: graph.GraphError | None) -> None:  # only when the message surely did not leave
+    async def settle(
+        status: str, err: GateError, error: object, refusal: graph.GraphError | None = None
+    ) -> GateError:
+        """Meta refused the send, or was silent: the record's final word, in one transaction. A send that
+        surely did not leave gives its budget back; Meta's verdicts on the window and template are kept."""
+        err.context["id"] = str(message_id)
         async with gate.engine.begin() as conn:
-            await pricing.release(
-                conn, phone_number_id=phone_number_id, api_key_id=caller.id, amount=estimate.amount, at=now
+            await repository.finish(
+                conn,
+                message_id,
+                status=status,
+                at=window_service.now(),
+                error=error,
+                response_status=err.status,
+                response=err.problem(),
             )
+            if status != UNKNOWN:
+                await pricing.release(
+                    conn,
+                    phone_number_id=phone_number_id,
+                    api_key_id=caller.id,
+                    amount=estimate.amount,
+                    at=now,
+                )
+            if refusal is not None and refusal.code == RE_ENGAGEMENT:  # Meta's word beats ours
+                customer_id = await customers.link(
+                    conn, window.customer.wa_id, window.customer.user_id, "send"
+                )
+                await windows.record_verdicts(
+                    conn, [windows.Verdict(phone_number_id, customer_id, window_service.now(), None)]
+                )
             if refusal is not None and refusal.code and kind == TEMPLATE:
                 await templates.learn_from_meta_error(conn, phone_number_id, body[TEMPLATE], refusal.code)
+        return err
 
     try:
         answer = await gate.graph.send_message(phone_number_id, outbound, token)
     except graph.GraphError as exc:
-        err = gate_error(exc)
-        err.context["id"] = str(message_id)
-        await _finish_refused(gate, message_id, err, exc, phone_number_id, window)
-        await release(exc)
-        raise err from None
+        raise await settle("failed", gate_error(exc), exc.raw or None, exc) from None
     except graph.UpstreamTimeout as exc:
-        err = UpstreamTimeout(
-            f"no answer from Meta ({exc}); the message may have left: it is not re-sent", id=str(message_id)
-        )
-        await _finish(gate, message_id, "unknown", err.status, err.problem(), error={"reason": str(exc)})
-        raise err from None
+        reason = f"no answer from Meta ({exc}); the message may have left: it is not re-sent"
+        raise await settle(UNKNOWN, UpstreamTimeout(reason), {"reason": str(exc)}) from None
     except graph.UpstreamUnreachable as exc:
-        err = UpstreamError(f"Meta could not be reached ({exc}); nothing was sent", id=str(message_id))
-        await _finish(gate, message_id, "not_sent", err.status, err.problem(), error={"reason": str(exc)})
-        await release(None)
-        raise err from None
+        reason = f"Meta could not be reached ({exc}); nothing was sent"
+        raise await settle("not_sent", UpstreamError(reason), {"reason": str(exc)}) from None
 
     contact = (answer.get("contacts") or [{}])[0]
     wamid = str((answer.get("messages") or [{}])[0].get("id") or "") or None
@@ -234,48 +253,3 @@ async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> 
                 id=str(previous.id),
             )
         await asyncio.sleep(0.05)
-
-
-async def _finish(
-    gate: Gate,
-    message_id: uuid.UUID,
-    status: str,
-    response_status: int,
-    response: dict[str, Any],
-    error: object,
-) -> None:
-    async with gate.engine.begin() as conn:
-        await repository.finish(
-            conn,
-            message_id,
-            status=status,
-            at=window_service.now(),
-            error=error,
-            response_status=response_status,
-            response=response,
-        )
-
-
-async def _finish_refused(
-    gate: Gate,
-    message_id: uuid.UUID,
-    err: GateError,
-    exc: graph.GraphError,
-    phone_number_id: str,
-    window: WindowOut,
-) -> None:
-    async with gate.engine.begin() as conn:
-        await repository.finish(
-            conn,
-            message_id,
-            status="failed",
-            at=window_service.now(),
-            error=exc.raw or None,
-            response_status=err.status,
-            response=err.problem(),
-        )
-        if exc.code == RE_ENGAGEMENT:  # Meta's word beats ours until the customer writes again
-            customer_id = await customers.link(conn, window.customer.wa_id, window.customer.user_id, "send")
-            await windows.record_verdicts(
-                conn, [windows.Verdict(phone_number_id, customer_id, window_service.now(), None)]
-            )
