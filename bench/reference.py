@@ -40,12 +40,22 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     parts = scope["path"].split("/")  # /v1/windows/{phone_number_id}/{customer}
     if len(parts) != 5 or parts[1:3] != ["v1", "windows"]:
-        await _answer(send, 404, {"detail": "not found"})
+        await answer(send, 404, {"detail": "not found"})
         return
     row = await _pool.fetchrow(SQL, parts[4], parts[3])
-    await _answer(send, 200, dict(row) if row else {"wa_id": parts[4], "state": "never_opened"})
+    await answer(send, 200, dict(row) if row else {"wa_id": parts[4], "state": "never_opened"})
 
 
-async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def answer(send: Send, status: int, payload: dict[str, Any]) -> None:
+    """A JSON response, as bare as ASGI allows (shared by the bench's other raw servers)."""
     await send({"type": "http.response.start", "status": status, "headers": JSON})
     await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+async def read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body

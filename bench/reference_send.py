@@ -18,6 +18,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from bench.reference import SQL as LOOKUP
+from bench.reference import answer, read_body
 
 # Created by bench/run.py in the bench database.
 TABLE = (
@@ -26,7 +27,6 @@ TABLE = (
 INSERT = "INSERT INTO bench_sends (id, recipient, status) VALUES ($1, $2, 'pending')"
 UPDATE = "UPDATE bench_sends SET status = 'accepted', wamid = $2 WHERE id = $1"
 WINDOW = timedelta(hours=24)
-JSON = [(b"content-type", b"application/json")]
 _pool: Any = None
 _http: Any = None
 _url = ""
@@ -55,19 +55,14 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if scope["method"] != "POST" or scope["path"] != "/send":
-        await _answer(send, 404, {"detail": "not found"})
+        await answer(send, 404, {"detail": "not found"})
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     to = orjson.loads(body)["to"]
     row = await _pool.fetchrow(LOOKUP, to, _pn)
     last = row and row["last_inbound_at"]
     if not last or datetime.now(UTC) - last >= WINDOW:
-        await _answer(send, 409, {"code": "window_closed"})
+        await answer(send, 409, {"code": "window_closed"})
         return
     message_id = uuid.uuid4()
     await _pool.execute(INSERT, message_id, to)
@@ -78,12 +73,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         ),
         headers={"Authorization": "Bearer bench", "Content-Type": "application/json"},
     )
-    answer = orjson.loads(response.content)
-    wamid = answer["messages"][0]["id"]
+    meta = orjson.loads(response.content)
+    wamid = meta["messages"][0]["id"]
     await _pool.execute(UPDATE, message_id, wamid)
-    await _answer(send, 201, {"id": str(message_id), "graph_message_id": wamid, "status": "accepted"})
-
-
-async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": JSON})
-    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+    await answer(send, 201, {"id": str(message_id), "graph_message_id": wamid, "status": "accepted"})

@@ -8,12 +8,12 @@ Served by uvicorn in its own process, so that the upstream's cost stays out of t
 
 import itertools
 import os
-from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-JSON = [(b"content-type", b"application/json")]
+from bench.reference import answer, read_body
+
 _ids = itertools.count(1)
 _prefix = f"wamid.bench.{os.getpid()}."  # unique across workers
 
@@ -29,16 +29,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 return
     parts = scope["path"].split("/")  # /{version}/{phone_number_id}/messages
     if scope["method"] != "POST" or len(parts) != 4 or parts[3] != "messages":
-        await _answer(send, 404, {"error": {"message": "Unknown path components", "code": 2500}})
+        await answer(send, 404, {"error": {"message": "Unknown path components", "code": 2500}})
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     to = orjson.loads(body).get("to") or ""
-    await _answer(
+    await answer(
         send,
         200,
         {
@@ -47,8 +42,3 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             "messages": [{"id": f"{_prefix}{next(_ids)}"}],
         },
     )
-
-
-async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": JSON})
-    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
