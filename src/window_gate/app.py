@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import asyncpg
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -99,7 +99,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     app.add_exception_handler(OSError, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(asyncpg.PostgresError, _database_error)
-    for router in (
+    routers = (
         health_router,
         webhook_router,
         window_router,
@@ -109,10 +109,10 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         costs_router,
         budgets_router,
         graph_router,
-    ):
+    )
+    for router in routers:
         app.include_router(router)
-    hot = [r for r in app.routes if isinstance(r, APIRoute) and r.endpoint in (get_window, receive)]
-    app.add_middleware(HotPaths, routes=hot)
+    app.add_middleware(HotPaths, routes=_routes_of(routers, get_window, receive))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app
@@ -166,6 +166,16 @@ async def _chores_forever(state: Gate) -> None:
         except Exception:  # a failed chore must not end the task; the next round tries again
             log.exception("periodic chores failed")
         await asyncio.sleep(every)
+
+
+def _routes_of(routers: tuple[APIRouter, ...], *endpoints: object) -> list[APIRoute]:
+    """The routes serving these endpoints, read from the routers themselves: FastAPI's app.routes holds
+    included routers, not their routes (a silent miss once cost the hot paths; hence the check)."""
+    routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+    found = [r for r in routes if r.endpoint in endpoints]
+    if len(found) != len(endpoints):
+        raise RuntimeError(f"hot paths: {len(found)} routes found for {len(endpoints)} endpoints")
+    return found
 
 
 class HotPaths:
