@@ -1,7 +1,7 @@
 """What every endpoint shares: the process state and the caller."""
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from window_gate.apikey.rules import Caller
 from window_gate.apikey.service import Authenticator
 from window_gate.config import Settings
+from window_gate.db import ReadPool
 from window_gate.graph.client import GraphClient
 from window_gate.window.rule import Policy
 
@@ -21,7 +22,7 @@ class Gate:
     settings: Settings
     engine: AsyncEngine
     autocommit: AsyncEngine  # the same pool, for single statements: no BEGIN/COMMIT round trips
-    reads: Any  # asyncpg.Pool of the hot paths (db.make_read_pool)
+    reads: ReadPool  # asyncpg, for the hot paths
     policy: Policy
     auth: Authenticator
     graph: GraphClient

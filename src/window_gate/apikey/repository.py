@@ -1,12 +1,12 @@
 """Every SQL statement about API keys."""
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller
+from window_gate.db import ReadPool
 
 INSERT = text(
     "INSERT INTO api_keys (name, key_hash, key_prefix, role, phone_number_ids) "
@@ -36,7 +36,7 @@ async def insert(
     )
 
 
-async def by_hash(reads: Any, key_hash: str) -> Caller | None:
+async def by_hash(reads: ReadPool, key_hash: str) -> Caller | None:
     """On the hot path: `reads` is the asyncpg pool."""
     row = await reads.fetchrow(BY_HASH, key_hash)
     if row is None:

@@ -2,12 +2,12 @@
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey import repository
 from window_gate.apikey.rules import PREFIX, Caller, Role, hash_key, new_key
+from window_gate.db import ReadPool
 from window_gate.errors import Unauthorized
 
 
@@ -26,7 +26,7 @@ class Authenticator:
     A revoked key therefore keeps working for at most ``ttl`` seconds on a replica that saw it.
     """
 
-    def __init__(self, reads: Any, ttl: float) -> None:
+    def __init__(self, reads: ReadPool, ttl: float) -> None:
         self.reads = reads
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Caller | None]] = {}

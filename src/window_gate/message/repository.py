@@ -9,6 +9,8 @@ import orjson
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from window_gate.db import ReadPool
+
 # The record, its estimate and its first event in one round trip.
 INSERT_PENDING = text(
     """
@@ -170,7 +172,7 @@ async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]
     return row, list(await conn.execute(EVENTS, {"id": id}))
 
 
-async def access_token(reads: Any, phone_number_id: str) -> str | None:
+async def access_token(reads: ReadPool, phone_number_id: str) -> str | None:
     """The number's own token, if it has one (hot path: `reads` is the asyncpg pool)."""
     token: str | None = await reads.fetchval(NUMBER_TOKEN, phone_number_id)
     return token

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from window_gate.db import ReadPool
 from window_gate.window.rule import WindowFacts
 
 FACT_COLUMNS = (
@@ -143,7 +144,7 @@ class Found:
     facts: WindowFacts
 
 
-async def record_delivery(reads: Any, body: bytes | None, messages: Sequence[Inbound]) -> Recorded:
+async def record_delivery(reads: ReadPool, body: bytes | None, messages: Sequence[Inbound]) -> Recorded:
     """Keep the raw delivery (unless `body` is None) and apply its messages, in one statement (asyncpg)."""
     row = await reads.fetchrow(
         RECORD_DELIVERY,
@@ -179,7 +180,9 @@ async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
         await conn.execute(statement, {"src": src, "dst": dst})
 
 
-async def lookup(reads: Any, phone_number_id: str, candidates: Sequence[Sequence[str]]) -> list[Found | None]:
+async def lookup(
+    reads: ReadPool, phone_number_id: str, candidates: Sequence[Sequence[str]]
+) -> list[Found | None]:
     """For each customer (given as its candidate aliases, best first), what is known of its window.
     `reads` is the asyncpg pool of the hot reads."""
     idx: list[int] = []

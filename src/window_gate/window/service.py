@@ -3,10 +3,10 @@
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
 
 from window_gate import metrics
 from window_gate.customer.identity import CustomerRef, parse_customer
+from window_gate.db import ReadPool
 from window_gate.errors import InvalidRecipient
 from window_gate.window import repository
 from window_gate.window.rule import Policy, WindowView, evaluate
@@ -28,7 +28,7 @@ def parse_all(customers: Sequence[str]) -> list[CustomerRef]:
 
 
 async def check(
-    reads: Any, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
+    reads: ReadPool, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
 ) -> list[WindowOut]:
     """`reads`: the asyncpg pool of hot reads (kit.Gate.reads)."""
     found = await repository.lookup(reads, phone_number_id, [r.aliases() for r in refs])
