@@ -1,5 +1,6 @@
 """Meta's webhooks over HTTP, against real PostgreSQL: what opens, closes, links and is kept."""
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from tests.factories import (
 )
 from window_gate.app import create_app
 from window_gate.config import SANDBOX_APP_SECRET, SANDBOX_VERIFY_TOKEN, load_settings
+from window_gate.kit import Gate
 from window_gate.webhook.parse import OPENS_WINDOW
 
 HOOK = "/webhooks/whatsapp"
@@ -759,3 +761,34 @@ async def test_delivery_near_3mb_with_1000_messages_applied(
     windows = r.json()["windows"]
     assert [w["state"] for w in windows] == ["open"] * 1000
     assert [last_inbound(w) for w in windows] == [utc(t - i) for i in range(1000)]
+
+
+# --- deliveries arriving together --------------------------------------------------------------------------
+
+
+async def test_concurrent_deliveries_share_statements_each_kept_and_applied(
+    app_state: tuple[httpx.AsyncClient, Gate], admin_headers: dict[str, str]
+) -> None:
+    """Group commit: deliveries arriving while one is being written go in one statement; each is still
+    kept once and applied, and one PostgreSQL refuses (NUL in a message id) is kept with its reason alone."""
+    client, state = app_state
+    groups: list[int] = []
+    run = state.record_deliveries.run
+
+    async def counted(items: list[Any]) -> list[Any]:
+        groups.append(len(items))
+        return await run(items)
+
+    state.record_deliveries.run = counted
+    customers = [f"55119876{i:05d}" for i in range(20)]
+    bad = delivery([{**inbound(WA), "id": "wamid.\u0000nul"}])
+    bodies = [signed(delivery([inbound(c, ts=now() - 60)])) for c in customers] + [signed(bad)]
+    answers = await asyncio.gather(*(client.post(HOOK, content=b, headers=h) for b, h in bodies))
+    assert [r.status_code for r in answers] == [200] * 21
+    assert max(groups) > 1 and sum(groups) > 21  # grouped; the group holding the refused one ran again
+    kept = await rows(state.engine, "SELECT body, error FROM webhook_deliveries ORDER BY id")
+    assert sorted(body for body, _ in kept) == sorted(b for b, _ in bodies)
+    assert [error is not None for body, error in kept] == [body == bodies[-1][0] for body, _ in kept]
+    for c in customers:
+        assert (await window(client, admin_headers, c))["state"] == "open"
+    assert (await window(client, admin_headers, WA))["state"] == "never_opened"

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from window_gate.template.endpoints import router as template_router
 from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import receive
 from window_gate.webhook.endpoints import router as webhook_router
+from window_gate.window import repository as windows
 from window_gate.window.endpoints import get_window
 from window_gate.window.endpoints import router as window_router
 from window_gate.window.rule import Policy
@@ -74,7 +76,8 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
         auth = Authenticator(reads, settings.api_key_cache_seconds)
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        state = Gate(settings, engine, autocommit, reads, policy(settings), auth, graph)
+        record = db.Coalescer(functools.partial(windows.record_deliveries, reads))
+        state = Gate(settings, engine, autocommit, reads, record, policy(settings), auth, graph)
         app.state.gate = state
         chores = asyncio.create_task(_chores_forever(state))
         try:

@@ -55,7 +55,7 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
         for m in delivery.inbound
     ]
     try:
-        recorded = await windows.record_delivery(gate.reads, body, inbound)
+        recorded = await gate.record_deliveries((body, inbound))
     except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
         await _keep_unapplied(gate, body, None, exc)
         return delivery
@@ -67,7 +67,7 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
             async with gate.engine.begin() as conn:
                 await _apply_rest(conn, delivery, late, received_at, gate.policy)
         if late:  # their customers exist now (committed above)
-            again = await windows.record_delivery(gate.reads, None, late)
+            [again] = await windows.record_deliveries(gate.reads, [(None, late)])
             if again.unresolved:
                 raise RuntimeError(f"customers of {sorted(again.unresolved)} unresolved; Meta will retry")
             fresh |= again.fresh

@@ -32,12 +32,17 @@ ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
   updated_at = now()
 """
 
-# The hot path of webhook ingest, one autocommit statement on asyncpg: the raw delivery is kept, each
-# message's customer is found by its aliases, new message ids are recorded and their windows move
-# forward. Messages whose customer is unknown (or newly linked) come back unresolved, for the slow path.
-RECORD_DELIVERY = f"""
-WITH raw AS (
-  INSERT INTO webhook_deliveries (body) SELECT $1::bytea WHERE $1::bytea IS NOT NULL RETURNING id
+# The hot path of webhook ingest, one autocommit statement on asyncpg for any number of deliveries (those
+# arriving together are coalesced): the raw deliveries are kept, each message's customer is found by its
+# aliases, new message ids are recorded and their windows move forward. Messages whose customer is unknown
+# (or newly linked) come back unresolved, for the slow path.
+RECORD_DELIVERIES = f"""
+WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
+  SELECT ord, body, CASE WHEN body IS NOT NULL THEN nextval(s.seq) END AS id
+  FROM unnest($1::bytea[]) WITH ORDINALITY AS t(body, ord),
+    (SELECT pg_get_serial_sequence('webhook_deliveries', 'id')::regclass AS seq) s
+), raw AS (
+  INSERT INTO webhook_deliveries (id, body) SELECT id, body FROM d WHERE id IS NOT NULL
 ), u AS (
   SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
     $8::timestamptz[], $9::jsonb[])
@@ -69,7 +74,7 @@ WITH raw AS (
     )
 }
 )
-SELECT (SELECT id FROM raw) AS delivery_id,
+SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
   array_agg(r.message_id) FILTER (WHERE f.message_id IS NOT NULL) AS fresh,
   array_agg(r.message_id) FILTER (WHERE NOT r.resolved) AS unresolved
 FROM r LEFT JOIN fresh f USING (message_id)
@@ -144,11 +149,16 @@ class Found:
     facts: WindowFacts
 
 
-async def record_delivery(reads: ReadPool, body: bytes | None, messages: Sequence[Inbound]) -> Recorded:
-    """Keep the raw delivery (unless `body` is None) and apply its messages, in one statement (asyncpg)."""
+# The raw body (None: not to be kept again) and its messages.
+RawDelivery = tuple[bytes | None, Sequence[Inbound]]
+
+
+async def record_deliveries(reads: ReadPool, deliveries: Sequence[RawDelivery]) -> list[Recorded]:
+    """Keep the raw deliveries and apply their messages, in one statement (asyncpg); one answer each."""
+    messages = [m for _, ms in deliveries for m in ms]
     row = await reads.fetchrow(
-        RECORD_DELIVERY,
-        body,
+        RECORD_DELIVERIES,
+        [body for body, _ in deliveries],
         [m.message_id for m in messages],
         [m.phone_number_id for m in messages],
         [m.wa_id for m in messages],
@@ -158,7 +168,13 @@ async def record_delivery(reads: ReadPool, body: bytes | None, messages: Sequenc
         [m.counts_from for m in messages],
         [m.referral for m in messages],
     )
-    return Recorded(row["delivery_id"], set(row["fresh"] or ()), set(row["unresolved"] or ()))
+    fresh, unresolved = set(row["fresh"] or ()), set(row["unresolved"] or ())
+    answers = []
+    for delivery_id, (_, ms) in zip(row["delivery_ids"], deliveries, strict=True):
+        ids = {m.message_id for m in ms}
+        answers.append(Recorded(delivery_id, ids & fresh, ids & unresolved))
+        fresh -= ids  # a message id in two deliveries is fresh in the first only
+    return answers
 
 
 async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) -> None:

@@ -1,0 +1,103 @@
+"""Group commit (db.Coalescer): who waits, who goes together, and who gets which answer or error."""
+
+import asyncio
+
+import pytest
+
+from window_gate.db import Coalescer
+
+
+class Recorder:
+    """A `run` that remembers its groups, refuses items named "bad", and can be held open."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()  # set by the first group
+
+    async def __call__(self, items: list[str]) -> list[str]:
+        self.groups.append(items)
+        self.entered.set()
+        await self.gate.wait()
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [item.upper() for item in items]
+
+
+async def test_calls_arriving_while_one_is_in_flight_go_together_in_order() -> None:
+    run = Recorder()
+    run.gate.clear()
+    coalesce = Coalescer(run)
+    first = asyncio.create_task(coalesce("a"))
+    await run.entered.wait()
+    rest = [asyncio.create_task(coalesce(x)) for x in "bcde"]
+    await asyncio.sleep(0)
+    run.gate.set()
+    assert await asyncio.gather(first, *rest) == ["A", "B", "C", "D", "E"]
+    assert run.groups == [["a"], ["b", "c", "d", "e"]]
+
+
+async def test_a_lone_call_goes_at_once() -> None:
+    run = Recorder()
+    assert await Coalescer(run)("a") == "A"
+    assert await Coalescer(run)("b") == "B"
+    assert run.groups == [["a"], ["b"]]
+
+
+async def test_groups_are_capped() -> None:
+    run = Recorder()
+    run.gate.clear()
+    coalesce = Coalescer(run, max_group=2)
+    calls = [asyncio.create_task(coalesce(x)) for x in "abcde"]
+    await run.entered.wait()
+    run.gate.set()
+    assert await asyncio.gather(*calls) == list("ABCDE")
+    assert run.groups == [["a", "b"], ["c", "d"], ["e"]]
+
+
+async def test_a_failed_group_is_run_again_item_by_item_each_caller_its_own_outcome() -> None:
+    run = Recorder()
+    run.gate.clear()
+    coalesce = Coalescer(run)
+    first = asyncio.create_task(coalesce("a"))
+    await run.entered.wait()
+    rest = [asyncio.create_task(coalesce(x)) for x in ("b", "bad", "c")]
+    await asyncio.sleep(0)
+    run.gate.set()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert outcomes[:2] == ["A", "B"] and outcomes[3] == "C"
+    assert isinstance(outcomes[2], ValueError)
+    assert run.groups == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]]
+
+
+async def test_a_cancelled_caller_strands_nobody() -> None:
+    run = Recorder()
+    run.gate.clear()
+    coalesce = Coalescer(run)
+    first = asyncio.create_task(coalesce("a"))
+    await run.entered.wait()
+    second, third = asyncio.create_task(coalesce("b")), asyncio.create_task(coalesce("c"))
+    await asyncio.sleep(0)
+    first.cancel()
+    second.cancel()
+    run.gate.set()
+    assert await third == "C"
+    assert run.groups == [["a"], ["b", "c"]]  # what was handed over still runs: its effect is not undone
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_shutdown_mid_group_fails_every_waiter() -> None:
+    run = Recorder()
+    run.gate.clear()
+    coalesce = Coalescer(run)
+    first = asyncio.create_task(coalesce("a"))
+    await run.entered.wait()
+    second = asyncio.create_task(coalesce("b"))
+    await asyncio.sleep(0)
+    assert coalesce.draining is not None
+    coalesce.draining.cancel()
+    for call in (first, second):
+        with pytest.raises(asyncio.CancelledError):
+            await call
