@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import httpx
+from sqlalchemy import text
 
 from tests.factories import PN, delivery, signed, status
 from tests.upstream import WA, Gated, Meta, count, meta_error, open_window, template_message, text_message
@@ -22,6 +23,22 @@ async def test_free_form_passes_inside_window_and_is_recorded(gate: Gated, meta:
     assert "phone_number_id" not in meta.requests[0]
     record = (await client.get(f"/v1/messages/{sent['id']}")).json()
     assert [e["status"] for e in record["history"]] == ["pending", "accepted"]
+
+
+async def test_a_number_with_its_own_token_sends_with_it(gate: Gated, meta: Meta) -> None:
+    """Free sends (one statement on the hot pool) and paid ones (a transaction) read the token alike."""
+    client, engine = gate
+    await open_window(client)
+    assert (await client.post("/v1/messages", json=text_message())).status_code == 201
+    async with engine.begin() as conn:  # the webhook registered the number (with its account)
+        await conn.execute(
+            text("UPDATE phone_numbers SET access_token = 'number-token' WHERE phone_number_id = :pn"),
+            {"pn": PN},
+        )
+    assert (await client.post("/v1/messages", json=text_message())).status_code == 201
+    paid = await client.post("/v1/messages", json=template_message())
+    assert paid.status_code == 201 and paid.json()["pricing_estimate"]["billable"]
+    assert meta.tokens == ["Bearer sandbox", "Bearer number-token", "Bearer number-token"]
 
 
 async def test_free_form_refused_after_24h(gate: Gated, meta: Meta) -> None:

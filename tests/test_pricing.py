@@ -493,7 +493,7 @@ async def test_send_path_recipe_records_the_estimate_in_the_pending_transaction(
         message_id = uuid.uuid4()
         async with engine.begin() as conn:
             est = await service.estimate_send(
-                conn,
+                engine,
                 tables(apply_unsure=True),
                 phone_number_id=PN,
                 category=category,
@@ -537,14 +537,13 @@ async def test_send_path_recipe_records_the_estimate_in_the_pending_transaction(
     await send(None, NOV_2026)  # a free-form reply inside the window is free: never refused
 
     # The reported service tier counts this month's service sends from the number (here: one).
-    async with engine.begin() as conn:
-        est = await service.estimate_send(
-            conn,
-            tables(apply_unsure=True),
-            phone_number_id=PN,
-            category=None,
-            recipient=BRAZIL,
-            window=window(WindowState.OPEN),
-            at=NOV_2026,
-        )
+    est = await service.estimate_send(
+        engine,
+        tables(apply_unsure=True),
+        phone_number_id=PN,
+        category=None,
+        recipient=BRAZIL,
+        window=window(WindowState.OPEN),
+        at=NOV_2026,
+    )
     assert not est.billable and "paid after 1000 a month" in est.rule

@@ -23,6 +23,7 @@ class Meta:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.tokens: list[str] = []  # each request's Authorization header
         self.reply: Handler = self.accept
         self.delay = 0.0
         self.ids = itertools.count(1)
@@ -40,6 +41,7 @@ class Meta:
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(json.loads(request.content))
+        self.tokens.append(request.headers.get("authorization", ""))
         await asyncio.sleep(self.delay)
         return self.reply(request)
 

@@ -64,7 +64,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         url = await asyncio.to_thread(db.database_url, settings)
         transport = graph_transport or _in_process_sandbox(settings, app)
         engine = db.make_engine(url, settings.db_pool_size)
-        reads = await db.make_read_pool(url, settings.db_pool_size)
+        hot = await db.make_hot_pool(url, settings.db_pool_size)
         http = httpx.AsyncClient(
             base_url=settings.graph_base_url,
             timeout=httpx.Timeout(
@@ -74,10 +74,10 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
             transport=transport,
         )
         graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
-        auth = Authenticator(reads, settings.api_key_cache_seconds)
+        auth = Authenticator(hot, settings.api_key_cache_seconds)
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        record = db.Coalescer(functools.partial(windows.record_deliveries, reads))
-        state = Gate(settings, engine, autocommit, reads, record, policy(settings), auth, graph)
+        record = db.Coalescer(functools.partial(windows.record_deliveries, hot))
+        state = Gate(settings, engine, autocommit, hot, record, policy(settings), auth, graph)
         app.state.gate = state
         chores = asyncio.create_task(_chores_forever(state))
         try:
@@ -85,7 +85,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         finally:
             chores.cancel()
             await http.aclose()
-            await reads.close()
+            await hot.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -127,7 +127,7 @@ UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "53", "57"})
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
-    """SQLAlchemy's DBAPIError, or asyncpg's own error on the hot-read pool."""
+    """SQLAlchemy's DBAPIError, or asyncpg's own error on the hot-path pool."""
     invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
     sqlstate = str(getattr(getattr(exc, "orig", exc), "sqlstate", None) or "")
     if invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:

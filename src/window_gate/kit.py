@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from window_gate.apikey.rules import Caller
 from window_gate.apikey.service import Authenticator
 from window_gate.config import Settings
-from window_gate.db import Coalescer, ReadPool
+from window_gate.db import Coalescer, HotPool
 from window_gate.graph.client import GraphClient
 from window_gate.window.repository import RawDelivery, Recorded
 from window_gate.window.rule import Policy
@@ -23,7 +23,7 @@ class Gate:
     settings: Settings
     engine: AsyncEngine
     autocommit: AsyncEngine  # the same pool, for single statements: no BEGIN/COMMIT round trips
-    reads: ReadPool  # asyncpg, for the hot paths
+    hot: HotPool  # asyncpg, for the hot paths
     record_deliveries: Coalescer[RawDelivery, Recorded]  # webhook deliveries arriving together: one statement
     policy: Policy
     auth: Authenticator

@@ -6,7 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller
-from window_gate.db import ReadPool
+from window_gate.db import HotPool
 
 INSERT = text(
     "INSERT INTO api_keys (name, key_hash, key_prefix, role, phone_number_ids) "
@@ -36,9 +36,9 @@ async def insert(
     )
 
 
-async def by_hash(reads: ReadPool, key_hash: str) -> Caller | None:
-    """On the hot path: `reads` is the asyncpg pool."""
-    row = await reads.fetchrow(BY_HASH, key_hash)
+async def by_hash(hot: HotPool, key_hash: str) -> Caller | None:
+    """On the hot path: `hot` is the asyncpg pool."""
+    row = await hot.fetchrow(BY_HASH, key_hash)
     if row is None:
         return None
     return Caller(str(row["id"]), row["name"], row["role"], frozenset(row["phone_number_ids"]))

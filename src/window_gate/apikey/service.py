@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey import repository
 from window_gate.apikey.rules import PREFIX, Caller, Role, hash_key, new_key
-from window_gate.db import ReadPool
+from window_gate.db import HotPool
 from window_gate.errors import Unauthorized
 
 
@@ -26,8 +26,8 @@ class Authenticator:
     A revoked key therefore keeps working for at most ``ttl`` seconds on a replica that saw it.
     """
 
-    def __init__(self, reads: ReadPool, ttl: float) -> None:
-        self.reads = reads
+    def __init__(self, hot: HotPool, ttl: float) -> None:
+        self.hot = hot
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
@@ -41,7 +41,7 @@ class Authenticator:
         if hit is not None and hit[0] > now:
             caller = hit[1]
         else:
-            caller = await repository.by_hash(self.reads, key_hash)
+            caller = await repository.by_hash(self.hot, key_hash)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key_hash] = (now + self.ttl, caller)

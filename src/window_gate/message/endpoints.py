@@ -27,7 +27,7 @@ from window_gate.errors import (
     WindowClosed,
     problems,
 )
-from window_gate.kit import CallerDep, gate
+from window_gate.kit import CallerDep, gate, json_response
 from window_gate.message import repository, service
 from window_gate.message.schemas import EventOut, MessageOut, RecipientOut, SendIn, SendOut
 
@@ -60,12 +60,12 @@ IdempotencyKey = Annotated[
 )
 async def send_message(
     request: Request, caller: CallerDep, body: SendIn, idempotency_key: IdempotencyKey = None
-) -> SendOut:
+) -> Response:
     """The Cloud API message body plus `phone_number_id`. Free-form types pass only while the window is
     open (outside the safety margin); otherwise 409 `window_closed` with the window and a hint. Templates
     pass at any time. The send is recorded before it leaves; a timeout is answered 504 and never re-sent."""
     payload = {k: v for k, v in body.model_dump().items() if v is not None}
-    return (await service.send(gate(request), caller, payload, idempotency_key)).out
+    return json_response((await service.send(gate(request), caller, payload, idempotency_key)).out, 201)
 
 
 @router.get(

@@ -9,10 +9,10 @@ import orjson
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from window_gate.db import ReadPool
+from window_gate.db import HotPool, Statement
 
-# The record, its estimate and its first event in one round trip.
-INSERT_PENDING = text(
+# The record, its estimate and its first event in one round trip, which also reads the number's own token.
+INSERT_PENDING = Statement(
     """
 WITH m AS (
   INSERT INTO messages (id, api_key_id, idempotency_key, request_hash, phone_number_id, recipient_input, type,
@@ -23,8 +23,10 @@ WITH m AS (
           :estimated_amount, :currency, :inside_csw, :inside_fep)
   ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
   RETURNING id
+), e AS (
+  INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
 )
-INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
+SELECT (SELECT access_token FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
 """
 )
 ADD_EVENT = text(
@@ -32,7 +34,7 @@ ADD_EVENT = text(
 )
 # A status webhook may overtake Meta's synchronous answer: the answer is stored either way, and the status
 # only moves when nothing later is known yet.
-FINISH = text(
+FINISH = Statement(
     """
 WITH u AS (
   UPDATE messages SET status = CASE WHEN status IN ('pending', 'unknown') THEN :status ELSE status END,
@@ -52,7 +54,6 @@ BY_IDEMPOTENCY_KEY = text(
 )
 BY_ID = text("SELECT * FROM messages WHERE id = :id")
 EVENTS = text("SELECT status, at, detail FROM message_events WHERE message_id = :id ORDER BY id")
-NUMBER_TOKEN = "SELECT access_token FROM phone_numbers WHERE phone_number_id = $1"  # noqa: S105 - a query
 # Meta's statuses move a record forward; `failed` is final unless Meta later says it was delivered.
 APPLY_STATUS = text(
     """
@@ -93,8 +94,13 @@ def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    access_token: str | None  # the number's own, if it has one
+
+
 async def insert_pending(
-    conn: AsyncConnection,
+    conn: AsyncConnection | HotPool,
     *,
     id: UUID,
     api_key_id: str,
@@ -107,10 +113,10 @@ async def insert_pending(
     window: dict[str, Any],
     estimate: dict[str, Any],
     at: datetime,
-) -> bool:
-    """Record a send before it leaves; False when the Idempotency-Key is already taken."""
-    row = await conn.execute(
-        INSERT_PENDING,
+) -> Pending | None:
+    """Record a send before it leaves; None when the Idempotency-Key is already taken."""
+    row = await INSERT_PENDING.first(
+        conn,
         {
             "id": id,
             "api_key_id": api_key_id,
@@ -125,7 +131,7 @@ async def insert_pending(
             **estimate,
         },
     )
-    return row.first() is not None
+    return Pending(row["access_token"]) if row else None
 
 
 async def add_event(conn: AsyncConnection, id: UUID, status: str, at: datetime, detail: object) -> None:
@@ -133,7 +139,7 @@ async def add_event(conn: AsyncConnection, id: UUID, status: str, at: datetime, 
 
 
 async def finish(
-    conn: AsyncConnection,
+    conn: AsyncConnection | HotPool,
     id: UUID,
     *,
     status: str,
@@ -145,8 +151,8 @@ async def finish(
     response: object,
 ) -> None:
     """Meta's synchronous answer (or its absence): the final word of this request."""
-    await conn.execute(
-        FINISH,
+    await FINISH.first(
+        conn,
         {
             "id": id,
             "status": status,
@@ -170,12 +176,6 @@ async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]
     if row is None:
         return None
     return row, list(await conn.execute(EVENTS, {"id": id}))
-
-
-async def access_token(reads: ReadPool, phone_number_id: str) -> str | None:
-    """The number's own token, if it has one (hot path: `reads` is the asyncpg pool)."""
-    token: str | None = await reads.fetchval(NUMBER_TOKEN, phone_number_id)
-    return token
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,13 +74,12 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
 
     now = window_service.now()
     template: TemplateInfo | None = None
-    [window] = await window_service.check(gate.reads, phone_number_id, [ref], gate.policy, now)
+    [window] = await window_service.check(gate.hot, phone_number_id, [ref], gate.policy, now)
     if kind == TEMPLATE:
         async with gate.engine.connect() as conn:
             template = await templates.check_send(conn, phone_number_id, body[TEMPLATE])
             if template.category == MARKETING:
                 await consent.check_marketing(conn, phone_number_id, ref.aliases())
-    token = await repository.access_token(gate.reads, phone_number_id)
     if kind != TEMPLATE and not window.can_send_free_form:
         raise WindowClosed(
             f"free-form messages need an open window; it is {window.state.value}: send an approved template",
@@ -106,21 +105,20 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         window=window.model_dump(mode="json"),
         at=now,
     )
-    # A free send is one statement (autocommit: no BEGIN/COMMIT round trips); a paid one reserves its
-    # budget in the same transaction, so a budget refusal leaves nothing recorded and nothing sent.
-    async with gate.autocommit.connect() as conn:
-        estimate = await pricing.estimate_send(
-            conn,
-            gate.settings.pricing_tables,
-            phone_number_id=phone_number_id,
-            category=category,
-            recipient=window.customer.wa_id or window.customer.user_id or to,
-            window=window,
-            at=now,
-        )
-        if not estimate.amount:
-            recorded = await record(conn, estimate=pricing.estimate_columns(estimate))
-    if estimate.amount:
+    estimate = await pricing.estimate_send(
+        gate.autocommit,
+        gate.settings.pricing_tables,
+        phone_number_id=phone_number_id,
+        category=category,
+        recipient=window.customer.wa_id or window.customer.user_id or to,
+        window=window,
+        at=now,
+    )
+    # A free send is one statement on the hot pool (autocommit); a paid one reserves its budget in the
+    # same transaction, so a budget refusal leaves nothing recorded and nothing sent.
+    if not estimate.amount:
+        recorded = await record(gate.hot, estimate=pricing.estimate_columns(estimate))
+    else:
         async with gate.engine.begin() as conn:
             recorded = await record(conn, estimate=pricing.estimate_columns(estimate))
             if recorded:
@@ -174,7 +172,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         return err
 
     try:
-        answer = await gate.graph.send_message(phone_number_id, outbound, token)
+        answer = await gate.graph.send_message(phone_number_id, outbound, recorded.access_token)
     except graph.GraphError as exc:
         raise await settle("failed", gate_error(exc), exc.raw or None, exc) from None
     except graph.UpstreamTimeout as exc:
@@ -196,17 +194,16 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         pricing_estimate=pricing.estimate_out(estimate),
     )
     response = {**out.model_dump(mode="json"), "meta": answer}
-    async with gate.autocommit.connect() as conn:
-        await repository.finish(
-            conn,
-            message_id,
-            status="accepted",
-            at=window_service.now(),
-            graph_message_id=wamid,
-            wa_id=wa_id,
-            response_status=201,
-            response=response,
-        )
+    await repository.finish(
+        gate.hot,
+        message_id,
+        status="accepted",
+        at=window_service.now(),
+        graph_message_id=wamid,
+        wa_id=wa_id,
+        response_status=201,
+        response=response,
+    )
     if wa_id and ref.wa_id and wa_id != ref.wa_id:
         # Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it.
         async with gate.engine.begin() as conn:

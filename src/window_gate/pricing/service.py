@@ -1,8 +1,8 @@
 """Cost estimates, budgets and the costs report: the rules in rules.py applied to what the database knows.
 
-The send path (message/service.py) calls, in this order and all in the transaction that records the send:
-`estimate_send` → `repository.insert_pending` (with `estimate_columns`) → `reserve`; and `release` when the send
-surely did not leave. A budget is a monthly ceiling on the gate's own estimates, reserved before the send
+The send path (message/service.py) calls `estimate_send`, then, in the transaction that records the send,
+`repository.insert_pending` (with `estimate_columns`) → `reserve`; and `release` when the send surely did
+not leave. A budget is a monthly ceiling on the gate's own estimates, reserved before the send
 leaves, so concurrent sends from any number of replicas cannot pass it together.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from window_gate.errors import BudgetExceeded, NotFound, ValidationFailed
 from window_gate.pricing import repository
@@ -77,7 +77,7 @@ def window_flags(window: WindowOut, at: datetime) -> tuple[bool, bool]:
 
 
 async def estimate_send(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     tables: Tables,
     *,
     phone_number_id: str,
@@ -95,9 +95,10 @@ async def estimate_send(
     sent = 0
     if cell.kind == "paid_after":
         month = month_of(at)
-        sent = await repository.sent_this_month(
-            conn, phone_number_id, kind.value, _midnight(month), _midnight(_next_month(month))
-        )
+        async with engine.connect() as conn:
+            sent = await repository.sent_this_month(
+                conn, phone_number_id, kind.value, _midnight(month), _midnight(_next_month(month))
+            )
     return estimate(
         tables,
         category=category,

@@ -67,7 +67,7 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
             async with gate.engine.begin() as conn:
                 await _apply_rest(conn, delivery, late, received_at, gate.policy)
         if late:  # their customers exist now (committed above)
-            [again] = await windows.record_deliveries(gate.reads, [(None, late)])
+            [again] = await windows.record_deliveries(gate.hot, [(None, late)])
             if again.unresolved:
                 raise RuntimeError(f"customers of {sorted(again.unresolved)} unresolved; Meta will retry")
             fresh |= again.fresh

@@ -75,7 +75,7 @@ async def one_window(
     if len(phone_number_id) > MAX_ID:
         raise ValidationFailed(f"phone_number_id: at most {MAX_ID} characters")
     ref = parse_customer(customer)
-    [answer] = await service.check(state.reads, phone_number_id, [ref], state.policy, service.now())
+    [answer] = await service.check(state.hot, phone_number_id, [ref], state.policy, service.now())
     return answer
 
 
@@ -93,5 +93,5 @@ async def check_windows(request: Request, caller: CallerDep, body: WindowCheckIn
     caller.require(Role.READ, body.phone_number_id)
     state = gate(request)
     refs = service.parse_all(body.customers)
-    windows = await service.check(state.reads, body.phone_number_id, refs, state.policy, service.now())
+    windows = await service.check(state.hot, body.phone_number_id, refs, state.policy, service.now())
     return json_response(WindowCheckOut(windows=windows))

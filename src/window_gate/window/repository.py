@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from window_gate.db import ReadPool
+from window_gate.db import HotPool
 from window_gate.window.rule import WindowFacts
 
 FACT_COLUMNS = (
@@ -153,10 +153,10 @@ class Found:
 RawDelivery = tuple[bytes | None, Sequence[Inbound]]
 
 
-async def record_deliveries(reads: ReadPool, deliveries: Sequence[RawDelivery]) -> list[Recorded]:
+async def record_deliveries(hot: HotPool, deliveries: Sequence[RawDelivery]) -> list[Recorded]:
     """Keep the raw deliveries and apply their messages, in one statement (asyncpg); one answer each."""
     messages = [m for _, ms in deliveries for m in ms]
-    row = await reads.fetchrow(
+    row = await hot.fetchrow(
         RECORD_DELIVERIES,
         [body for body, _ in deliveries],
         [m.message_id for m in messages],
@@ -197,10 +197,10 @@ async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
 
 
 async def lookup(
-    reads: ReadPool, phone_number_id: str, candidates: Sequence[Sequence[str]]
+    hot: HotPool, phone_number_id: str, candidates: Sequence[Sequence[str]]
 ) -> list[Found | None]:
     """For each customer (given as its candidate aliases, best first), what is known of its window.
-    `reads` is the asyncpg pool of the hot reads."""
+    `hot` is the asyncpg pool of the hot paths."""
     idx: list[int] = []
     aliases: list[str] = []
     ranks: list[int] = []
@@ -210,7 +210,7 @@ async def lookup(
             aliases.append(alias)
             ranks.append(rank)
     found: list[Found | None] = [None] * len(candidates)
-    for row in await reads.fetch(LOOKUP, idx, aliases, ranks, phone_number_id):
+    for row in await hot.fetch(LOOKUP, idx, aliases, ranks, phone_number_id):
         if found[row["idx"]] is None:
             found[row["idx"]] = _found(row)
     return found

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from window_gate import metrics
 from window_gate.customer.identity import CustomerRef, parse_customer
-from window_gate.db import ReadPool
+from window_gate.db import HotPool
 from window_gate.errors import InvalidRecipient
 from window_gate.window import repository
 from window_gate.window.rule import Policy, WindowView, evaluate
@@ -28,10 +28,10 @@ def parse_all(customers: Sequence[str]) -> list[CustomerRef]:
 
 
 async def check(
-    reads: ReadPool, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
+    hot: HotPool, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
 ) -> list[WindowOut]:
-    """`reads`: the asyncpg pool of hot reads (kit.Gate.reads)."""
-    found = await repository.lookup(reads, phone_number_id, [r.aliases() for r in refs])
+    """`hot`: the asyncpg pool of the hot paths (kit.Gate.hot)."""
+    found = await repository.lookup(hot, phone_number_id, [r.aliases() for r in refs])
     answers = []
     for ref, hit in zip(refs, found, strict=True):
         view = evaluate(hit.facts if hit else None, at, policy)
