@@ -70,6 +70,18 @@ SEED_SEND = (
     "INSERT INTO windows (phone_number_id, customer_id, last_inbound_at, last_inbound_message_id) "
     f"SELECT '{PN}', id, now(), 'wamid.seed.' || id FROM customers WHERE wa_id >= '1555{SEND_FIRST + 1:07d}'",
     "CREATE TABLE bench_sends (id uuid PRIMARY KEY, recipient text, status text, wamid text)",
+)
+# A month of earlier sends: a service in use is measured, not its first minute on an empty table (where
+# PostgreSQL plans the foreign-key checks as scans of a table it believes tiny, until autoanalyze).
+HISTORY = 100_000
+SEED_HISTORY = (
+    "INSERT INTO messages (id, api_key_id, request_hash, phone_number_id, recipient_input, recipient_wa_id, type, "
+    "body, status, graph_message_id, created_at, updated_at) "
+    "SELECT gen_random_uuid(), (SELECT id FROM api_keys WHERE name = 'bench-send'), 'seed', "
+    f"'{PN}', w, w, 'text', '{{}}', 'read', 'wamid.hist.' || i, t, t "
+    f"FROM generate_series(1, {HISTORY}) i, LATERAL (SELECT '1555' || lpad((i % {SENDS} + {SEND_FIRST} + 1)::text, 7, '0') AS w, "
+    "now() - random() * interval '30 days' AS t) x",
+    "INSERT INTO message_events (message_id, status, at) SELECT id, status, created_at FROM messages",
     "ANALYZE",
 )
 SEND_BODY = (
@@ -500,14 +512,18 @@ def _settled(dsn: str) -> tuple[int, int, int]:
 
 async def _seed(url: str, sends: bool) -> tuple[str, str]:
     """100,000 customers, each with its alias and a window on PN (and, for sends, 10,000 more whose window
-    was opened just now, and the reference's table); returns a read API key and a send one."""
+    was opened just now, a month of earlier sends, and the reference's table); returns a read API key and a
+    send one."""
     engine = db.make_engine(url, 1)
     try:
         async with engine.begin() as conn:
             for statement in SEED + (SEED_SEND if sends else ()):
                 await conn.execute(text(statement))
             read = await api_keys.create(conn, "bench", Role.READ)
-            return read, await api_keys.create(conn, "bench-send", Role.SEND)
+            send = await api_keys.create(conn, "bench-send", Role.SEND)
+            for statement in SEED_HISTORY if sends else ():
+                await conn.execute(text(statement))
+            return read, send
     finally:
         await engine.dispose()
 
