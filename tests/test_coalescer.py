@@ -8,12 +8,11 @@ from window_gate.db import Coalescer
 
 
 class Recorder:
-    """A `run` that remembers its groups, refuses items named "bad", and can be held open."""
+    """A `run` that remembers its groups, refuses items named "bad", and holds every group until `gate`."""
 
     def __init__(self) -> None:
         self.groups: list[list[str]] = []
         self.gate = asyncio.Event()
-        self.gate.set()
         self.entered = asyncio.Event()  # set by the first group
 
     async def __call__(self, items: list[str]) -> list[str]:
@@ -25,12 +24,17 @@ class Recorder:
         return [item.upper() for item in items]
 
 
-async def test_calls_arriving_while_one_is_in_flight_go_together_in_order() -> None:
+async def one_in_flight(max_group: int = 64) -> tuple[Recorder, Coalescer[str, str], "asyncio.Task[str]"]:
+    """A coalescer whose first call ("a") is being run, held open."""
     run = Recorder()
-    run.gate.clear()
-    coalesce = Coalescer(run)
+    coalesce = Coalescer(run, max_group)
     first = asyncio.create_task(coalesce("a"))
     await run.entered.wait()
+    return run, coalesce, first
+
+
+async def test_calls_arriving_while_one_is_in_flight_go_together_in_order() -> None:
+    run, coalesce, first = await one_in_flight()
     rest = [asyncio.create_task(coalesce(x)) for x in "bcde"]
     await asyncio.sleep(0)
     run.gate.set()
@@ -40,28 +44,24 @@ async def test_calls_arriving_while_one_is_in_flight_go_together_in_order() -> N
 
 async def test_a_lone_call_goes_at_once() -> None:
     run = Recorder()
-    assert await Coalescer(run)("a") == "A"
-    assert await Coalescer(run)("b") == "B"
+    run.gate.set()
+    coalesce = Coalescer(run)
+    assert await coalesce("a") == "A"
+    assert await coalesce("b") == "B"
     assert run.groups == [["a"], ["b"]]
 
 
 async def test_groups_are_capped() -> None:
-    run = Recorder()
-    run.gate.clear()
-    coalesce = Coalescer(run, max_group=2)
-    calls = [asyncio.create_task(coalesce(x)) for x in "abcde"]
-    await run.entered.wait()
+    run, coalesce, first = await one_in_flight(max_group=2)
+    rest = [asyncio.create_task(coalesce(x)) for x in "bcde"]
+    await asyncio.sleep(0)
     run.gate.set()
-    assert await asyncio.gather(*calls) == list("ABCDE")
-    assert run.groups == [["a", "b"], ["c", "d"], ["e"]]
+    assert await asyncio.gather(first, *rest) == list("ABCDE")
+    assert run.groups == [["a"], ["b", "c"], ["d", "e"]]
 
 
 async def test_a_failed_group_is_run_again_item_by_item_each_caller_its_own_outcome() -> None:
-    run = Recorder()
-    run.gate.clear()
-    coalesce = Coalescer(run)
-    first = asyncio.create_task(coalesce("a"))
-    await run.entered.wait()
+    run, coalesce, first = await one_in_flight()
     rest = [asyncio.create_task(coalesce(x)) for x in ("b", "bad", "c")]
     await asyncio.sleep(0)
     run.gate.set()
@@ -72,11 +72,7 @@ async def test_a_failed_group_is_run_again_item_by_item_each_caller_its_own_outc
 
 
 async def test_a_cancelled_caller_strands_nobody() -> None:
-    run = Recorder()
-    run.gate.clear()
-    coalesce = Coalescer(run)
-    first = asyncio.create_task(coalesce("a"))
-    await run.entered.wait()
+    run, coalesce, first = await one_in_flight()
     second, third = asyncio.create_task(coalesce("b")), asyncio.create_task(coalesce("c"))
     await asyncio.sleep(0)
     first.cancel()
@@ -89,11 +85,7 @@ async def test_a_cancelled_caller_strands_nobody() -> None:
 
 
 async def test_shutdown_mid_group_fails_every_waiter() -> None:
-    run = Recorder()
-    run.gate.clear()
-    coalesce = Coalescer(run)
-    first = asyncio.create_task(coalesce("a"))
-    await run.entered.wait()
+    _, coalesce, first = await one_in_flight()
     second = asyncio.create_task(coalesce("b"))
     await asyncio.sleep(0)
     assert coalesce.draining is not None
