@@ -71,8 +71,8 @@ SEED_SEND = (
     f"SELECT '{PN}', id, now(), 'wamid.seed.' || id FROM customers WHERE wa_id >= '1555{SEND_FIRST + 1:07d}'",
     "CREATE TABLE bench_sends (id uuid PRIMARY KEY, recipient text, status text, wamid text)",
 )
-# A month of earlier sends: a service in use is measured, not its first minute on an empty table (where
-# PostgreSQL plans the foreign-key checks as scans of a table it believes tiny, until autoanalyze).
+# A month of earlier sends: a service in use is measured. (Once the seed's ANALYZE had seen `messages`
+# empty, PostgreSQL planned each send's update and foreign-key checks as scans of it until the next ANALYZE.)
 HISTORY = 100_000
 SEED_HISTORY = (
     "INSERT INTO messages (id, api_key_id, request_hash, phone_number_id, recipient_input, recipient_wa_id, type, "
