@@ -8,6 +8,7 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import APIRouter
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -228,6 +229,23 @@ async def test_one_invalid_customer_refuses_the_batch_naming_its_index(
 
 async def test_unknown_route_is_problem_json(client: httpx.AsyncClient) -> None:
     assert_problem(await client.get("/v1/nothing-here"), 404, "not_found")
+
+
+async def test_window_check_and_webhook_bypass_fastapi_routing(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two hottest calls are answered before FastAPI's router (app.HotPaths), errors included."""
+
+    async def routed(*_: object) -> None:
+        raise AssertionError("reached FastAPI's router")
+
+    monkeypatch.setattr(APIRouter, "__call__", routed)
+    assert (await client.get(f"/v1/windows/{PN}/5511987654321", headers=admin_headers)).status_code == 200
+    assert_problem(await client.get(f"/v1/windows/{PN}/5511987654321"), 401, "unauthorized")
+    body, headers = signed(delivery([inbound("5511987654321")]))
+    assert (await client.post("/webhooks/whatsapp", content=body, headers=headers)).status_code == 200
+    with pytest.raises(AssertionError, match="router"):
+        await client.get("/healthz")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Database plumbing: the URL (configured or embedded), the engine, and migrations."""
+"""Database plumbing: the URL (configured or embedded), the engine, the hot pool, and migrations."""
 
 import asyncio
 import logging
