@@ -4,7 +4,8 @@ references.
     ./dev run python -m bench.run [--workers 2] [--duration 12] [--rounds 3] [--set NAME=VALUE]
                                   [--only window,webhook,send]
 
-Creates a scratch database on the local PostgreSQL, migrates it, seeds 100,000 windows, starts
+Creates a scratch database on the local PostgreSQL, migrates it, seeds 100,000 windows (for sends also
+10,000 open ones and a month of earlier sends, in the service's tables and the reference's), starts
 `window-gate serve` and bench/reference.py (same uvicorn, same worker count) on free ports and drives
 them with wrk (bench/load.lua): window checks in paired rounds (reference, then service; the median
 round counts), then signed webhook deliveries of 1 and of 100 new messages, then free-form sends
