@@ -89,10 +89,10 @@ class Statement:
             self.names.append(match[1])
         return f"${self.names.index(match[1]) + 1}"
 
-    async def first(
+    async def run(
         self, conn: "AsyncConnection | HotPool", params: Mapping[str, Any]
     ) -> Mapping[str, Any] | None:
-        """The first row the statement returns, if any."""
+        """Run it on either road; the first row it returns, if any."""
         if isinstance(conn, HotPool):
             row: Mapping[str, Any] | None = await conn.fetchrow(self.sql, *(params[n] for n in self.names))
             return row

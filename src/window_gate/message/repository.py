@@ -115,7 +115,7 @@ async def insert_pending(
     at: datetime,
 ) -> Pending | None:
     """Record a send before it leaves; None when the Idempotency-Key is already taken."""
-    row = await INSERT_PENDING.first(
+    row = await INSERT_PENDING.run(
         conn,
         {
             "id": id,
@@ -151,7 +151,7 @@ async def finish(
     response: object,
 ) -> None:
     """Meta's synchronous answer (or its absence): the final word of this request."""
-    await FINISH.first(
+    await FINISH.run(
         conn,
         {
             "id": id,

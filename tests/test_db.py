@@ -1,10 +1,43 @@
-"""Group commit (db.Coalescer): who waits, who goes together, and who gets which answer or error."""
+"""The database plumbing of the hot paths: one SQL text for both roads (db.Statement), callers queued in
+arrival order (db.HotPool), group commit (db.Coalescer: who waits, who goes together, who gets which
+answer or error)."""
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from window_gate.db import Coalescer
+from window_gate.db import Coalescer, HotPool, Statement
+
+
+def test_statement_numbers_each_name_once_and_leaves_casts_and_literals() -> None:
+    statement = Statement("SELECT :a::text, CAST(:b AS jsonb), :a, 'wg:x', '10:30' WHERE x = :b")
+    assert statement.sql == "SELECT $1::text, CAST($2 AS jsonb), $1, 'wg:x', '10:30' WHERE x = $2"
+    assert statement.names == ["a", "b"]
+
+
+class SlowPool:
+    """Stands in for asyncpg's pool: remembers the order statements start in and how many run at once."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.running = self.most = 0
+
+    async def fetch(self, query: str, *_: object) -> list[Any]:
+        self.started.append(query)
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0.01)
+        self.running -= 1
+        return []
+
+
+async def test_hot_pool_runs_at_most_its_size_at_once_in_arrival_order() -> None:
+    pool = SlowPool()
+    hot = HotPool(pool, 2)
+    await asyncio.gather(*(hot.fetch(str(i)) for i in range(6)))
+    assert pool.most == 2
+    assert pool.started == [str(i) for i in range(6)]
 
 
 class Recorder:
