@@ -1,6 +1,7 @@
 """What every endpoint shares: the process state. (The caller: apikey/access.py.)"""
 
 from dataclasses import dataclass
+
 from fastapi import Request, Response
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine

@@ -30,8 +30,6 @@ Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", e
 class Access:
     """A route's declaration of the role it needs (and, through the Caller, the objects it touches)."""
 
-    _self_checked: dict[Callable[..., Any], "Access"] = {}
-
     def __init__(self, role: Role) -> None:
         self.role = role
 
@@ -54,10 +52,11 @@ class Access:
 
     def declared(self, endpoint: Endpoint) -> Endpoint:
         """Marks an endpoint that calls `self.caller` itself instead of taking it as a dependency."""
-        Access._self_checked[endpoint] = self
+        _SELF_CHECKED[endpoint] = self
         return endpoint
 
 
+_SELF_CHECKED: dict[Callable[..., Any], Access] = {}
 READ, SEND, ADMIN = Access(Role.READ), Access(Role.SEND), Access(Role.ADMIN)
 Reader = Annotated[Caller, Depends(READ)]
 Sender = Annotated[Caller, Depends(SEND)]
@@ -66,7 +65,7 @@ Admin = Annotated[Caller, Depends(ADMIN)]
 
 def declared(route: APIRoute | RouteContext) -> Access | None:
     """The Access a route declared: a dependency anywhere in its tree, or the endpoint's mark."""
-    marked = Access._self_checked.get(route.endpoint) if route.endpoint is not None else None
+    marked = _SELF_CHECKED.get(route.endpoint) if route.endpoint is not None else None
     return marked if marked is not None else _in(route.dependant)
 
 
