@@ -20,6 +20,7 @@ from tests.upstream import Meta
 from window_gate.apikey.rules import Role, hash_key
 from window_gate.app import create_app
 from window_gate.config import Settings
+from window_gate.consent.endpoints import router as consent_router
 
 OTHER = "999000111222333"  # another business number, in another account
 OTHER_WABA = "777000111222333"
@@ -286,6 +287,19 @@ def test_a_route_that_declares_no_access_is_found(settings: Settings) -> None:
 
     app.include_router(forgot)
     assert undeclared(app.routes) == ["GET /v1/forgot/{phone_number_id}"]
+
+
+def test_the_app_refuses_to_start_with_a_route_that_declares_no_access(settings: Settings) -> None:
+    async def leak(phone_number_id: str) -> dict[str, str]:
+        return {"phone_number_id": phone_number_id}
+
+    consent_router.add_api_route("/forgot/{phone_number_id}", leak, methods=["GET"])
+    try:
+        with pytest.raises(RuntimeError, match=r"GET /v1/opt-outs/forgot/\{phone_number_id\}"):
+            create_app(settings)
+    finally:
+        consent_router.routes.pop()
+    create_app(settings)
 
 
 # --- the attacks --------------------------------------------------------------------------------------------
