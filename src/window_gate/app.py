@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from window_gate import __doc__ as description
 from window_gate import db
+from window_gate.apikey import access
 from window_gate.apikey.service import Authenticator
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
@@ -115,6 +116,8 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     )
     for router in routers:
         app.include_router(router)
+    if undeclared := access.undeclared(app.routes):  # a route that forgot its scope never serves
+        raise RuntimeError(f"routes without an Access (apikey/access.py): {', '.join(undeclared)}")
     app.add_middleware(HotPaths, routes=_routes_of(routers, get_window, receive))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from window_gate import db
 from window_gate.apikey import repository as api_keys
 from window_gate.apikey import service as api_key_service
-from window_gate.apikey.rules import Role
+from window_gate.apikey.rules import OPERATOR, Role
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings, SettingsError, load_settings
 
 
@@ -203,7 +203,7 @@ async def _sync_templates(settings: Settings, url: str, only: Sequence[str]) -> 
             base_url=settings.graph_base_url, timeout=settings.graph_timeout_seconds, transport=transport
         ) as http:
             async with engine.connect() as conn:
-                accounts = await templates.accounts_to_sync(conn, settings, only)
+                accounts = await templates.accounts_to_sync(conn, settings, OPERATOR, only)
             if not accounts:
                 print("no WhatsApp Business Account known: set WINDOW_GATE_WABA_IDS, or let a webhook arrive")
                 return 1
@@ -242,6 +242,7 @@ async def _set_budget(settings: Settings, url: str, args: argparse.Namespace) ->
             budget = await pricing.set_budget(
                 conn,
                 tables,
+                OPERATOR,
                 Scope(args.scope),
                 args.scope_id,
                 limit,

@@ -1,13 +1,11 @@
-"""What every endpoint shares: the process state and the caller."""
+"""What every endpoint shares: the process state. (The caller: apikey/access.py.)"""
 
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from window_gate.apikey.rules import Caller
 from window_gate.apikey.service import Authenticator
 from window_gate.config import Settings
 from window_gate.db import Coalescer, HotPool
@@ -33,16 +31,6 @@ class Gate:
 def gate(request: Request) -> Gate:
     state: Gate = request.app.state.gate
     return state
-
-
-Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_…"])]
-
-
-async def _caller(request: Request, authorization: Authorization = None) -> Caller:
-    return await gate(request).auth.caller(authorization)
-
-
-CallerDep = Annotated[Caller, Depends(_caller)]
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

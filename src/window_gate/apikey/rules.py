@@ -1,7 +1,16 @@
-"""API keys: how they look, how they are stored, what each role may do. No I/O."""
+"""API keys: how they look, how they are stored, what each role may do and which objects it reaches.
+No I/O.
+
+The scope rule, the one relation every route applies: a key limited to phone numbers reaches an object
+bound to numbers N when N is non-empty and every number of N is one of the key's; a key limited to none
+reaches everything. Objects and their numbers: a phone number {itself}; a message {its number}; a budget
+{its number} or {the budgeted key's numbers} (so a limited key never reaches an unlimited one); a WhatsApp
+Business Account is reached when one of the key's numbers belongs to it (phone_numbers).
+"""
 
 import hashlib
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,17 +40,28 @@ class Caller:
     role: str
     phone_number_ids: frozenset[str]  # empty: every number
 
+    def reaches(self, numbers: Collection[str]) -> bool:
+        """Whether an object bound to these phone numbers (empty: every number) is within this key's scope."""
+        return not self.phone_number_ids or (bool(numbers) and self.phone_number_ids.issuperset(numbers))
+
+    def may_use(self, phone_number_id: str) -> bool:
+        return not self.phone_number_ids or phone_number_id in self.phone_number_ids
+
     def require(self, needed: Role, phone_number_id: str | None = None) -> None:
         if not Role(self.role).allows(needed):
             raise Forbidden(f"this key has role {self.role!r}; {needed.value!r} is needed", role=self.role)
-        if (
-            phone_number_id is not None
-            and self.phone_number_ids
-            and phone_number_id not in self.phone_number_ids
-        ):
+        if phone_number_id is not None:
+            self.require_number(phone_number_id)
+
+    def require_number(self, phone_number_id: str) -> None:
+        if not self.may_use(phone_number_id):
             raise Forbidden(
                 f"this key may not use phone number {phone_number_id}", phone_number_id=phone_number_id
             )
+
+
+# The CLI's rights: whoever runs it on the gate's host holds its database, which is beyond any key.
+OPERATOR = Caller("operator", "operator (CLI)", Role.ADMIN.value, frozenset())
 
 
 def new_key() -> str:

@@ -4,12 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from window_gate.apikey.rules import Role
+from window_gate.apikey.access import Reader, Sender
 from window_gate.consent import service
 from window_gate.consent.schemas import EXAMPLE_CURSOR, EXAMPLE_PN, OptOutOut, OptOutPage
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import AUTH_PROBLEMS, InvalidRecipient, problems
-from window_gate.kit import CallerDep, gate
+from window_gate.kit import gate
 
 router = APIRouter(prefix="/v1/opt-outs", tags=["opt-outs"])
 ERRORS = problems(*AUTH_PROBLEMS, InvalidRecipient)
@@ -34,14 +34,13 @@ Customer = Annotated[
     responses=ERRORS,
 )
 async def opt_out(
-    request: Request, caller: CallerDep, phone_number_id: PhoneNumberId, customer: Customer
+    request: Request, caller: Sender, phone_number_id: PhoneNumberId, customer: Customer
 ) -> OptOutOut:
     """The customer asked you, outside WhatsApp's own settings, to stop marketing messages from this
     number: from now on a MARKETING template to them is refused with 409 `opted_out` (utility and
     authentication templates still pass). Recorded with source `api` as of now; a customer never seen
     is created. Idempotent. A later statement from any source (the customer's WhatsApp settings, an
     opt-in keyword, DELETE here) replaces it: the newest statement wins."""
-    caller.require(Role.SEND, phone_number_id)
     ref = parse_customer(customer)
     async with gate(request).engine.begin() as conn:
         return await service.declare(conn, phone_number_id, ref, True, service.now())
@@ -55,12 +54,11 @@ async def opt_out(
     responses=ERRORS,
 )
 async def opt_in(
-    request: Request, caller: CallerDep, phone_number_id: PhoneNumberId, customer: Customer
+    request: Request, caller: Sender, phone_number_id: PhoneNumberId, customer: Customer
 ) -> Response:
     """The customer asked to receive marketing messages again: records opted_out=false with source
     `api` as of now, replacing any older statement (a keyword, WhatsApp settings, Meta's 131050).
     Idempotent; 204 also for a customer who had not opted out."""
-    caller.require(Role.SEND, phone_number_id)
     ref = parse_customer(customer)
     async with gate(request).engine.begin() as conn:
         await service.declare(conn, phone_number_id, ref, False, service.now())
@@ -76,7 +74,7 @@ async def opt_in(
 )
 async def list_opt_outs(
     request: Request,
-    caller: CallerDep,
+    caller: Reader,
     phone_number_id: Annotated[
         str | None,
         Query(
@@ -94,7 +92,6 @@ async def list_opt_outs(
     """Only customers currently opted out, whatever the source (`user_preferences`, `meta_131050`,
     `keyword`, `api`), with the statement that decided it. Keyset pagination: pass `next_after` as
     `after` until it is null. A key limited to phone numbers sees only those."""
-    caller.require(Role.READ, phone_number_id)
     numbers = [phone_number_id] if phone_number_id is not None else sorted(caller.phone_number_ids) or None
     async with gate(request).engine.connect() as conn:
         return await service.opted_out(conn, numbers, after, limit)

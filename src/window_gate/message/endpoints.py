@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from window_gate.apikey.rules import Role
+from window_gate.apikey.access import SEND, Reader, Sender
 from window_gate.errors import (
     AUTH_PROBLEMS,
     BudgetExceeded,
@@ -27,7 +27,7 @@ from window_gate.errors import (
     WindowClosed,
     problems,
 )
-from window_gate.kit import CallerDep, gate, json_response
+from window_gate.kit import gate, json_response
 from window_gate.message import repository, service
 from window_gate.message.schemas import EventOut, MessageOut, RecipientOut, SendIn, SendOut
 
@@ -59,7 +59,7 @@ IdempotencyKey = Annotated[
     ),
 )
 async def send_message(
-    request: Request, caller: CallerDep, body: SendIn, idempotency_key: IdempotencyKey = None
+    request: Request, caller: Sender, body: SendIn, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """The Cloud API message body plus `phone_number_id`. Free-form types pass only while the window is
     open (outside the safety margin); otherwise 409 `window_closed` with the window and a hint. Templates
@@ -75,15 +75,16 @@ async def send_message(
     status_code=200,
     responses=problems(*AUTH_PROBLEMS, NotFound),
 )
-async def get_message(request: Request, caller: CallerDep, message_id: UUID) -> MessageOut:
+async def get_message(request: Request, caller: Reader, message_id: UUID) -> MessageOut:
     """Status history (pending, accepted, sent, delivered, read, failed with Meta's error, unknown) and
-    Meta's pricing from status webhooks."""
+    Meta's pricing from status webhooks. Any key that may use the message's phone number sees it,
+    whichever key sent it; for any other key it does not exist (404)."""
     async with gate(request).engine.connect() as conn:
         found = await repository.get(conn, message_id)
-    if found is None:
+    # 404, not 403: a key of another number learns nothing, not even that the id exists.
+    if found is None or not caller.may_use(found[0].phone_number_id):
         raise NotFound(f"no message {message_id}")
     row, events = found
-    caller.require(Role.READ, row.phone_number_id)
     return MessageOut(
         id=row.id,
         phone_number_id=row.phone_number_id,
@@ -125,6 +126,7 @@ INVALID_PARAMETER = (400, 100, "Invalid parameter")
         400: {"description": "Meta's error shape; a closed window is code 131047"},
     },
 )
+@SEND.declared
 async def graph_send(
     request: Request,
     version: Annotated[str, Path(pattern=r"^v\d+\.\d+$", examples=["v25.0"])],
@@ -136,7 +138,7 @@ async def graph_send(
     only its base URL (`…/graph`) and token (a gate API key). Answers and errors have Meta's shapes."""
     state = gate(request)
     try:
-        caller = await state.auth.caller(authorization)
+        caller = await SEND.caller(state, authorization, phone_number_id)
         body = _json_object(await request.body())
         sent = await service.send(
             state, caller, {**body, "phone_number_id": phone_number_id}, idempotency_key

@@ -5,9 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from window_gate.apikey.rules import Role
+from window_gate.apikey.access import Admin, Reader
 from window_gate.errors import AUTH_PROBLEMS, NotFound, problems
-from window_gate.kit import CallerDep, gate
+from window_gate.kit import gate
 from window_gate.pricing import service
 from window_gate.pricing.schemas import EXAMPLE_KEY, BudgetIn, BudgetOut, BudgetsOut, CostsOut, GroupBy, Scope
 from window_gate.window import service as window_service
@@ -36,7 +36,7 @@ ScopeId = Annotated[
 )
 async def get_costs(
     request: Request,
-    caller: CallerDep,
+    caller: Reader,
     group_by: Annotated[GroupBy, Query(description="day, category, market or api_key")],
     phone_number_id: Annotated[
         str | None,
@@ -54,19 +54,18 @@ async def get_costs(
     by day, category, market or API key: how many, the gate's estimate when each left (`estimated_amount`,
     `sent_free`), and what Meta's status webhooks said (`reported_*`: Meta's `pricing.type`, or its
     deprecated `billable`, by the category Meta reported, priced with the rate card of the day sent).
-    Amounts are decimal strings in the rate card's currency; `rate_card` names the files they come from."""
-    if phone_number_id is not None:
-        caller.require(Role.READ, phone_number_id)
-        numbers: list[str] | None = [phone_number_id]
-    else:
-        caller.require(Role.READ)
-        numbers = sorted(caller.phone_number_ids) or None
+    Amounts are decimal strings in the rate card's currency; `rate_card` names the files they come from.
+    A key limited to phone numbers sees only the sends of its numbers, and by API key only the keys
+    within its reach (each of their numbers is one of its own) by id and name: the rest of those sends,
+    by whichever key, are one group `other_keys` without a name."""
+    numbers = [phone_number_id] if phone_number_id is not None else sorted(caller.phone_number_ids) or None
     state = gate(request)
     start, end = service.report_period(from_date, to_date, window_service.now())
     async with state.engine.connect() as conn:
         return await service.costs(
             conn,
             state.settings.pricing_tables,
+            caller,
             phone_number_id=phone_number_id,
             phone_number_ids=numbers,
             from_date=start,
@@ -83,18 +82,20 @@ async def get_costs(
     responses=problems(*AUTH_PROBLEMS, NotFound),
 )
 async def put_budget(
-    request: Request, caller: CallerDep, scope: ScopePath, scope_id: ScopeId, body: BudgetIn
+    request: Request, caller: Admin, scope: ScopePath, scope_id: ScopeId, body: BudgetIn
 ) -> BudgetOut:
     """Admin only. From now on a paid send whose estimate would take this month's (UTC) estimated spend
     past `monthly_limit` is refused before it leaves: 402 `budget_exceeded` with the scope, limit, spend
     and amount. Free sends are never refused. Spend counts from the 1st of the month whether or not a
-    budget was set then; the currency must be the rate card's."""
-    caller.require(Role.ADMIN)
+    budget was set then; the currency must be the rate card's. A key limited to phone numbers may budget
+    only its own numbers and the keys within its reach (each of their numbers is one of its own);
+    anything else is 403 `forbidden`, whether or not it exists."""
     state = gate(request)
     async with state.engine.begin() as conn:
         return await service.set_budget(
             conn,
             state.settings.pricing_tables,
+            caller,
             scope,
             scope_id,
             body.monthly_limit,
@@ -110,11 +111,11 @@ async def put_budget(
     status_code=200,
     responses=problems(*AUTH_PROBLEMS),
 )
-async def list_budgets(request: Request, caller: CallerDep) -> BudgetsOut:
-    """Admin only. Each budget with the estimated spend reserved so far this calendar month (UTC)."""
-    caller.require(Role.ADMIN)
+async def list_budgets(request: Request, caller: Admin) -> BudgetsOut:
+    """Admin only. Each budget with the estimated spend reserved so far this calendar month (UTC); for a
+    key limited to phone numbers, only the budgets it could set."""
     async with gate(request).engine.connect() as conn:
-        return await service.list_budgets(conn, window_service.now())
+        return await service.list_budgets(conn, caller, window_service.now())
 
 
 @budgets_router.delete(
@@ -124,9 +125,9 @@ async def list_budgets(request: Request, caller: CallerDep) -> BudgetsOut:
     response_class=Response,
     responses=problems(*AUTH_PROBLEMS, NotFound),
 )
-async def delete_budget(request: Request, caller: CallerDep, scope: ScopePath, scope_id: ScopeId) -> Response:
-    """Admin only. Sends from this scope are no longer limited; its spend keeps being counted."""
-    caller.require(Role.ADMIN)
+async def delete_budget(request: Request, caller: Admin, scope: ScopePath, scope_id: ScopeId) -> Response:
+    """Admin only, within the key's reach as for setting it. Sends from this scope are no longer limited;
+    its spend keeps being counted."""
     async with gate(request).engine.begin() as conn:
-        await service.delete_budget(conn, scope, scope_id)
+        await service.delete_budget(conn, caller, scope, scope_id)
     return Response(status_code=204)

@@ -60,18 +60,24 @@ SELECT b.scope, b.scope_id, b.monthly_limit, b.currency, b.updated_at, COALESCE(
 FROM budgets b
 LEFT JOIN budget_spend s ON s.scope = b.scope AND s.scope_id = b.scope_id AND s.month = :month
 WHERE (CAST(:scope AS text) IS NULL OR b.scope = :scope) AND (CAST(:scope_id AS text) IS NULL OR b.scope_id = :scope_id)
+  AND (CAST(:within AS text[]) IS NULL
+       OR (b.scope = 'phone_number' AND b.scope_id = ANY(CAST(:within AS text[])))
+       OR (b.scope = 'api_key' AND EXISTS (
+             SELECT 1 FROM api_keys k WHERE k.id::text = b.scope_id
+             AND cardinality(k.phone_number_ids) > 0 AND k.phone_number_ids <@ CAST(:within AS text[]))))
 ORDER BY b.scope, b.scope_id
 """
 )
 API_KEY_EXISTS = text("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = CAST(:id AS uuid))")
+API_KEY_NUMBERS = text("SELECT phone_number_ids FROM api_keys WHERE id = CAST(:id AS uuid)")
 
 # The costs report: one SQL aggregate per (group, day, market, Meta's category, Meta's verdict), priced and
 # summed per group by the service (Meta's verdict is priced with the rate card of that day).
-GROUP_KEYS = {
-    "day": ("to_char((m.created_at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD')", "NULL"),
-    "category": ("COALESCE(m.pricing_category, 'unknown')", "NULL"),
-    "market": ("COALESCE(m.market, 'unknown')", "NULL"),
-    "api_key": ("m.api_key_id::text", "k.name"),
+GROUP_KEYS = {  # key, label, and the key's numbers (whom a limited caller may see named)
+    "day": ("to_char((m.created_at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD')", "NULL", "NULL"),
+    "category": ("COALESCE(m.pricing_category, 'unknown')", "NULL", "NULL"),
+    "market": ("COALESCE(m.market, 'unknown')", "NULL", "NULL"),
+    "api_key": ("m.api_key_id::text", "k.name", "k.phone_number_ids"),
 }
 # Meta's word: `type` (regular = charged) since per-message pricing; `billable` before it (deprecated).
 REPORTED_BILLABLE = (
@@ -79,7 +85,7 @@ REPORTED_BILLABLE = (
     "ELSE (m.pricing->>'billable')::boolean END"
 )
 COSTS = """
-SELECT {key} AS key, {label} AS label, (m.created_at AT TIME ZONE 'UTC')::date AS day, m.market,
+SELECT {key} AS key, {label} AS label, {numbers} AS key_numbers, (m.created_at AT TIME ZONE 'UTC')::date AS day, m.market,
        m.pricing->>'category' AS reported_category, {reported_billable} AS reported_billable,
        count(*) AS messages,
        count(*) FILTER (WHERE m.billable IS NULL) AS not_estimated,
@@ -91,7 +97,7 @@ FROM messages m LEFT JOIN api_keys k ON k.id = m.api_key_id
 WHERE m.created_at >= :start AND m.created_at < :end
   AND (CAST(:phone_number_ids AS text[]) IS NULL OR m.phone_number_id = ANY(CAST(:phone_number_ids AS text[])))
   AND (m.graph_message_id IS NOT NULL OR m.status = 'unknown')
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
 
@@ -149,13 +155,25 @@ async def delete_budget(conn: AsyncConnection, scope: str, scope_id: str) -> boo
 
 
 async def budgets(
-    conn: AsyncConnection, month: date, scope: str | None = None, scope_id: str | None = None
+    conn: AsyncConnection,
+    month: date,
+    scope: str | None = None,
+    scope_id: str | None = None,
+    within: list[str] | None = None,
 ) -> list[Row[Any]]:
-    return list(await conn.execute(BUDGETS, {"month": month, "scope": scope, "scope_id": scope_id}))
+    """`within`: only the budgets of these numbers and of keys limited to some of them."""
+    params = {"month": month, "scope": scope, "scope_id": scope_id, "within": within}
+    return list(await conn.execute(BUDGETS, params))
 
 
 async def api_key_exists(conn: AsyncConnection, api_key_id: str) -> bool:
     return bool((await conn.execute(API_KEY_EXISTS, {"id": api_key_id})).scalar_one())
+
+
+async def api_key_numbers(conn: AsyncConnection, api_key_id: str) -> list[str] | None:
+    """The key's phone numbers (empty: every number), or None when there is no such key."""
+    numbers: list[str] | None = (await conn.execute(API_KEY_NUMBERS, {"id": api_key_id})).scalar()
+    return numbers
 
 
 async def costs(
@@ -165,6 +183,6 @@ async def costs(
     end: datetime,
     phone_number_ids: list[str] | None,
 ) -> list[Row[Any]]:
-    key, label = GROUP_KEYS[group_by]
-    sql = text(COSTS.format(key=key, label=label, reported_billable=REPORTED_BILLABLE))
+    key, label, numbers = GROUP_KEYS[group_by]
+    sql = text(COSTS.format(key=key, label=label, numbers=numbers, reported_billable=REPORTED_BILLABLE))
     return list(await conn.execute(sql, {"start": start, "end": end, "phone_number_ids": phone_number_ids}))

@@ -78,10 +78,13 @@ class BudgetsOut(BaseModel):
 
 class CostGroupOut(BaseModel):
     key: str = Field(
-        description="The day (YYYY-MM-DD), category, market or API key id of this group",
+        description="The day (YYYY-MM-DD), category, market or API key id of this group; `other_keys`: "
+        "the keys a key limited to phone numbers does not reach, together",
         examples=["2026-11-24"],
     )
-    label: str | None = Field(description="The API key's name (group_by=api_key)", examples=[None])
+    label: str | None = Field(
+        description="The API key's name (group_by=api_key); null for `other_keys`", examples=[None]
+    )
     messages: int = Field(
         description="Sends that left (Meta accepted them, or the outcome is unknown)", examples=[120]
     )

@@ -16,7 +16,8 @@ from uuid import UUID
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from window_gate.errors import BudgetExceeded, NotFound, ValidationFailed
+from window_gate.apikey.rules import Caller
+from window_gate.errors import BudgetExceeded, Forbidden, NotFound, ValidationFailed
 from window_gate.pricing import repository
 from window_gate.pricing.rules import (
     OTHER,
@@ -42,6 +43,7 @@ from window_gate.window.schemas import WindowOut
 
 MAX_REPORT_DAYS = 366
 MICRO = Decimal("0.000001")  # the precision money is stored with (Numeric(18, 6))
+OTHER_KEYS = "other_keys"  # the costs group of the keys a limited key does not reach
 
 
 def month_of(at: datetime) -> date:
@@ -195,9 +197,31 @@ async def release(
         await repository.release(conn, scope.value, scope_id, month, amount)
 
 
+async def _in_reach(conn: AsyncConnection, caller: Caller, scope: Scope, scope_id: str) -> str:
+    """The budget's scope id (a key's id normalised) once the caller may set or remove it: a number it
+    may use, or a key whose numbers it reaches. A limited caller gets 403 for a key that does not exist
+    too, so it learns nothing about keys outside its reach."""
+    if scope is Scope.PHONE_NUMBER:
+        caller.require_number(scope_id)
+        return scope_id
+    try:
+        scope_id = str(UUID(scope_id))
+    except ValueError:
+        raise ValidationFailed("an api_key budget is keyed by the key's id (a UUID)") from None
+    if caller.phone_number_ids:
+        numbers = await repository.api_key_numbers(conn, scope_id)
+        if numbers is None or not caller.reaches(numbers):
+            raise Forbidden(
+                f"this key may not budget API key {scope_id}: only keys limited to some of its own numbers",
+                scope_id=scope_id,
+            )
+    return scope_id
+
+
 async def set_budget(
     conn: AsyncConnection,
     tables: Tables,
+    caller: Caller,
     scope: Scope,
     scope_id: str,
     monthly_limit: Decimal,
@@ -210,24 +234,23 @@ async def set_budget(
             currency=currency,
             rate_card_currency=tables.card.currency,
         )
-    if scope is Scope.API_KEY:
-        try:
-            scope_id = str(UUID(scope_id))
-        except ValueError:
-            raise ValidationFailed("an api_key budget is keyed by the key's id (a UUID)") from None
-        if not await repository.api_key_exists(conn, scope_id):
-            raise NotFound(f"no API key {scope_id}")
+    scope_id = await _in_reach(conn, caller, scope, scope_id)
+    if scope is Scope.API_KEY and not await repository.api_key_exists(conn, scope_id):
+        raise NotFound(f"no API key {scope_id}")
     await repository.put_budget(conn, scope.value, scope_id, monthly_limit, currency)
     [row] = await repository.budgets(conn, month_of(at), scope.value, scope_id)
     return _budget_out(row, month_of(at))
 
 
-async def list_budgets(conn: AsyncConnection, at: datetime) -> BudgetsOut:
+async def list_budgets(conn: AsyncConnection, caller: Caller, at: datetime) -> BudgetsOut:
+    """Every budget; for a limited caller, those it could set."""
     month = month_of(at)
-    return BudgetsOut(budgets=[_budget_out(row, month) for row in await repository.budgets(conn, month)])
+    rows = await repository.budgets(conn, month, within=sorted(caller.phone_number_ids) or None)
+    return BudgetsOut(budgets=[_budget_out(row, month) for row in rows])
 
 
-async def delete_budget(conn: AsyncConnection, scope: Scope, scope_id: str) -> None:
+async def delete_budget(conn: AsyncConnection, caller: Caller, scope: Scope, scope_id: str) -> None:
+    scope_id = await _in_reach(conn, caller, scope, scope_id)
     if not await repository.delete_budget(conn, scope.value, scope_id):
         raise NotFound(f"no {scope.value} budget for {scope_id}")
 
@@ -309,6 +332,7 @@ def report_period(from_date: date | None, to_date: date | None, now: datetime) -
 async def costs(
     conn: AsyncConnection,
     tables: Tables,
+    caller: Caller,
     *,
     phone_number_id: str | None,
     phone_number_ids: list[str] | None,
@@ -316,7 +340,8 @@ async def costs(
     to_date: date,
     group_by: GroupBy,
 ) -> CostsOut:
-    """Estimated and Meta-reported totals of the sends that left between two days (UTC, inclusive)."""
+    """Estimated and Meta-reported totals of the sends that left between two days (UTC, inclusive). By
+    API key, the keys the caller does not reach are one group without id or name."""
     rows = await repository.costs(
         conn, group_by.value, _midnight(from_date), _midnight(to_date + timedelta(days=1)), phone_number_ids
     )
@@ -324,7 +349,10 @@ async def costs(
     total = _Group("total", None)
     for row in rows:
         amount = _reported_amount(tables, row) if row.reported_billable is True else Decimal(0)
-        groups.setdefault(row.key, _Group(row.key, row.label)).add(row, amount)
+        key, label = row.key, row.label
+        if group_by is GroupBy.API_KEY and not caller.reaches(row.key_numbers or ()):
+            key, label = OTHER_KEYS, None
+        groups.setdefault(key, _Group(key, label)).add(row, amount)
         total.add(row, amount)
     return CostsOut(
         phone_number_id=phone_number_id,

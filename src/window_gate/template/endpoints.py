@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 
-from window_gate.apikey.rules import Role
+from window_gate.apikey.access import Admin, Reader, Sender
 from window_gate.errors import (
     AUTH_PROBLEMS,
     IdempotencyConflict,
@@ -17,7 +17,7 @@ from window_gate.errors import (
     UpstreamTimeout,
     problems,
 )
-from window_gate.kit import CallerDep, gate
+from window_gate.kit import gate
 from window_gate.message import service as messages
 from window_gate.message.schemas import SendOut
 from window_gate.template import service
@@ -44,7 +44,7 @@ TEMPLATE_PROBLEMS = (TemplateNotFound, TemplateNotApproved, TemplateParametersIn
 )
 async def list_templates(
     request: Request,
-    caller: CallerDep,
+    caller: Reader,
     waba_id: Annotated[
         str | None,
         Query(max_length=64, description="Only this WhatsApp Business Account", examples=[EXAMPLE_WABA]),
@@ -82,7 +82,6 @@ async def list_templates(
     """Every template the registry holds, any status, as Meta last described it (sync, status / quality /
     category webhooks, Meta's answers to sends). Keyset pagination: pass `next_after` as `after` until it
     is null. A key limited to phone numbers sees only the accounts of those numbers."""
-    caller.require(Role.READ, phone_number_id)
     async with gate(request).engine.connect() as conn:
         accounts = await service.readable_accounts(conn, caller, waba_id, phone_number_id)
         return await service.listing(
@@ -104,16 +103,19 @@ async def list_templates(
     status_code=200,
     responses=problems(*AUTH_PROBLEMS, UpstreamError),
 )
-async def sync_templates(request: Request, caller: CallerDep, body: SyncIn | None = None) -> SyncOut:
+async def sync_templates(request: Request, caller: Admin, body: SyncIn | None = None) -> SyncOut:
     """Pulls every template of each WhatsApp Business Account from Meta's `message_templates` (all pages)
     and replaces the registry's view of it: upserted by Meta's id, templates no longer listed marked
     DELETED. Accounts: `waba_ids` if given, else WINDOW_GATE_WABA_IDS plus every account learnt from
     webhooks (the simulator's in sandbox mode). Each account is committed on its own; when any fails the
-    answer is 502 `upstream_error` with every account's outcome in `accounts`. Admin keys only."""
-    caller.require(Role.ADMIN)
+    answer is 502 `upstream_error` with every account's outcome in `accounts`. Admin keys only; a key
+    limited to phone numbers syncs only the accounts of its numbers (as webhooks told them): by default
+    those, and naming any other account is 403 `forbidden`."""
     state = gate(request)
     async with state.engine.connect() as conn:
-        accounts = await service.accounts_to_sync(conn, state.settings, body.waba_ids if body else None)
+        accounts = await service.accounts_to_sync(
+            conn, state.settings, caller, body.waba_ids if body else None
+        )
     results = SyncOut(accounts=[r.public() for r in await service.sync(state.engine, state.graph, accounts)])
     failed = [a for a in results.accounts if a.error]
     if failed:
@@ -141,7 +143,7 @@ async def sync_templates(request: Request, caller: CallerDep, body: SyncIn | Non
 )
 async def send_template(
     request: Request,
-    caller: CallerDep,
+    caller: Sender,
     name: Annotated[str, Path(max_length=512, description="Template name", examples=["order_update"])],
     body: TemplateSendIn,
     idempotency_key: Annotated[
@@ -153,7 +155,7 @@ async def send_template(
     button values by index. The registry's components place them; the built message then goes through
     `POST /v1/messages` unchanged (checked, recorded before it leaves, idempotent) and the answer is the
     same. Refusals: 422 `template_not_found`, `template_not_approved`, `template_parameters_invalid`."""
-    caller.require(Role.SEND, body.phone_number_id)
+    caller.require_number(body.phone_number_id)
     state = gate(request)
     async with state.engine.connect() as conn:
         message = await service.build_send(conn, name, body)

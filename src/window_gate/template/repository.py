@@ -38,6 +38,11 @@ SELECT COALESCE(
 )
 """
 )
+# The accounts these numbers belong to as webhooks told it: the only proof that an account is a key's.
+ACCOUNTS_OF = text(
+    "SELECT DISTINCT waba_id FROM phone_numbers "
+    "WHERE phone_number_id = ANY(CAST(:phone_number_ids AS text[])) AND waba_id IS NOT NULL ORDER BY 1"
+)
 KNOWN_ACCOUNTS = text(
     """
 SELECT waba_id FROM phone_numbers WHERE waba_id IS NOT NULL
@@ -169,6 +174,11 @@ async def record_accounts(conn: AsyncConnection, pairs: Iterable[tuple[str, str]
 async def waba_of(conn: AsyncConnection, phone_number_id: str) -> str | None:
     waba_id: str | None = (await conn.execute(WABA_OF, {"phone_number_id": phone_number_id})).scalar()
     return waba_id
+
+
+async def accounts_of(conn: AsyncConnection, phone_number_ids: Sequence[str]) -> list[str]:
+    rows = await conn.execute(ACCOUNTS_OF, {"phone_number_ids": list(phone_number_ids)})
+    return [str(w) for w in rows.scalars()]
 
 
 async def known_accounts(conn: AsyncConnection) -> list[str]:

@@ -208,10 +208,20 @@ def pick(rows: Sequence[Row[Any]], language: str) -> Row[Any] | None:
 
 # --- sync ---------------------------------------------------------------------------------------------------
 async def accounts_to_sync(
-    conn: AsyncConnection, settings: Settings, only: Sequence[str] | None
+    conn: AsyncConnection, settings: Settings, caller: Caller, only: Sequence[str] | None
 ) -> list[str]:
     """The accounts asked for; by default the configured ones (the simulator's in sandbox mode) plus every
-    account learnt from webhooks or synced before."""
+    account learnt from webhooks or synced before. A key limited to numbers: only its numbers' accounts
+    (phone_numbers); one it cannot prove is its own is refused, not skipped."""
+    if caller.phone_number_ids:
+        theirs = await repository.accounts_of(conn, sorted(caller.phone_number_ids))
+        foreign = [w for w in only or () if w not in theirs]
+        if foreign:
+            raise Forbidden(
+                f"this key may not sync account {foreign[0]}: it is not the account of any of its numbers",
+                waba_id=foreign[0],
+            )
+        return list(dict.fromkeys(only)) if only else theirs
     if only:
         return list(dict.fromkeys(only))
     return list(dict.fromkeys([*settings.template_accounts, *await repository.known_accounts(conn)]))

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Request, Response
 
-from window_gate.apikey.rules import Role
+from window_gate.apikey.access import READ, Reader
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
     AUTH_PROBLEMS,
@@ -10,7 +10,7 @@ from window_gate.errors import (
     ValidationFailed,
     problems,
 )
-from window_gate.kit import CallerDep, Gate, gate, json_response
+from window_gate.kit import Gate, gate, json_response
 from window_gate.window import service
 from window_gate.window.schemas import EXAMPLE_PN, WindowCheckIn, WindowCheckOut, WindowOut
 
@@ -55,6 +55,7 @@ GET_PARAMETERS = [
     responses=ERRORS,
     openapi_extra={"parameters": GET_PARAMETERS},
 )
+@READ.declared
 async def get_window(request: Request) -> Response:
     """Whether free-form messages may go to this customer now (`can_send_free_form`), and until when
     (`safe_until`). A customer never seen is not an error: state `never_opened`. The customer may be
@@ -70,8 +71,7 @@ async def get_window(request: Request) -> Response:
 async def one_window(
     state: Gate, authorization: str | None, phone_number_id: str, customer: str
 ) -> WindowOut:
-    caller = await state.auth.caller(authorization)
-    caller.require(Role.READ, phone_number_id)
+    await READ.caller(state, authorization, phone_number_id)
     if len(phone_number_id) > MAX_ID:
         raise ValidationFailed(f"phone_number_id: at most {MAX_ID} characters")
     ref = parse_customer(customer)
@@ -86,11 +86,11 @@ async def one_window(
     status_code=200,
     responses=ERRORS,
 )
-async def check_windows(request: Request, caller: CallerDep, body: WindowCheckIn) -> Response:
+async def check_windows(request: Request, caller: Reader, body: WindowCheckIn) -> Response:
     """The same answer as the single lookup for each customer, in the order asked, in one round trip
     to the database. One unreadable customer refuses the whole batch (422 `invalid_recipient` with
     its `index`)."""
-    caller.require(Role.READ, body.phone_number_id)
+    caller.require_number(body.phone_number_id)
     state = gate(request)
     refs = service.parse_all(body.customers)
     windows = await service.check(state.hot, body.phone_number_id, refs, state.policy, service.now())
