@@ -3,6 +3,7 @@ else an embedded one. One fresh database per run, migrated once; tables emptied 
 
 import asyncio
 import os
+import signal
 import socket
 import tempfile
 import uuid
@@ -16,6 +17,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.processes import marked, still_running
 from window_gate import db
 from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
@@ -42,6 +44,21 @@ TABLES = (
     "customers",
     "api_keys",
 )
+# Inherited by every process the tests start, so the last check of the run finds any left behind.
+RUN, RUN_ID = "WG_TEST_RUN", uuid.uuid4().hex
+os.environ[RUN] = RUN_ID
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """After the last test, no process any test started still runs (they are killed, and the run fails)."""
+    yield
+    left = [
+        p for p in still_running(marked(f"{RUN}={RUN_ID}".encode()), within=10) if "postgres" not in p.args
+    ]
+    for process in left:
+        os.kill(process.pid, signal.SIGKILL)
+    assert not left, "left running by the tests:\n" + "\n".join(f"{p.pid} {p.args}" for p in left)
 
 
 def _answers(url: str) -> bool:
