@@ -61,6 +61,14 @@ def no_process_left_behind() -> Iterator[None]:
     assert not left, "left running by the tests:\n" + "\n".join(f"{p.pid} {p.args}" for p in left)
 
 
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own DATA_DIR (the in-process simulator keeps its state there), never the checkout's."""
+    folder = tmp_path / "data"
+    monkeypatch.setenv("WINDOW_GATE_DATA_DIR", str(folder))
+    return folder
+
+
 def _answers(url: str) -> bool:
     async def probe() -> None:
         conn = await asyncpg.connect(url, timeout=3)
@@ -161,7 +169,9 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
 
 
 def cli_env(**settings: str) -> dict[str, str]:
-    """This environment without any inherited WINDOW_GATE_* setting, plus the given ones (names unprefixed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WINDOW_GATE_")}
+    """This environment without any inherited WINDOW_GATE_* setting (but the test's own DATA_DIR), plus
+    the given ones (names unprefixed)."""
+    kept = "WINDOW_GATE_DATA_DIR"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WINDOW_GATE_") or k == kept}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return env | {f"WINDOW_GATE_{k}": v for k, v in settings.items()}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from window_gate import db, lifeline
 from window_gate.apikey import repository as api_keys
@@ -68,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sim.add_argument("--webhook-url", default="http://127.0.0.1:8000/webhooks/whatsapp", help="'' posts none")
     sim.add_argument("--throughput", type=int, default=80, help="messages per second per phone number")
     sim.add_argument(
+        "--data-dir",
+        help="where it keeps what Meta would not forget (default: DATA_DIR/sandbox; '' keeps it in memory)",
+    )
+    sim.add_argument(
         "--parent-pid", type=int, help="exit when this process, its parent, exits (serve sets it)"
     )
 
@@ -110,8 +115,14 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> None:
     if args.verb == "simulator":  # signs webhooks with the secret the gate checks them with
         if args.parent_pid:
             lifeline.exit_with(args.parent_pid)
+        data_dir = settings.data_dir / "sandbox" if args.data_dir is None else args.data_dir
         sandbox.run_simulator(
-            args.host, args.port, args.webhook_url, args.throughput, settings.app_secrets[0].decode()
+            args.host,
+            args.port,
+            args.webhook_url,
+            args.throughput,
+            settings.app_secrets[0].decode(),
+            Path(data_dir) if data_dir else None,
         )
         return
     try:
@@ -151,7 +162,7 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
     simulator = None
     upstream = settings.graph_base_url
     if settings.sandbox_mode and upstream == DEFAULT_GRAPH_BASE_URL:
-        # Every worker must see one simulator (its view of the windows lives in its memory): run it beside us.
+        # Every worker must see one simulator (one view of the windows, one writer of its journal): beside us.
         sim_port = args.simulator_port or port + 1
         upstream = f"http://127.0.0.1:{sim_port}"
         os.environ["WINDOW_GATE_GRAPH_BASE_URL"] = upstream
@@ -166,6 +177,8 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
                 str(sim_port),
                 "--webhook-url",
                 hook,
+                "--data-dir",
+                str((settings.data_dir / "sandbox").resolve()),
                 "--parent-pid",
                 str(os.getpid()),
             ]
@@ -236,9 +249,9 @@ async def _sync_templates(settings: Settings, url: str, only: Sequence[str]) -> 
 
     transport = None
     if settings.sandbox_mode and settings.graph_base_url == DEFAULT_GRAPH_BASE_URL:
-        from window_gate.sandbox import SimulatorConfig, create_simulator
+        from window_gate.sandbox import InProcess, SimulatorConfig
 
-        transport = httpx.ASGITransport(app=create_simulator(SimulatorConfig()))  # its templates, in-process
+        transport = InProcess(SimulatorConfig())  # its templates, in-process
     engine = db.make_engine(url, 1)
     try:
         async with httpx.AsyncClient(
