@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, free_port
 from tests.processes import descendants, still_running
 from tests.test_cli_e2e import emptied_afterwards, serve
 
@@ -28,7 +28,8 @@ def test_serve_in_sandbox_mode_leaves_no_process_behind(
     emptied_afterwards: str, tmp_path: Path, signum: int, workers: int
 ) -> None:
     env = cli_env(DATABASE_URL=emptied_afterwards)  # sandbox mode: a simulator runs beside the gate
-    with serve(env, tmp_path / "serve.log", "--no-migrate", "--workers", str(workers)) as gate:
+    flags = ("--no-migrate", "--workers", str(workers), "--simulator-port", str(free_port()))  # not port + 1
+    with serve(env, tmp_path / "serve.log", *flags) as gate:
         children = descendants(gate.proc.pid)
         simulators = [c for c in children if " simulator " in c.args]
         assert len(simulators) == 1, children
