@@ -3,6 +3,7 @@ else an embedded one. One fresh database per run, migrated once; tables emptied 
 
 import asyncio
 import os
+import signal
 import socket
 import tempfile
 import uuid
@@ -16,6 +17,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.processes import marked, still_running
 from window_gate import db
 from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
@@ -42,6 +44,29 @@ TABLES = (
     "customers",
     "api_keys",
 )
+# Inherited by every process the tests start, so the last check of the run finds any left behind.
+RUN, RUN_ID = "WG_TEST_RUN", uuid.uuid4().hex
+os.environ[RUN] = RUN_ID
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """After the last test, no process any test started still runs (they are killed, and the run fails)."""
+    yield
+    left = [
+        p for p in still_running(marked(f"{RUN}={RUN_ID}".encode()), within=10) if "postgres" not in p.args
+    ]
+    for process in left:
+        os.kill(process.pid, signal.SIGKILL)
+    assert not left, "left running by the tests:\n" + "\n".join(f"{p.pid} {p.args}" for p in left)
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own DATA_DIR (the in-process simulator keeps its state there), never the checkout's."""
+    folder = tmp_path / "data"
+    monkeypatch.setenv("WINDOW_GATE_DATA_DIR", str(folder))
+    return folder
 
 
 def _answers(url: str) -> bool:
@@ -144,7 +169,9 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
 
 
 def cli_env(**settings: str) -> dict[str, str]:
-    """This environment without any inherited WINDOW_GATE_* setting, plus the given ones (names unprefixed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WINDOW_GATE_")}
+    """This environment without any inherited WINDOW_GATE_* setting (but the test's own DATA_DIR), plus
+    the given ones (names unprefixed)."""
+    kept = "WINDOW_GATE_DATA_DIR"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WINDOW_GATE_") or k == kept}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return env | {f"WINDOW_GATE_{k}": v for k, v in settings.items()}

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import TABLES, cli_env, free_port
 from tests.factories import PN, delivery, inbound, signed
+from tests.processes import descendants, still_running
 from window_gate import db
 
 WINDOW_GATE = Path(sys.executable).parent / "window-gate"
@@ -47,7 +48,8 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 @contextlib.contextmanager
 def serve(env: dict[str, str], log: Path, *flags: str, port: int | None = None) -> Iterator[Served]:
-    """`window-gate serve` on a free port: ready (healthz 200) within START_SECONDS, always stopped."""
+    """`window-gate serve` on a free port: ready (healthz 200) within START_SECONDS, always stopped, and
+    with it every process it started (the sandbox simulator, workers)."""
     port = port or free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -65,6 +67,7 @@ def serve(env: dict[str, str], log: Path, *flags: str, port: int | None = None) 
                 time.sleep(0.2)
             yield Served(http, log, proc)
     finally:
+        children = descendants(proc.pid)
         if proc.poll() is None:
             proc.terminate()
         try:
@@ -72,6 +75,8 @@ def serve(env: dict[str, str], log: Path, *flags: str, port: int | None = None) 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        left = still_running(children, within=5)
+    assert not left, f"serve left running: {left}"
 
 
 def deliver_inbound(http: httpx.Client, phone_number_id: str, wa_id: str = CUSTOMER) -> None:

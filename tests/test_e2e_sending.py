@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -25,12 +26,25 @@ NEVER = "5511976543210"
 
 
 @contextlib.contextmanager
-def simulator(gate_port: int, log: Path) -> Iterator[httpx.Client]:
-    port = free_port()
+def simulator(
+    gate_port: int, log: Path, *flags: str, port: int | None = None, stop: int = signal.SIGTERM
+) -> Iterator[httpx.Client]:
+    """`window-gate simulator` posting to the gate's port, until stopped with `stop`."""
+    port = port or free_port()
     hook = f"http://127.0.0.1:{gate_port}/webhooks/whatsapp"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [WINDOW_GATE, "simulator", "--port", str(port), "--webhook-url", hook, "--throughput", "10000"],
+            [
+                WINDOW_GATE,
+                "simulator",
+                "--port",
+                str(port),
+                "--webhook-url",
+                hook,
+                "--throughput",
+                "10000",
+                *flags,
+            ],
             env=cli_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -46,7 +60,7 @@ def simulator(gate_port: int, log: Path) -> Iterator[httpx.Client]:
                 time.sleep(0.1)
             yield http
     finally:
-        proc.terminate()
+        proc.send_signal(stop)
         proc.wait(timeout=20)
 
 
@@ -147,3 +161,35 @@ async def _records(url: str) -> dict[str, str]:
         return {str(r["id"]): r["status"] for r in await conn.fetch("SELECT id, status FROM messages")}
     finally:
         await conn.close()
+
+
+def test_after_a_simulator_restart_a_send_the_gate_allows_is_delivered(
+    emptied_afterwards: str, tmp_path: Path
+) -> None:
+    """Meta does not forget a customer's message when it restarts; nor does the simulator, even killed
+    (SIGKILL) right after the message: otherwise the gate would allow a send it then fails with 131047."""
+    gate_port, sim_port = free_port(), free_port()
+    kept = ("--data-dir", str(tmp_path / "sandbox"))
+    env = cli_env(
+        DATABASE_URL=emptied_afterwards,
+        GRAPH_BASE_URL=f"http://127.0.0.1:{sim_port}",
+        SANDBOX="true",
+        GRAPH_TIMEOUT_SECONDS="2",
+    )
+    key = run_cli("api-keys", "create", "e2e", "--role", "admin", env=env).stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"phone_number_id": PN, "to": OPEN, "type": "text", "text": {"body": "Your order shipped"}}
+    with serve(env, tmp_path / "gate.log", "--no-migrate", port=gate_port) as gate:
+        with simulator(gate_port, tmp_path / "sim1.log", *kept, port=sim_port, stop=signal.SIGKILL) as sim:
+            customer = {"phone_number_id": PN, "from": OPEN}
+            assert sim.post("/sandbox/inbound", json=customer).json()["webhook"]["delivered"]
+        with simulator(gate_port, tmp_path / "sim2.log", *kept, port=sim_port) as sim:
+            sent = gate.http.post("/v1/messages", json=body, headers=auth)
+            assert sent.status_code == 201, sent.text
+            deadline, status = time.monotonic() + 20, "accepted"
+            while status not in {"read", "failed"} and time.monotonic() < deadline:
+                time.sleep(0.1)
+                status = gate.http.get(f"/v1/messages/{sent.json()['id']}", headers=auth).json()["status"]
+            assert status == "read"  # not failed with 131047
+            [message] = sim.get("/sandbox/messages").json()["data"]
+            assert (message["to"], message["window_open"]) == (OPEN, True)

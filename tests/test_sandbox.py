@@ -3,19 +3,28 @@ into the real gate. Webhooks are caught by a fake receiver that checks every sig
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text as sql_text
 
+from tests.conftest import TABLES, make_key
 from tests.factories import PN
 from window_gate import cli, db
-from window_gate.config import SANDBOX_APP_SECRET
+from window_gate.apikey.rules import Role
+from window_gate.app import create_app
+from window_gate.config import SANDBOX_APP_SECRET, load_settings
 from window_gate.sandbox import SimulatorConfig, SimulatorState, create_simulator, simulator_state
+from window_gate.sandbox import state as sandbox_state
 from window_gate.sandbox.cli import post_inbound
 from window_gate.webhook.signature import verify
 
@@ -424,7 +433,17 @@ async def test_simulator_inbound_opens_the_gates_window(
     assert sim.state.stats()["webhooks"] == {"posted": 4, "failed": 0}
 
 
-def test_simulator_verb_needs_no_database(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("flags", "kept_in"),
+    [
+        ([], "DATA_DIR/sandbox"),
+        (["--data-dir", "TMP/elsewhere"], "TMP/elsewhere"),
+        (["--data-dir", ""], None),
+    ],
+)
+def test_simulator_verb_needs_no_database(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, tmp_path: Path, flags: list[str], kept_in: str | None
+) -> None:
     import uvicorn
 
     def no_database(*_: object) -> str:
@@ -433,10 +452,13 @@ def test_simulator_verb_needs_no_database(monkeypatch: pytest.MonkeyPatch) -> No
     served: dict[str, Any] = {}
     monkeypatch.setattr(db, "database_url", no_database)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
-    cli.main(["simulator", "--port", "8123", "--throughput", "5", "--webhook-url", ""])
+    flags = [f.replace("TMP", str(tmp_path)) for f in flags]
+    cli.main(["simulator", "--port", "8123", "--throughput", "5", "--webhook-url", "", *flags])
     assert served["port"] == 8123
     config = simulator_state(served["app"]).config
     assert config.throughput_per_second == 5 and config.webhook_url is None
+    expected = kept_in and Path(kept_in.replace("DATA_DIR", str(data_dir)).replace("TMP", str(tmp_path)))
+    assert config.data_dir == expected  # where it keeps what Meta would not forget
 
 
 def test_sandbox_inbound_helper_posts_to_the_simulator() -> None:
@@ -455,3 +477,122 @@ async def test_idle_is_bounded(sim: Sim) -> None:
     sim.state.spawn(asyncio.sleep(10))
     with pytest.raises(TimeoutError):
         await sim.state.idle(0.05)
+
+
+# --- what survives a restart (Meta does not forget) ---------------------------------------------------------
+async def test_a_restarted_simulator_keeps_its_windows(open_sim: OpenSim, tmp_path: Path) -> None:
+    bsuid = "US.13491208655302741918"
+    sim = await open_sim(data_dir=tmp_path)
+    await sim.inbound()
+    await sim.inbound("+1 415 555 0100", user_id=bsuid)  # teaches BSUID → wa_id
+    await sim.client.post("/sandbox/clock", json={"advance_seconds": 3600})
+    # No clean stop: windows are saved the moment they change, as if the process were killed now.
+    restarted = await open_sim(data_dir=tmp_path)
+    assert abs(restarted.state.now() - sim.state.now()) < timedelta(seconds=1)  # the clock offset too
+    assert restarted.state.window_open(PN, CUSTOMER_WA_ID, None)
+    assert restarted.state.window_open(PN, None, bsuid)
+    r = await restarted.send({k: v for k, v in text().items() if k != "to"} | {"recipient": bsuid})
+    assert r.json()["contacts"] == [{"input": bsuid, "wa_id": "14155550100", "user_id": bsuid}]
+    await restarted.send(text())
+    await restarted.state.idle()
+    assert sorted(s["status"] for s in restarted.receiver.statuses()) == sorted(
+        ["sent", "delivered", "read"] * 2
+    )
+    assert not (await open_sim(data_dir=tmp_path / "elsewhere")).state.window_open(PN, CUSTOMER_WA_ID, None)
+
+
+async def test_accepted_messages_are_saved_shortly_after_not_on_every_send(
+    open_sim: OpenSim, tmp_path: Path
+) -> None:
+    sim = await open_sim(data_dir=tmp_path, save_delay=0.2)
+    wamid = (await sim.send(template())).json()["messages"][0]["id"]
+    assert (await open_sim(data_dir=tmp_path)).state.messages == deque()  # not yet
+    await sim.state.idle()
+    await asyncio.sleep(0.3)
+    [saved] = (await open_sim(data_dir=tmp_path)).state.messages
+    assert (
+        saved == sim.state.messages[0]
+        and saved.id == wamid
+        and saved.statuses == ["sent", "delivered", "read"]
+    )
+
+
+async def test_a_clean_stop_saves_what_was_waiting(open_sim: OpenSim, tmp_path: Path) -> None:
+    sim = await open_sim(data_dir=tmp_path, save_delay=3600)
+    await sim.send(template())
+    await sim.state.idle()
+    await sim.state.aclose()
+    restarted = await open_sim(data_dir=tmp_path)
+    r = await restarted.client.get("/sandbox/messages")
+    assert [m["template"] for m in r.json()["data"]] == ["hello_world"]
+    assert r.json()["data"][0]["statuses"] == ["sent", "delivered", "read"]
+
+
+async def test_reset_forgets_on_disk_too(open_sim: OpenSim, tmp_path: Path) -> None:
+    sim = await open_sim(data_dir=tmp_path)
+    await sim.inbound()
+    await sim.send(text())
+    await sim.client.post("/sandbox/reset")
+    restarted = await open_sim(data_dir=tmp_path)
+    assert not restarted.state.window_open(PN, CUSTOMER_WA_ID, None)
+    assert not restarted.state.messages
+
+
+@pytest.mark.parametrize("content", [b"{not json\n", b'{"format": 99}\n', b""])
+async def test_a_journal_of_another_format_is_set_aside_not_misread(
+    open_sim: OpenSim, tmp_path: Path, content: bytes
+) -> None:
+    (tmp_path / "simulator.jsonl").write_bytes(content)
+    sim = await open_sim(data_dir=tmp_path)
+    assert sim.state.last_inbound == {}
+    assert (tmp_path / "simulator.jsonl.unreadable").read_bytes() == content
+    await sim.inbound()
+    assert (await open_sim(data_dir=tmp_path)).state.window_open(PN, CUSTOMER_WA_ID, None)
+
+
+async def test_a_torn_or_unknown_line_is_skipped_and_the_rest_kept(open_sim: OpenSim, tmp_path: Path) -> None:
+    sim = await open_sim(data_dir=tmp_path)
+    await sim.inbound()
+    with (tmp_path / "simulator.jsonl").open("ab") as journal:
+        journal.write(
+            b'{"inbound": 3}\n{"status": ["wamid.unknown", "read"]}\n{"inbound": ["1065'
+        )  # killed mid-line
+    restarted = await open_sim(data_dir=tmp_path)
+    assert restarted.state.window_open(PN, CUSTOMER_WA_ID, None)
+    await restarted.inbound("+1 415 555 0100")  # appended after the torn line, not glued to it
+    again = await open_sim(data_dir=tmp_path)
+    assert again.state.window_open(PN, CUSTOMER_WA_ID, None) and again.state.window_open(
+        PN, "14155550100", None
+    )
+
+
+async def test_in_process_sandbox_keeps_its_state_in_data_dir(database_url: str, data_dir: Path) -> None:
+    """The gate's own simulator (no transport given): closing the gate saves it in DATA_DIR/sandbox."""
+    app = create_app(load_settings(database_url=database_url, sandbox=True, api_key_cache_seconds=0))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gate") as gate:
+            key = await make_key(app.state.gate.engine, Role.SEND)
+            body = {"phone_number_id": PN, "to": CUSTOMER} | {
+                k: v for k, v in template().items() if k != "to"
+            }
+            r = await gate.post("/v1/messages", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 201, r.text
+        async with app.state.gate.engine.begin() as conn:
+            for table in TABLES:
+                await conn.execute(sql_text(f"DELETE FROM {table}"))
+    journal = [
+        orjson.loads(line) for line in (data_dir / "sandbox" / "simulator.jsonl").read_bytes().splitlines()
+    ]
+    assert [j["message"]["id"] for j in journal if "message" in j] == [r.json()["graph_message_id"]]
+
+
+async def test_the_journal_is_compacted_as_it_grows(
+    open_sim: OpenSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox_state, "COMPACT_MIN_LINES", 10)
+    sim = await open_sim(data_dir=tmp_path)
+    for _ in range(40):  # one customer writing again and again: one window, many lines
+        await sim.inbound()
+    assert len((tmp_path / "simulator.jsonl").read_bytes().splitlines()) <= 1 + 10 + 4 * 2
+    assert (await open_sim(data_dir=tmp_path)).state.window_open(PN, CUSTOMER_WA_ID, None)

@@ -34,7 +34,7 @@ from window_gate.message.endpoints import graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.metrics import MetricsMiddleware
 from window_gate.pricing.endpoints import budgets_router, costs_router
-from window_gate.sandbox import SimulatorConfig, create_simulator
+from window_gate.sandbox import InProcess, SimulatorConfig
 from window_gate.template.endpoints import router as template_router
 from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import receive
@@ -147,8 +147,9 @@ def _in_process_sandbox(settings: Settings, app: FastAPI) -> httpx.AsyncBaseTran
         webhook_url="http://gate/webhooks/whatsapp",
         app_secret=settings.app_secrets[0].decode(),
         webhook_transport=httpx.ASGITransport(app=app),
+        data_dir=settings.data_dir / "sandbox",
     )
-    return httpx.ASGITransport(app=create_simulator(config))
+    return InProcess(config)
 
 
 async def _database_unavailable(_: Request, exc: Exception) -> Response:

@@ -1,9 +1,11 @@
 """Import target for uvicorn workers: `uvicorn --factory window_gate.asgi:app`."""
 
 import gc
+import multiprocessing
 
 from fastapi import FastAPI
 
+from window_gate import lifeline
 from window_gate.app import create_app
 from window_gate.config import load_settings
 
@@ -14,6 +16,9 @@ GC_THRESHOLDS = (50_000, 1_000, 1_000)
 
 
 def app() -> FastAPI:
+    supervisor = multiprocessing.parent_process()  # set in the workers uvicorn spawns for --workers N
+    if supervisor is not None and supervisor.pid is not None:
+        lifeline.exit_with(supervisor.pid)
     application = create_app(load_settings())
     gc.collect()
     gc.freeze()

@@ -4,12 +4,14 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from window_gate import db
+from window_gate import db, lifeline
 from window_gate.apikey import repository as api_keys
 from window_gate.apikey import service as api_key_service
 from window_gate.apikey.rules import OPERATOR, Role
@@ -66,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sim.add_argument("--port", type=int, default=8001)
     sim.add_argument("--webhook-url", default="http://127.0.0.1:8000/webhooks/whatsapp", help="'' posts none")
     sim.add_argument("--throughput", type=int, default=80, help="messages per second per phone number")
+    sim.add_argument(
+        "--data-dir",
+        help="where it keeps what Meta would not forget (default: DATA_DIR/sandbox; '' keeps it in memory)",
+    )
+    sim.add_argument(
+        "--parent-pid", type=int, help="exit when this process, its parent, exits (serve sets it)"
+    )
 
     inbound = verbs.add_parser("sandbox-inbound", help="simulate a customer writing, through the simulator")
     inbound.add_argument("--simulator-url", default="http://127.0.0.1:8001")
@@ -104,8 +113,16 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> None:
     from window_gate.sandbox import cli as sandbox
 
     if args.verb == "simulator":  # signs webhooks with the secret the gate checks them with
+        if args.parent_pid:
+            lifeline.exit_with(args.parent_pid)
+        data_dir = settings.data_dir / "sandbox" if args.data_dir is None else args.data_dir
         sandbox.run_simulator(
-            args.host, args.port, args.webhook_url, args.throughput, settings.app_secrets[0].decode()
+            args.host,
+            args.port,
+            args.webhook_url,
+            args.throughput,
+            settings.app_secrets[0].decode(),
+            Path(data_dir) if data_dir else None,
         )
         return
     try:
@@ -145,7 +162,7 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
     simulator = None
     upstream = settings.graph_base_url
     if settings.sandbox_mode and upstream == DEFAULT_GRAPH_BASE_URL:
-        # Every worker must see one simulator (its view of the windows lives in its memory): run it beside us.
+        # Every worker must see one simulator (one view of the windows, one writer of its journal): beside us.
         sim_port = args.simulator_port or port + 1
         upstream = f"http://127.0.0.1:{sim_port}"
         os.environ["WINDOW_GATE_GRAPH_BASE_URL"] = upstream
@@ -160,6 +177,10 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
                 str(sim_port),
                 "--webhook-url",
                 hook,
+                "--data-dir",
+                str((settings.data_dir / "sandbox").resolve()),
+                "--parent-pid",
+                str(os.getpid()),
             ]
         )
     mode = (
@@ -169,6 +190,11 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
         f"window_gate on http://{host}:{port} · upstream: {mode} · docs: http://{host}:{port}/docs",
         flush=True,
     )
+    # With one worker, uvicorn re-raises the signal that stopped it once it has shut down, which would
+    # end this process before any `finally`: turn it into an exception, stop the simulator, then die of
+    # that signal as uvicorn meant to (supervisors see the usual exit status).
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stopped)
     try:
         uvicorn.run(
             "window_gate.asgi:app",
@@ -179,10 +205,39 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
             log_level="warning",
             access_log=False,
         )
+    except Stopped as stop:
+        _stop(simulator)
+        signal.signal(stop.signum, signal.SIG_DFL)
+        signal.raise_signal(stop.signum)
     finally:
-        if simulator is not None:
-            simulator.terminate()
-            simulator.wait(10)
+        _stop(simulator)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """A stop signal arrived (BaseException, like KeyboardInterrupt: nothing may swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stopped(signum: int, _: object) -> None:
+    raise Stopped(signum)
+
+
+def _stop(child: "subprocess.Popen[bytes] | None") -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s; waits, so no zombie is left."""
+    if child is None or child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 async def _sync_templates(settings: Settings, url: str, only: Sequence[str]) -> int:
@@ -194,9 +249,9 @@ async def _sync_templates(settings: Settings, url: str, only: Sequence[str]) -> 
 
     transport = None
     if settings.sandbox_mode and settings.graph_base_url == DEFAULT_GRAPH_BASE_URL:
-        from window_gate.sandbox import SimulatorConfig, create_simulator
+        from window_gate.sandbox import InProcess, SimulatorConfig
 
-        transport = httpx.ASGITransport(app=create_simulator(SimulatorConfig()))  # its templates, in-process
+        transport = InProcess(SimulatorConfig())  # its templates, in-process
     engine = db.make_engine(url, 1)
     try:
         async with httpx.AsyncClient(

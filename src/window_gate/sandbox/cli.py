@@ -1,5 +1,6 @@
 """What `window-gate simulator` and `window-gate sandbox-inbound` run; no database involved."""
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -8,18 +9,29 @@ from window_gate.sandbox.simulator import create_simulator
 from window_gate.sandbox.state import SimulatorConfig
 
 
-def run_simulator(host: str, port: int, webhook_url: str | None, throughput: int, app_secret: str) -> None:
+def run_simulator(
+    host: str,
+    port: int,
+    webhook_url: str | None,
+    throughput: int,
+    app_secret: str,
+    data_dir: Path | None = None,
+) -> None:
     import uvicorn
 
     config = SimulatorConfig(
-        webhook_url=webhook_url or None, app_secret=app_secret, throughput_per_second=throughput
+        webhook_url=webhook_url or None,
+        app_secret=app_secret,
+        throughput_per_second=throughput,
+        data_dir=data_dir,
     )
     print(
         f"Graph API simulator (sandbox: nothing reaches WhatsApp) on http://{host}:{port}"
-        f" · webhooks → {config.webhook_url or 'nowhere'} · docs: http://{host}:{port}/docs",
+        f" · webhooks → {config.webhook_url or 'nowhere'} · state in {data_dir or 'memory'}"
+        f" · docs: http://{host}:{port}/docs",
         flush=True,
     )
-    # One process only: the simulator's state lives in its memory.
+    # One process only: one view of the windows, and one writer of its journal.
     uvicorn.run(create_simulator(config), host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -1,8 +1,9 @@
 """The Graph API simulator: a stand-in for Meta's Cloud API in tests and on a newcomer's machine.
 
 It is a test double of Meta, never a claim that a message reached WhatsApp: every answer carries
-`X-Sandbox: true` and every wamid starts with `wamid.SANDBOX`. Its state lives in memory on
-`app.state.simulator`; several simulator processes would each keep their own view, so run one.
+`X-Sandbox: true` and every wamid starts with `wamid.SANDBOX`. Its state lives on `app.state.simulator`,
+kept in its data folder when it has one (so a restart forgets no window); several simulator processes
+would each keep their own view, so run one.
 """
 
 import asyncio
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import httpx
 import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,6 +61,18 @@ def create_simulator(config: SimulatorConfig | None = None) -> FastAPI:
     app.include_router(controls)
     app.add_middleware(SandboxHeader)
     return app
+
+
+class InProcess(httpx.ASGITransport):
+    """The simulator inside the caller's process, reached without a socket. Its lifespan never runs
+    there, so closing the transport (as `httpx.AsyncClient.aclose` does) stops it and saves its state."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.simulator = create_simulator(config)
+        super().__init__(app=self.simulator)
+
+    async def aclose(self) -> None:
+        await simulator_state(self.simulator).aclose()
 
 
 def simulator_state(app: FastAPI) -> SimulatorState:
@@ -172,7 +186,7 @@ def _accept(state: SimulatorState, pn: str, send: SendBody, template: Template |
         accepted_at=state.now(),
         callback=send.callback,
     )
-    state.messages.append(message)
+    state.accepted_message(message)
     state.accepted[pn] += 1
     category = template.category.lower() if template else "service"
     state.spawn(_deliver(state, message, category, send.callback))
@@ -205,7 +219,7 @@ async def _post_status(
     item |= {"recipient_id": message.wa_id} if message.wa_id else {}
     item |= {"recipient_user_id": message.user_id} if message.user_id else {}
     item |= {"biz_opaque_callback_data": callback} if callback is not None else {}
-    message.statuses.append(status)
+    state.add_status(message, status)
     config = state.config
     payload = envelope(
         config.waba_id, message.phone_number_id, config.display_phone_number, statuses=[item | extra]
@@ -381,13 +395,14 @@ async def clear_faults(request: Request) -> Response:
 async def move_clock(request: Request, body: ClockIn) -> Response:
     """Shift the simulator's "now" (its window view and webhook timestamps); e.g. 90000 s = 25 h."""
     state = _state(request)
-    state.offset += timedelta(seconds=body.advance_seconds)
+    state.advance_clock(body.advance_seconds)
     return _json({"now": state.now().isoformat(), "offset_seconds": state.offset.total_seconds()})
 
 
 @controls.post("/reset", summary="Forget everything", status_code=200)
 async def reset(request: Request) -> Response:
-    """Windows, counters, faults, clock offset and pending webhooks are dropped."""
+    """Windows, accepted messages, counters, faults, clock offset and pending webhooks are dropped (in
+    the data folder too)."""
     state = _state(request)
     state.reset()
     return _json(state.stats())

@@ -1,6 +1,10 @@
 """The simulator's memory: its own view of the windows, throughput, faults, stats and webhook delivery.
 
-In-memory on purpose: it is a test double. Every simulator process has its own state; run one.
+Meta does not forget a customer's message when it restarts, so neither does the simulator when given a
+data folder: it journals every change there (journal.py). What decides windows (inbound times, BSUID →
+wa_id, the clock offset) is written before the change is answered; the messages it accepted and their
+statuses within `save_delay` seconds, and on a clean stop. Faults, throughput and counters belong to the
+process and start afresh. One simulator per data folder.
 """
 
 import asyncio
@@ -11,17 +15,21 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import orjson
 
 from window_gate.config import SANDBOX_APP_SECRET
+from window_gate.sandbox.journal import Journal, Record
 from window_gate.sandbox.templates import BUILT_IN, Template
 from window_gate.webhook.signature import sign
 
 log = logging.getLogger(__name__)
 Fault = Literal["5xx", "timeout", "drop"]
+JOURNAL = "simulator.jsonl"
+COMPACT_MIN_LINES = 10_000
 
 
 def _utcnow() -> datetime:
@@ -44,6 +52,8 @@ class SimulatorConfig:
     monotonic: Callable[[], float] = time.monotonic  # throughput is measured in real seconds
     templates: tuple[Template, ...] = BUILT_IN
     webhook_transport: httpx.AsyncBaseTransport | None = None  # e.g. an ASGITransport into the gate app
+    data_dir: Path | None = None  # where what Meta would not forget is kept; None: in memory only
+    save_delay: float = 1.0  # accepted messages and statuses are written within this, not one by one
 
 
 @dataclass(slots=True)
@@ -114,11 +124,23 @@ class SimulatorState:
         self.config = config
         self.http = httpx.AsyncClient(transport=config.webhook_transport, timeout=5.0)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.reset()
+        self._save_later: asyncio.TimerHandle | None = None
+        self._clear()
+        self.journal = None
+        if config.data_dir is not None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder stops start-up
+            self.journal = Journal(config.data_dir / JOURNAL)
+            self._replay(self.journal.read())
+            self.journal.rewrite(self._snapshot())  # compacted, and no torn last line to append to
 
     def reset(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self._clear()
+        if self.journal is not None:
+            self.journal.rewrite([])
+
+    def _clear(self) -> None:
         self.offset = timedelta(0)
         self.last_inbound: dict[tuple[str, str], datetime] = {}
         self.wa_by_user: dict[str, str] = {}  # BSUID → wa_id, learnt from inbound messages carrying both
@@ -134,6 +156,10 @@ class SimulatorState:
     def now(self) -> datetime:
         return self.config.clock() + self.offset
 
+    def advance_clock(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+        self._journal({"offset": self.offset.total_seconds()}, now=True)
+
     # --- the simulator's own view of the customer service window ---------------------------------------
     @staticmethod
     def keys(wa_id: str | None, user_id: str | None) -> list[str]:
@@ -144,9 +170,15 @@ class SimulatorState:
     ) -> None:
         if wa_id and user_id:
             self.wa_by_user[user_id] = wa_id
+            self._journal({"user": [user_id, wa_id]})
         for key in self.keys(wa_id, user_id):
-            seen = self.last_inbound.get((phone_number_id, key))
-            self.last_inbound[phone_number_id, key] = max(at, seen) if seen else at
+            self._inbound(phone_number_id, key, at)
+            self._journal({"inbound": [phone_number_id, key, at.isoformat()]})
+        self._flush()  # before the gate hears of it: the simulator must not forget what it opened
+
+    def _inbound(self, phone_number_id: str, key: str, at: datetime) -> None:
+        seen = self.last_inbound.get((phone_number_id, key))
+        self.last_inbound[phone_number_id, key] = max(at, seen) if seen else at
 
     def window_open(self, phone_number_id: str, wa_id: str | None, user_id: str | None) -> bool:
         now = self.now()
@@ -210,6 +242,79 @@ class SimulatorState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.http.aclose()
+        self._flush()
+
+    # --- what survives a restart -------------------------------------------------------------------------
+    def accepted_message(self, message: SentMessage) -> None:
+        self.messages.append(message)
+        self._journal({"message": message})
+
+    def add_status(self, message: SentMessage, status: str) -> None:
+        message.statuses.append(status)
+        self._journal({"status": [message.id, status]})
+
+    def _journal(self, record: Record, *, now: bool = False) -> None:
+        """Written at once (`now`), else within `save_delay`: not one write per send."""
+        if self.journal is None:
+            return
+        self.journal.append(record)
+        if now:
+            self._flush()
+        elif self._save_later is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._flush()
+                return
+            self._save_later = loop.call_later(self.config.save_delay, self._flush)
+
+    def _flush(self) -> None:
+        if self._save_later is not None:
+            self._save_later.cancel()
+            self._save_later = None
+        if self.journal is None:
+            return
+        self.journal.flush()
+        # A send journals four lines (message, sent, delivered, read) but only the last 10,000 messages
+        # are kept: compact once the file holds several times what a snapshot would.
+        live = len(self.last_inbound) + len(self.wa_by_user) + len(self.messages)
+        if self.journal.lines > COMPACT_MIN_LINES + 4 * live:
+            self.journal.rewrite(self._snapshot())
+
+    def _snapshot(self) -> list[Record]:
+        records: list[Record] = [{"offset": self.offset.total_seconds()}]
+        records += [{"user": [user, wa]} for user, wa in self.wa_by_user.items()]
+        records += [{"inbound": [pn, k, at.isoformat()]} for (pn, k), at in self.last_inbound.items()]
+        return records + [{"message": m} for m in self.messages]
+
+    def _replay(self, records: list[Record]) -> None:
+        by_id: dict[str, SentMessage] = {}
+        skipped = 0
+        for record in records:
+            try:
+                if "inbound" in record:
+                    pn, key, at = record["inbound"]
+                    self._inbound(str(pn), str(key), datetime.fromisoformat(at))
+                elif "user" in record:
+                    user, wa = record["user"]
+                    self.wa_by_user[str(user)] = str(wa)
+                elif "offset" in record:
+                    self.offset = timedelta(seconds=float(record["offset"]))
+                elif "message" in record:
+                    fields = record["message"]
+                    message = SentMessage(
+                        **fields | {"accepted_at": datetime.fromisoformat(fields["accepted_at"])}
+                    )
+                    self.messages.append(message)
+                    by_id[message.id] = message
+                elif "status" in record:
+                    message_id, status = record["status"]
+                    if message_id in by_id:
+                        by_id[message_id].statuses.append(str(status))
+            except (KeyError, TypeError, ValueError):
+                skipped += 1
+        if skipped:
+            log.warning("sandbox state: %d records not understood, skipped", skipped)
 
     def stats(self) -> dict[str, Any]:
         numbers = sorted(set(self.sends) | set(self.accepted))
