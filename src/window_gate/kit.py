@@ -35,7 +35,7 @@ def gate(request: Request) -> Gate:
     return state
 
 
-Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_…"])]
+Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_..."])]
 
 
 async def _caller(request: Request, authorization: Authorization = None) -> Caller:
