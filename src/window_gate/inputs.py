@@ -36,7 +36,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOT_JSON = ("multipart/", "application/x-www-form-urlencoded", "text/csv")
 # A \u0000 escape not itself escaped (an even run of backslashes before it).
 NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-LONG_DIGITS = re.compile(rb"[0-9]{20}")  # an integer beyond 64 bits has at least 20 digits
+LONG_DIGITS = re.compile(rb"[0-9]{19}")  # an integer orjson cannot write has at least 19 digits
 
 Render = Callable[[str, ValidationFailed], Response]
 
@@ -67,7 +67,7 @@ def loads(raw: bytes) -> Any:
         raise refused("body", "NUL (\\u0000) is not accepted in a string")
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not _shallow(value):
         raise refused("body", f"nested deeper than {MAX_DEPTH} levels")
-    # orjson reads an integer beyond 64 bits as a float: the stdlib parser, rarely needed, says which.
+    # orjson reads an integer it cannot write as a float: the stdlib parser, rarely needed, says which.
     if LONG_DIGITS.search(raw):
         json.loads(raw, parse_int=_bounded_int)
     return value
