@@ -36,7 +36,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOT_JSON = ("multipart/", "application/x-www-form-urlencoded", "text/csv")
 # A \u0000 escape not itself escaped (an even run of backslashes before it).
 NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-LONG_DIGITS = re.compile(rb"[0-9]{19}")  # an integer orjson cannot write has at least 19 digits
+# An integer orjson cannot write has 19 digits or more: where the body has digits, the translation has
+# "1" (a regex for the run took a millisecond on a body of 1,000 phone numbers).
+DIGITS_AS_ONES, LONG_INTEGER = bytes.maketrans(b"0123456789", b"1" * 10), b"1" * 19
 
 Render = Callable[[str, ValidationFailed], Response]
 
@@ -68,7 +70,7 @@ def loads(raw: bytes) -> Any:
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not _shallow(value):
         raise refused("body", f"nested deeper than {MAX_DEPTH} levels")
     # orjson reads an integer it cannot write as a float: the stdlib parser, rarely needed, says which.
-    if LONG_DIGITS.search(raw):
+    if LONG_INTEGER in raw.translate(DIGITS_AS_ONES):
         json.loads(raw, parse_int=_bounded_int)
     return value
 
