@@ -225,6 +225,23 @@ async def test_every_input_class_on_every_route_is_422_nothing_written_nothing_s
     assert tried or not (list(url_cases(op)) or op.body()), f"{op}: no input tried"
 
 
+NOT_UTF8 = "%ED%A0%80%FF"  # a surrogate's UTF-8 bytes, then a byte no UTF-8 has: decoded as U+FFFD
+
+
+@pytest.mark.parametrize("op", [op for op in OPERATIONS if op.params("path") or op.params("query")], ids=str)
+async def test_bytes_that_are_not_utf8_in_a_url_are_answered_as_documented(
+    gate: Gated, op: Operation
+) -> None:
+    """Percent-decoding replaces them, so they never reach the database as they came: whatever the
+    answer, it is one the operation documents, never a 5xx."""
+    client, _ = gate
+    urls = [op.url().replace(quote(example(p), safe=""), NOT_UTF8, 1) for p in op.params("path")]
+    urls += [f"{op.url()}?{p['name']}={NOT_UTF8}" for p in op.params("query")]
+    for url in urls:
+        r = await client.request(op.method, url, content=_raw(op.body()))
+        assert r.status_code < 500 and str(r.status_code) in op.spec["responses"], (url, r.text)
+
+
 def _raw(body: Any) -> bytes | None:
     return None if body is None else orjson.dumps(body)
 
