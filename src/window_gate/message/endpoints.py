@@ -197,7 +197,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def as_meta_error(err: GateError) -> Response:
-    """The gate's refusal as Meta would answer it (a validation error: code 100, Invalid parameter)."""
+    """The gate's refusal as Meta would answer it; what Meta has no code for is 100, Invalid parameter."""
     problem = err.problem()
     meta_error = problem.get("meta_error")
     if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words, passed on unchanged
