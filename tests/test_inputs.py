@@ -424,6 +424,23 @@ async def test_sends_refuse_a_phone_number_id_that_is_not_digits(
     assert await count(engine, "messages") == 0
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/csv", "multipart/form-data", "application/x-www-form-urlencoded"]
+)
+async def test_graph_reads_its_body_strictly_whatever_its_content_type(
+    gate: Gated, meta: Meta, content_type: str
+) -> None:
+    """The request check leaves bodies that say they are not JSON to their route; /graph reads any body
+    as JSON, so it reads it with the same check."""
+    client, engine = gate
+    await open_window(client)
+    raw = b'{"to": "5511987654321", "type": "text", "text": {"body": "h\\u0000i"}}'
+    r = await client.post(f"/graph/v25.0/{PN}/messages", content=raw, headers={"Content-Type": content_type})
+    assert r.status_code == 400 and r.json()["error"]["code"] == 100, r.text
+    assert meta.requests == []
+    assert await count(engine, "messages") == 0
+
+
 async def test_graph_answers_a_bad_path_in_meta_shape(gate: Gated) -> None:
     client, _ = gate
     r = await client.post(f"/graph/v25/{PN}/messages", json={"to": "5511987654321"})
