@@ -11,6 +11,7 @@ from datetime import timedelta
 import asyncpg
 import httpx
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -25,12 +26,20 @@ from window_gate.apikey import access
 from window_gate.apikey.service import Authenticator
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
-from window_gate.errors import DatabaseUnavailable, PayloadTooLarge, install_error_handlers, problem_response
+from window_gate.errors import (
+    DatabaseUnavailable,
+    PayloadTooLarge,
+    ValidationFailed,
+    install_error_handlers,
+    problem_response,
+    validation_failed,
+)
 from window_gate.graph.client import GraphClient
 from window_gate.health.endpoints import router as health_router
+from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
 from window_gate.message import repository as messages
-from window_gate.message.endpoints import graph_router
+from window_gate.message.endpoints import as_meta_error, graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.metrics import MetricsMiddleware
 from window_gate.pricing.endpoints import budgets_router, costs_router
@@ -97,6 +106,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
@@ -119,6 +129,8 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     if undeclared := access.undeclared(app.routes):  # a route that forgot its scope never serves
         raise RuntimeError(f"routes without an Access (apikey/access.py): {', '.join(undeclared)}")
     app.add_middleware(HotPaths, routes=_routes_of(routers, get_window, receive))
+    raw_bodies = [route.path for route in _routes_of(routers, receive)]  # signed: verified, then parsed
+    app.add_middleware(InputCheck, render=_refusal, raw_bodies=raw_bodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app
@@ -150,6 +162,18 @@ def _in_process_sandbox(settings: Settings, app: FastAPI) -> httpx.AsyncBaseTran
         data_dir=settings.data_dir / "sandbox",
     )
     return InProcess(config)
+
+
+def _refusal(path: str, err: ValidationFailed) -> Response:
+    """A malformed request, answered in the shape of its route's errors: Meta's under /graph."""
+    if path.startswith(graph_router.prefix + "/"):
+        return as_meta_error(err)
+    return problem_response(err.status, err.problem())
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return _refusal(request.scope["path"], validation_failed(exc))
 
 
 async def _database_unavailable(_: Request, exc: Exception) -> Response:

@@ -8,9 +8,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://window-gate.dev/problems/"
+MAX_ECHO = 200  # characters of one string a problem repeats: the input it quotes may be megabytes
 
 
 class GateError(Exception):
@@ -27,14 +29,30 @@ class GateError(Exception):
         self.headers: dict[str, str] = {}
 
     def problem(self) -> dict[str, Any]:
+        """The problem body. Every string in it is clipped to MAX_ECHO characters (head … tail), but
+        `meta_error`: Meta's own words, passed on whole."""
+        context = {k: v if k == "meta_error" else clip(v) for k, v in self.context.items()}
         return {
             "type": TYPE_BASE + self.code,
             "title": self.title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": clip(self.detail),
             "code": self.code,
-            **self.context,
+            **context,
         }
+
+
+def clip(value: Any) -> Any:
+    """Strings over MAX_ECHO characters, however deep in lists and dicts, cut to their head and tail."""
+    if isinstance(value, str):
+        if len(value) <= MAX_ECHO:
+            return value
+        return value[: MAX_ECHO // 2] + "…" + value[len(value) - MAX_ECHO // 2 + 1 :]
+    if isinstance(value, dict):
+        return {k: clip(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clip(v) for v in value]
+    return value
 
 
 class ValidationFailed(GateError):
@@ -130,6 +148,15 @@ def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] 
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def validation_failed(exc: RequestValidationError) -> ValidationFailed:
+    """FastAPI's refusal of a parameter or body as the gate's: each error's place, message and type
+    (not pydantic's `input`: it may be the whole body)."""
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return ValidationFailed(f"{where}: {first['msg']}" if where else str(first["msg"]), errors=errors)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as problem+json with a stable ``code``."""
 
@@ -139,13 +166,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        err = ValidationFailed(f"{where}: {first['msg']}" if where else str(first["msg"]), errors=errors)
+        err = validation_failed(exc)
         return problem_response(err.status, err.problem())
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
@@ -156,12 +180,26 @@ def install_error_handlers(app: FastAPI) -> None:
             "detail": str(exc.detail),
             "code": code,
         }
-        return problem_response(exc.status_code, body, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+            headers["Allow"] = ", ".join(_methods_on(request))
+        return problem_response(exc.status_code, body, headers)
 
     app.add_exception_handler(GateError, gate_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     _document_problems(app)
+
+
+def _methods_on(request: Request) -> list[str]:
+    """The methods some route answers on this path, asked of the routes themselves (FastAPI's included
+    routers hold theirs out of sight)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def _document_problems(app: FastAPI) -> None:

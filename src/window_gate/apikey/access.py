@@ -24,7 +24,7 @@ from window_gate.kit import Gate, gate
 GUARDED_PREFIXES = ("/v1/", "/graph/")
 NUMBER = "phone_number_id"
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
-Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_…"])]
+Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", examples=["Bearer wg_..."])]
 
 
 class Access:

@@ -4,10 +4,10 @@ import secrets
 from typing import Annotated, Any
 from uuid import UUID
 
-import orjson
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 
+from window_gate import inputs
 from window_gate.apikey.access import SEND, Reader, Sender
 from window_gate.errors import (
     AUTH_PROBLEMS,
@@ -27,9 +27,18 @@ from window_gate.errors import (
     WindowClosed,
     problems,
 )
+from window_gate.inputs import META_ID
 from window_gate.kit import gate, json_response
 from window_gate.message import repository, service
-from window_gate.message.schemas import EventOut, MessageOut, RecipientOut, SendIn, SendOut
+from window_gate.message.schemas import (
+    EventOut,
+    GraphErrorOut,
+    MessageOut,
+    RecipientOut,
+    SendIn,
+    SendOut,
+)
+from window_gate.window.schemas import EXAMPLE_PN
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 graph_router = APIRouter(prefix="/graph", tags=["graph pass-through"])
@@ -114,6 +123,23 @@ META_SHAPES: dict[str, tuple[int, int, str]] = {
     "budget_exceeded": (400, 131042, "Business eligibility payment issue"),
 }
 INVALID_PARAMETER = (400, 100, "Invalid parameter")
+META_PASSED_ON = {400: "Meta's own 4xx error", 502: "Meta's own 5xx error"}
+
+
+def _graph_responses() -> dict[int | str, dict[str, Any]]:
+    """Every status the pass-through answers, each in Meta's error shape, with the codes it carries."""
+    shapes: dict[int, list[str]] = {}
+    for status, code, message in (INVALID_PARAMETER, *META_SHAPES.values()):
+        shapes.setdefault(status, []).append(f"{code} {message}")
+    for status, words in META_PASSED_ON.items():
+        shapes.setdefault(status, []).append(words)
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": GraphErrorOut, "description": "Meta's error shape: " + " · ".join(codes)}
+        for status, codes in sorted(shapes.items())
+    }
+    # `default` also keeps FastAPI from documenting its 422: malformed requests get Meta's 400 code 100.
+    errors["default"] = {"model": GraphErrorOut, "description": "Any error: Meta's error shape"}
+    return {200: {"description": "Meta's own success body", "content": {"application/json": {}}}, **errors}
 
 
 @graph_router.post(
@@ -121,16 +147,30 @@ INVALID_PARAMETER = (400, 100, "Invalid parameter")
     summary="Graph-compatible send (drop-in for Meta's endpoint)",
     status_code=200,
     response_class=JSONResponse,
-    responses={
-        200: {"description": "Meta's own success body", "content": {"application/json": {}}},
-        400: {"description": "Meta's error shape; a closed window is code 131047"},
+    responses=_graph_responses(),
+    # The endpoint reads its body itself (Meta's shape, any message type): documented here.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object"},
+                    "example": {
+                        "messaging_product": "whatsapp",
+                        "to": "+55 11 98765-4321",
+                        "type": "text",
+                        "text": {"body": "Your order has shipped"},
+                    },
+                }
+            },
+        }
     },
 )
 @SEND.declared
 async def graph_send(
     request: Request,
     version: Annotated[str, Path(pattern=r"^v\d+\.\d+$", examples=["v25.0"])],
-    phone_number_id: Annotated[str, Path(max_length=64)],
+    phone_number_id: Annotated[str, Path(pattern=META_ID, examples=[EXAMPLE_PN])],
     authorization: Annotated[str | None, Header(description="`Bearer <gate API key>`")] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -144,21 +184,21 @@ async def graph_send(
             state, caller, {**body, "phone_number_id": phone_number_id}, idempotency_key
         )
     except GateError as err:
-        return _as_meta_error(err)
+        return as_meta_error(err)
     return JSONResponse(sent.meta)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationFailed(f"body is not JSON: {exc}") from None
+    # Read as JSON whatever its Content-Type (Meta's clients vary), so strictly: inputs.InputCheck passes
+    # bodies labelled form or CSV on to their route.
+    body = inputs.loads(raw)
     if not isinstance(body, dict):
         raise ValidationFailed("body must be a JSON object")
     return body
 
 
-def _as_meta_error(err: GateError) -> Response:
+def as_meta_error(err: GateError) -> Response:
+    """The gate's refusal as Meta would answer it; what Meta has no code for is 100, Invalid parameter."""
     problem = err.problem()
     meta_error = problem.get("meta_error")
     if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words, passed on unchanged
@@ -169,7 +209,7 @@ def _as_meta_error(err: GateError) -> Response:
         "message": f"(#{code}) {message}",
         "type": "OAuthException",
         "code": code,
-        "error_data": {"messaging_product": "whatsapp", "details": err.detail},
+        "error_data": {"messaging_product": "whatsapp", "details": problem["detail"]},
         "fbtrace_id": "WG" + secrets.token_hex(10),
         "window_gate": {"code": err.code, **{k: v for k, v in problem.items() if k == "window"}},
     }

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from window_gate.inputs import META_ID
 from window_gate.pricing.schemas import EstimateOut
 from window_gate.window.schemas import EXAMPLE_PN, WindowOut
 
@@ -26,7 +27,7 @@ class SendIn(BaseModel):
         },
     )
 
-    phone_number_id: str = Field(min_length=1, max_length=64, description="Business number to send from")
+    phone_number_id: str = Field(pattern=META_ID, description="Business number to send from (digits)")
     messaging_product: str = Field("whatsapp", pattern="^whatsapp$", description="Always `whatsapp`")
     recipient_type: str = Field("individual", description="`individual` (groups are later scope)")
     to: str | None = Field(None, max_length=200, description="Customer phone number, any spelling")
@@ -67,3 +68,21 @@ class MessageOut(BaseModel):
     pricing: dict[str, Any] | None = Field(description="Meta's `pricing` from status webhooks")
     created_at: datetime = Field(description="When the gate recorded the send, before it left")
     history: list[EventOut] = Field(description="Every status, oldest first")
+
+
+class GraphErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    message: str = Field(description="`(#code) text`", examples=["(#131047) Re-engagement message"])
+    type: str | None = Field(None, description="Meta's error type", examples=["OAuthException"])
+    code: int = Field(description="Meta's error code: branch on this", examples=[131047])
+    error_data: dict[str, Any] | None = Field(
+        None, description="`{messaging_product, details}`", examples=[{"details": "…"}]
+    )
+    fbtrace_id: str | None = Field(None, description="Meta's trace id (the gate's own start with WG)")
+
+
+class GraphErrorOut(BaseModel):
+    """An error as Meta's Graph API writes it: Meta's own, or the gate's refusal in Meta's terms."""
+
+    error: GraphErrorDetail = Field(description="Meta's error object")

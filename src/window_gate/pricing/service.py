@@ -322,6 +322,8 @@ def report_period(from_date: date | None, to_date: date | None, now: datetime) -
     """Defaults: the current calendar month (UTC) up to today."""
     today = now.astimezone(UTC).date()
     start, end = from_date or today.replace(day=1), to_date or today
+    if end == date.max:  # the report counts up to the next midnight, which Python's dates lack
+        raise ValidationFailed(f"`to` must be before {date.max.isoformat()}")
     if start > end:
         raise ValidationFailed("`from` is after `to`", **{"from": start.isoformat(), "to": end.isoformat()})
     if (end - start).days >= MAX_REPORT_DAYS:

@@ -1,9 +1,11 @@
 """What the template endpoints take and answer."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from window_gate.inputs import META_ID
 
 EXAMPLE_PN = "106540352242922"
 EXAMPLE_WABA = "102290129340398"
@@ -80,7 +82,7 @@ class TemplatePage(BaseModel):
 
 
 class SyncIn(BaseModel):
-    waba_ids: list[str] | None = Field(
+    waba_ids: list[Annotated[str, Field(pattern=META_ID)]] | None = Field(
         None,
         max_length=100,
         description="Only these accounts (default: WINDOW_GATE_WABA_IDS plus every account learnt from "
@@ -117,7 +119,7 @@ class TemplateSendIn(BaseModel):
     )
 
     phone_number_id: str = Field(
-        min_length=1, max_length=64, description="Business number to send from", examples=[EXAMPLE_PN]
+        pattern=META_ID, description="Business number to send from (digits)", examples=[EXAMPLE_PN]
     )
     to: str = Field(
         min_length=1,
