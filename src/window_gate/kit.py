@@ -1,6 +1,7 @@
 """What every endpoint shares: the process state and the caller."""
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
@@ -28,6 +29,7 @@ class Gate:
     policy: Policy
     auth: Authenticator
     graph: GraphClient
+    background: "set[asyncio.Task[None]]" = field(default_factory=set)  # best-effort work; ends with the app
 
 
 def gate(request: Request) -> Gate:
