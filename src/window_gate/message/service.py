@@ -58,6 +58,9 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     phone_number_id = str(body.pop("phone_number_id"))
     caller.require(Role.SEND, phone_number_id)
     kind = str(body.get("type") or "text")
+    if body.get("to") is not None and body.get("recipient") is not None:
+        # Meta would get both, and the gate checks one window: which customer it reaches is not ours to guess.
+        raise ValidationFailed("give `to` (phone number) or `recipient` (BSUID), not both")
     to = body.get("to") or body.get("recipient")
     if not isinstance(to, str) or not to:
         raise ValidationFailed("`to` (phone number) or `recipient` (BSUID) is required")
