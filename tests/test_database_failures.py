@@ -7,6 +7,8 @@ decided"; the outcome is recorded once the database is back, and a retry with th
 """
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,12 +37,14 @@ class Broken:
     gate: Gate
 
 
-@pytest.fixture
-async def broken(database_url: str, meta: Meta) -> AsyncIterator[Broken]:
+@contextlib.asynccontextmanager
+async def running(database_url: str, meta: Meta, **settings: object) -> AsyncIterator[Broken]:
     """The app, its default database bounds, its database behind a proxy; a key on the client."""
     async with proxy_for(database_url) as (proxy, url):
-        settings = load_settings(database_url=url, sandbox=True, graph_timeout_seconds=1, db_pool_size=3)
-        app = create_app(settings, httpx.MockTransport(meta))
+        overrides = {"graph_timeout_seconds": 1, "db_pool_size": 3, **settings}
+        app = create_app(
+            load_settings(database_url=url, sandbox=True, **overrides), httpx.MockTransport(meta)
+        )
         try:
             async with LifespanManager(app) as manager:
                 transport = httpx.ASGITransport(app=manager.app)
@@ -59,6 +63,12 @@ async def broken(database_url: str, meta: Meta) -> AsyncIterator[Broken]:
                 for table in TABLES:
                     await conn.execute(text(f"DELETE FROM {table}"))
             await engine.dispose()
+
+
+@pytest.fixture
+async def broken(database_url: str, meta: Meta) -> AsyncIterator[Broken]:
+    async with running(database_url, meta) as app:
+        yield app
 
 
 def post_webhook(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
@@ -213,24 +223,40 @@ async def test_database_gone_after_meta_refused_or_was_silent_answers_504_unknow
 
 
 async def test_retry_of_a_send_pending_past_the_upstream_timeout_answers_unknown_at_once(
-    broken: Broken,
+    database_url: str, meta: Meta
 ) -> None:
-    # A process that died between Meta and its final write (or whose database failed then, and never came
-    # back for it) leaves the record pending: a retry must not wait out another upstream timeout.
-    client = broken.client
-    await open_window(client)
-    first = await client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": "k1"})
-    assert first.status_code == 201
-    async with broken.gate.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE messages SET status = 'pending', response = NULL, response_status = NULL, "
-                "created_at = now() - interval '1 minute'"
+    # A process that died between Meta and its final write (or whose database failed then and never came
+    # back for it) leaves the record pending: a retry must not wait out another upstream timeout (here
+    # 10 s, +5) for it, nor for the chore that turns it unknown (after 35 s, every 10 s).
+    async with running(database_url, meta, graph_timeout_seconds=10) as app:
+        client = app.client
+        await open_window(client)
+        first = await client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 201
+        async with app.gate.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE messages SET status = 'pending', response = NULL, response_status = NULL, "
+                    "created_at = now() - interval '20 seconds'"
+                )
             )
+        again, seconds = await timed(
+            client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": "k1"})
         )
-    again, seconds = await timed(
-        client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": "k1"})
-    )
-    problem = assert_problem(again, 504, "upstream_timeout")
-    assert (problem["id"], problem["message_status"]) == (first.json()["id"], "unknown")
-    assert seconds < 1
+        problem = assert_problem(again, 504, "upstream_timeout")
+        assert problem["id"] == first.json()["id"]
+        assert seconds < 1
+        # Still in flight (recorded just now): the retry waits for the first request's answer, as before.
+        async with app.gate.engine.begin() as conn:
+            await conn.execute(text("UPDATE messages SET created_at = now()"))
+        waiting = asyncio.create_task(
+            client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": "k1"})
+        )
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        async with app.gate.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE messages SET response = CAST(:r AS jsonb), response_status = 201"),
+                {"r": json.dumps({k: v for k, v in first.json().items()})},
+            )
+        assert (await waiting).json() == first.json()
