@@ -1,9 +1,9 @@
 """How long the gate takes to answer while its database hangs (accepts connections, answers nothing).
 
-    ./dev run python -m bench.hung_database [--database-url postgresql://postgres@127.0.0.1:5432/DB] [--rounds 5]
+    ./dev run python -m bench.hung_database [--database-url postgresql://…/DB] [--rounds 5] [--db-timeout S]
 
-The app runs in-process with its default settings (DB_TIMEOUT_SECONDS 2) against a migrated database,
-behind tests/dbproxy.py; each request is asked once healthy, then `rounds` times hung. Prints the answer
+The app runs in-process with its default settings (DB_TIMEOUT_SECONDS 5 unless given) against a migrated
+database, behind tests/dbproxy.py; each request is asked once healthy, then `rounds` times hung. Prints the answer
 times (min / median / max) and the status codes seen, then checks that the same app recovers.
 """
 
@@ -43,7 +43,7 @@ def requests(client: httpx.AsyncClient) -> dict[str, Callable[[], Awaitable[http
     }
 
 
-async def main(admin_url: str, rounds: int) -> None:
+async def main(admin_url: str, rounds: int, db_timeout: float | None) -> None:
     name = f"window_gate_hung_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -51,7 +51,8 @@ async def main(admin_url: str, rounds: int) -> None:
     try:
         await asyncio.to_thread(db.upgrade, url)
         async with proxy_for(url) as (proxy, proxied):
-            app = create_app(load_settings(database_url=proxied, sandbox=True))
+            bound = {"db_timeout_seconds": db_timeout} if db_timeout else {}
+            app = create_app(load_settings(database_url=proxied, sandbox=True, **bound))
             async with LifespanManager(app) as manager:
                 transport = httpx.ASGITransport(app=manager.app)
                 async with httpx.AsyncClient(
@@ -88,5 +89,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--db-timeout", type=float, help="WINDOW_GATE_DB_TIMEOUT_SECONDS (default: the default)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.database_url, args.rounds))
+    asyncio.run(main(args.database_url, args.rounds, args.db_timeout))

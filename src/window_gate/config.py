@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(5.0, ge=0)
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(
-        2.0,
+        5.0,
         gt=0,
         le=600,
         description="Longest a request waits on the database for one call (queue, connect, statement); "
