@@ -1,8 +1,11 @@
 """The database plumbing of the hot paths: one SQL text for both roads (db.Statement), callers queued in
-arrival order (db.HotPool), group commit (db.Coalescer: who waits, who goes together, who gets which
-answer or error)."""
+arrival order within a bound (db.HotPool), group commit (db.Coalescer: who waits, who goes together, who
+gets which answer or error)."""
 
 import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,27 +20,49 @@ def test_statement_numbers_each_name_once_and_leaves_casts_and_literals() -> Non
 
 
 class SlowPool:
-    """Stands in for asyncpg's pool: remembers the order statements start in and how many run at once."""
+    """Stands in for asyncpg's pool (and its connections): remembers the order statements start in and
+    how many run at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.01) -> None:
         self.started: list[str] = []
         self.running = self.most = 0
+        self.delay = delay
+        self.terminated = 0
+
+    def terminate(self) -> None:
+        self.terminated += 1
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator["SlowPool"]:
+        yield self
 
     async def fetch(self, query: str, *_: object) -> list[Any]:
         self.started.append(query)
         self.running += 1
         self.most = max(self.most, self.running)
-        await asyncio.sleep(0.01)
-        self.running -= 1
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.running -= 1
         return []
 
 
 async def test_hot_pool_runs_at_most_its_size_at_once_in_arrival_order() -> None:
     pool = SlowPool()
-    hot = HotPool(pool, 2)
+    hot = HotPool(pool, 2, timeout=5)
     await asyncio.gather(*(hot.fetch(str(i)) for i in range(6)))
     assert pool.most == 2
     assert pool.started == [str(i) for i in range(6)]
+
+
+async def test_hot_pool_bounds_each_call_queue_included_and_drops_the_cut_off_connection() -> None:
+    pool = SlowPool(delay=60)  # a database that never answers
+    hot = HotPool(pool, 1, timeout=0.2)
+    start = time.monotonic()
+    outcomes = await asyncio.gather(*(hot.fetch(str(i)) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
+    assert time.monotonic() - start < 0.5  # the two queued callers waited no longer than the first
+    assert pool.started == ["0"] and pool.terminated == 1
 
 
 class Recorder:
@@ -47,11 +72,14 @@ class Recorder:
         self.groups: list[list[str]] = []
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()  # set by the first group
+        self.fail: Exception | None = None  # raised by every group, when set
 
     async def __call__(self, items: list[str]) -> list[str]:
         self.groups.append(items)
         self.entered.set()
         await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
         if "bad" in items:
             raise ValueError("bad item")
         return [item.upper() for item in items]
@@ -102,6 +130,18 @@ async def test_a_failed_group_is_run_again_item_by_item_each_caller_its_own_outc
     assert outcomes[:2] == ["A", "B"] and outcomes[3] == "C"
     assert isinstance(outcomes[2], ValueError)
     assert run.groups == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]]
+
+
+async def test_a_group_failed_by_an_unavailable_database_is_not_run_again_item_by_item() -> None:
+    # Each run would wait out the database's bound again: the last caller, once per item before it.
+    run, coalesce, first = await one_in_flight()
+    run.fail = TimeoutError("no answer")
+    rest = [asyncio.create_task(coalesce(x)) for x in "bcd"]
+    await asyncio.sleep(0)
+    run.gate.set()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
+    assert run.groups == [["a"], ["b", "c", "d"]]
 
 
 async def test_a_cancelled_caller_strands_nobody() -> None:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
@@ -55,6 +56,7 @@ from window_gate.window.rule import Policy
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 3600
+CHORE_TIMEOUT_SECONDS = 600
 
 
 def policy(settings: Settings) -> Policy:
@@ -73,8 +75,11 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(db.database_url, settings)
         transport = graph_transport or _in_process_sandbox(settings, app)
-        engine = db.make_engine(url, settings.db_pool_size)
-        hot = await db.make_hot_pool(url, settings.db_pool_size)
+        engine = db.make_engine(url, settings.db_pool_size, settings.db_timeout_seconds)
+        hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
+        # Chores are not answering anyone: one connection of their own, with a bound long enough for a
+        # large purge, so they neither take the requests' connections nor fail on their bound.
+        chores_engine = db.make_engine(url, 1, CHORE_TIMEOUT_SECONDS)
         http = httpx.AsyncClient(
             base_url=settings.graph_base_url,
             timeout=httpx.Timeout(
@@ -89,14 +94,17 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         record = db.Coalescer(functools.partial(windows.record_deliveries, hot))
         state = Gate(settings, engine, autocommit, hot, record, policy(settings), auth, graph)
         app.state.gate = state
-        chores = asyncio.create_task(_chores_forever(state))
+        chores = asyncio.create_task(_chores_forever(state, chores_engine))
         try:
             yield
         finally:
             chores.cancel()
+            for task in state.background:
+                task.cancel()
             await http.aclose()
             await hot.close()
             await engine.dispose()
+            await chores_engine.dispose()
 
     app = FastAPI(
         title="window_gate",
@@ -110,7 +118,10 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
-    app.add_exception_handler(OSError, _database_unavailable)
+    app.add_exception_handler(OSError, _database_unavailable)  # TimeoutError too: a call past its bound
+    # asyncpg's own view of a connection lost or broken mid-call (the hot pool; SQLAlchemy wraps them).
+    app.add_exception_handler(asyncpg.InterfaceError, _database_unavailable)
+    app.add_exception_handler(asyncpg.InternalClientError, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(asyncpg.PostgresError, _database_error)
     routers = (
@@ -136,16 +147,11 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     return app
 
 
-# SQLSTATE classes meaning "no usable database right now": connection, authorization, no such
-# database, too many clients, shutting down or starting up. asyncpg raises these as plain DBAPIError.
-UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "53", "57"})
-
-
 async def _database_error(request: Request, exc: Exception) -> Response:
     """SQLAlchemy's DBAPIError, or asyncpg's own error on the hot-path pool."""
     invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
     sqlstate = str(getattr(getattr(exc, "orig", exc), "sqlstate", None) or "")
-    if invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
+    if invalidated or sqlstate[:2] in db.UNAVAILABLE_SQLSTATE_CLASSES:
         return await _database_unavailable(request, exc)
     raise exc  # a bug, not an outage: a 500
 
@@ -182,14 +188,14 @@ async def _database_unavailable(_: Request, exc: Exception) -> Response:
     return problem_response(err.status, err.problem(), {"Retry-After": "1"})
 
 
-async def _chores_forever(state: Gate) -> None:
+async def _chores_forever(state: Gate, engine: AsyncEngine) -> None:
     """Sends left `pending` by a dead process become `unknown` (once surely past the upstream timeout);
     hourly, the retention purge. Idempotent statements: every replica may run them."""
     every = state.settings.graph_timeout_seconds
     last_purge = 0.0
     while True:
         try:
-            async with state.engine.begin() as conn:
+            async with engine.begin() as conn:
                 await messages.expire_pending(conn, state.settings.graph_timeout_seconds * 3 + 5)
                 if time.monotonic() - last_purge > PURGE_EVERY_SECONDS:
                     await webhooks.purge(conn, state.settings.webhook_retention_days)

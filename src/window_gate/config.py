@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
     api_key_cache_seconds: float = Field(5.0, ge=0)
     db_pool_size: int = Field(10, ge=1, le=200)
+    db_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Longest a request waits on the database for one call (queue, connect, statement); "
+        "past it the answer is 503 database_unavailable",
+    )
     graph_timeout_seconds: float = Field(10.0, gt=0, le=120)
     graph_max_connections: int = Field(100, ge=1)
     bootstrap_admin_key: bool = True

@@ -11,8 +11,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection, ExceptionContext, TextClause, event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from window_gate.config import Settings
 
@@ -39,15 +41,48 @@ def database_url(settings: Settings) -> str:
     return settings.database_url or embedded_url(settings.data_dir)
 
 
-def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+def make_engine(url: str, pool_size: int = 10, timeout: float | None = None) -> AsyncEngine:
+    """`timeout` bounds each call: the wait for a pooled connection, a connect, a statement (server-side
+    too, so a lock wait ends there). None: unbounded statements, for operators' commands."""
+    server_settings = {"application_name": "window_gate"}
+    if timeout is not None:
+        server_settings["statement_timeout"] = str(int(timeout * 1000))
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,  # overflow connections are opened and closed per burst: costly, so none
-        pool_timeout=5,
+        pool_timeout=timeout or 5,
         pool_pre_ping=False,
-        connect_args={"server_settings": {"application_name": "window_gate"}, "timeout": 5},
+        connect_args={
+            "server_settings": server_settings,
+            "timeout": timeout or 5,
+            "command_timeout": timeout,
+        },
     )
+    event.listen(engine.sync_engine, "handle_error", _drop_timed_out)
+    event.listen(engine.sync_engine, "checkout", _not_if_closed)
+    return engine
+
+
+def _not_if_closed(_: object, record: ConnectionPoolEntry, __: object) -> None:
+    """A pooled connection the server closed meanwhile (restart, failover, network) is replaced before use
+    rather than failing its request: asyncpg already knows, no round trip (unlike pool_pre_ping)."""
+    driver = record.driver_connection
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("connection closed while pooled")
+
+
+def _drop_timed_out(context: ExceptionContext) -> None:
+    """A statement that timed out leaves its connection mid-protocol: it is dropped at once. Left to
+    SQLAlchemy, a rollback or a graceful close would each wait on the silent server again (2 s apiece)."""
+    if not isinstance(context.original_exception, TimeoutError):
+        return
+    context.is_disconnect = True
+    context.invalidate_pool_on_disconnect = False  # one slow statement says nothing of the others
+    if context.connection is not None:
+        driver = context.connection.connection.driver_connection
+        if driver is not None:
+            driver.terminate()
 
 
 class HotPool:
@@ -56,20 +91,32 @@ class HotPool:
     asyncpg hands a freed connection to whoever asks next, so a caller already waiting can be overtaken
     again and again: under load that was most of the window check's p99 (bench/). A fair semaphore of the
     pool's size queues callers in arrival order instead; the pool itself then never makes anyone wait.
+
+    Each call has one deadline for its turn, the connect and the statement: past it, TimeoutError (the
+    app answers 503), whether the database is slow, hung or the queue long.
     """
 
-    def __init__(self, pool: Any, size: int) -> None:
+    def __init__(self, pool: Any, size: int, timeout: float) -> None:
         self.pool = pool
         self.turns = asyncio.Semaphore(size)
+        self.timeout = timeout
 
     async def fetch(self, query: str, *args: object) -> list[Any]:
-        async with self.turns:
-            rows: list[Any] = await self.pool.fetch(query, *args)
-            return rows
+        rows: list[Any] = await self._call("fetch", query, args)
+        return rows
 
     async def fetchrow(self, query: str, *args: object) -> Any:
-        async with self.turns:
-            return await self.pool.fetchrow(query, *args)
+        return await self._call("fetchrow", query, args)
+
+    async def _call(self, method: str, query: str, args: tuple[object, ...]) -> Any:
+        async with asyncio.timeout(self.timeout), self.turns, self.pool.acquire() as conn:
+            try:
+                return await getattr(conn, method)(query, *args)
+            except (TimeoutError, asyncio.CancelledError):
+                # Cut off mid-statement (deadline, cancelled caller): asyncpg would wait on a possibly
+                # silent server to cancel it before reuse. Dropped instead; the pool connects anew.
+                conn.terminate()
+                raise
 
     async def close(self) -> None:
         await self.pool.close()
@@ -140,9 +187,29 @@ class Coalescer(Generic[T, R]):
         try:
             return list(await self.run(items))
         except Exception as exc:
-            if len(items) == 1:
-                return [exc]
+            # Item by item finds the one bad item; it cannot help when the database itself is not
+            # answering, and would make the last caller wait out the bound once per item before it.
+            if len(items) == 1 or unavailable(exc):
+                return [exc] * len(items)
             return [outcome for item in items for outcome in await self._outcomes([item])]
+
+
+def unavailable(exc: BaseException) -> bool:
+    """The database did not answer in time or the connection broke: nothing about the statement itself."""
+    import asyncpg
+
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        exc = exc.orig or exc
+    return isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError) or (
+        str(getattr(exc, "sqlstate", "") or "")[:2] in UNAVAILABLE_SQLSTATE_CLASSES
+    )
+
+
+# SQLSTATE classes meaning "no usable database right now": connection, authorization, no such
+# database, too many clients, shutting down or starting up, a statement past its timeout (57014).
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "53", "57"})
 
 
 def _settle(future: "asyncio.Future[R]", outcome: "R | BaseException") -> None:
@@ -154,9 +221,10 @@ def _settle(future: "asyncio.Future[R]", outcome: "R | BaseException") -> None:
         future.set_result(outcome)
 
 
-async def make_hot_pool(url: str, size: int) -> HotPool:
+async def make_hot_pool(url: str, size: int, bound: float) -> HotPool:
     """The hot paths (window lookups, API keys, webhook ingest, free sends) go to asyncpg directly: about
-    a third of SQLAlchemy's client CPU per statement (measured in bench/). Connects lazily, like the engine."""
+    a third of SQLAlchemy's client CPU per statement (measured in bench/). Connects lazily, like the engine.
+    `bound` (seconds) limits each call (HotPool); asyncpg's own bounds also end its cancel requests."""
     import asyncpg
 
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -164,13 +232,18 @@ async def make_hot_pool(url: str, size: int) -> HotPool:
         dsn,
         min_size=0,
         max_size=size,
-        timeout=5,
-        # Its statements take arrays (unnest): PostgreSQL would re-plan them on every call; the generic plan
-        # is the same index walk at a quarter of the server CPU (measured in bench/).
-        server_settings={"application_name": "window_gate", "plan_cache_mode": "force_generic_plan"},
+        timeout=bound,
+        command_timeout=bound,
+        server_settings={
+            "application_name": "window_gate",
+            # Its statements take arrays (unnest): PostgreSQL would re-plan them on every call; the generic
+            # plan is the same index walk at a quarter of the server CPU (measured in bench/).
+            "plan_cache_mode": "force_generic_plan",
+            "statement_timeout": str(int(bound * 1000)),
+        },
         reset=_keep_session,
     )
-    return HotPool(pool, size)
+    return HotPool(pool, size, bound)
 
 
 async def _keep_session(_: Any) -> None:

@@ -1,6 +1,7 @@
 """What every endpoint shares: the process state. (The caller: apikey/access.py.)"""
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from fastapi import Request, Response
 from pydantic import BaseModel
@@ -26,6 +27,7 @@ class Gate:
     policy: Policy
     auth: Authenticator
     graph: GraphClient
+    background: "set[asyncio.Task[None]]" = field(default_factory=set)  # best-effort work; ends with the app
 
 
 def gate(request: Request) -> Gate:

@@ -33,7 +33,8 @@ ADD_EVENT = text(
     "INSERT INTO message_events (message_id, status, at, detail) VALUES (:id, :status, :at, CAST(:detail AS jsonb))"
 )
 # A status webhook may overtake Meta's synchronous answer: the answer is stored either way, and the status
-# only moves when nothing later is known yet.
+# only moves when nothing later is known yet. Written once: a retried write whose first try committed
+# unseen (the connection broke after the commit) changes nothing.
 FINISH = Statement(
     """
 WITH u AS (
@@ -41,16 +42,18 @@ WITH u AS (
          graph_message_id = COALESCE(graph_message_id, :graph_message_id), recipient_wa_id = :wa_id,
          error = COALESCE(error, CAST(:error AS jsonb)), response_status = :response_status,
          response = CAST(:response AS jsonb), updated_at = now()
-  WHERE id = :id
+  WHERE id = :id AND response IS NULL
   RETURNING id
 )
 INSERT INTO message_events (message_id, status, at, detail) SELECT id, :status, :at, CAST(:error AS jsonb) FROM u
+RETURNING message_id
 """
 )
+# `age` by the database's clock, the same for every replica.
 BY_IDEMPOTENCY_KEY = text(
     "SELECT id, request_hash, status, response_status, response, graph_message_id, recipient_input, "
-    'recipient_wa_id, "window" FROM messages '
-    "WHERE api_key_id = :api_key_id AND idempotency_key = :idempotency_key"
+    'recipient_wa_id, "window", extract(epoch FROM clock_timestamp() - created_at)::float8 AS age '
+    "FROM messages WHERE api_key_id = :api_key_id AND idempotency_key = :idempotency_key"
 )
 BY_ID = text("SELECT * FROM messages WHERE id = :id")
 EVENTS = text("SELECT status, at, detail FROM message_events WHERE message_id = :id ORDER BY id")
@@ -88,6 +91,7 @@ class Previous:
     recipient_input: str
     recipient_wa_id: str | None
     window: dict[str, Any] | None
+    age: float  # seconds since it was recorded
 
 
 def _json(value: object) -> str | None:
@@ -149,20 +153,24 @@ async def finish(
     error: object = None,
     response_status: int,
     response: object,
-) -> None:
-    """Meta's synchronous answer (or its absence): the final word of this request."""
-    await FINISH.run(
-        conn,
-        {
-            "id": id,
-            "status": status,
-            "graph_message_id": graph_message_id,
-            "wa_id": wa_id,
-            "error": _json(error),
-            "response_status": response_status,
-            "response": _json(response),
-            "at": at,
-        },
+) -> bool:
+    """Meta's synchronous answer (or its absence): the final word of this request. False when it was
+    already written."""
+    return (
+        await FINISH.run(
+            conn,
+            {
+                "id": id,
+                "status": status,
+                "graph_message_id": graph_message_id,
+                "wa_id": wa_id,
+                "error": _json(error),
+                "response_status": response_status,
+                "response": _json(response),
+                "at": at,
+            },
+        )
+        is not None
     )
 
 

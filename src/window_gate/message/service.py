@@ -7,8 +7,9 @@ left `pending` by a dead process becomes `unknown` and is never re-sent blindly.
 import asyncio
 import functools
 import hashlib
-import time
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ MARKETING = "MARKETING"
 DELIVERED = {"sent", "delivered", "read"}
 UNKNOWN = "unknown"  # the request may have reached Meta: never re-sent  # statuses only Meta's webhooks set
 OPAQUE_PREFIX = "wg:"  # biz_opaque_callback_data = "wg:<message id>": status webhooks find the record
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,9 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     phone_number_id = str(body.pop("phone_number_id"))
     caller.require(Role.SEND, phone_number_id)
     kind = str(body.get("type") or "text")
+    if body.get("to") is not None and body.get("recipient") is not None:
+        # Meta would get both, and the gate checks one window: which customer it reaches is not ours to guess.
+        raise ValidationFailed("give `to` (phone number) or `recipient` (BSUID), not both")
     to = body.get("to") or body.get("recipient")
     if not isinstance(to, str) or not to:
         raise ValidationFailed("`to` (phone number) or `recipient` (BSUID) is required")
@@ -142,33 +147,41 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         """Meta refused the send, or was silent: the record's final word, in one transaction. A send that
         surely did not leave gives its budget back; Meta's verdicts on the window and template are kept."""
         err.context["id"] = str(message_id)
-        async with gate.engine.begin() as conn:
-            await repository.finish(
-                conn,
-                message_id,
-                status=status,
-                at=window_service.now(),
-                error=error,
-                response_status=err.status,
-                response=err.problem(),
-            )
-            if status != UNKNOWN:
-                await pricing.release(
+        at = window_service.now()
+        problem = err.problem()
+
+        async def write() -> None:
+            async with gate.engine.begin() as conn:
+                finished = await repository.finish(
                     conn,
-                    phone_number_id=phone_number_id,
-                    api_key_id=caller.id,
-                    amount=estimate.amount,
-                    at=now,
+                    message_id,
+                    status=status,
+                    at=at,
+                    error=error,
+                    response_status=err.status,
+                    response=problem,
                 )
-            if refusal is not None and refusal.code == RE_ENGAGEMENT:  # Meta's word beats ours
-                customer_id = await customers.link(
-                    conn, window.customer.wa_id, window.customer.user_id, "send"
-                )
-                await windows.record_verdicts(
-                    conn, [windows.Verdict(phone_number_id, customer_id, window_service.now(), None)]
-                )
-            if refusal is not None and refusal.code and kind == TEMPLATE:
-                await templates.learn_from_meta_error(conn, phone_number_id, body[TEMPLATE], refusal.code)
+                if not finished:  # an earlier try committed unseen: the rest is done too
+                    return
+                if status != UNKNOWN:
+                    await pricing.release(
+                        conn,
+                        phone_number_id=phone_number_id,
+                        api_key_id=caller.id,
+                        amount=estimate.amount,
+                        at=now,
+                    )
+                if refusal is not None and refusal.code == RE_ENGAGEMENT:  # Meta's word beats ours
+                    customer_id = await customers.link(
+                        conn, window.customer.wa_id, window.customer.user_id, "send"
+                    )
+                    await windows.record_verdicts(
+                        conn, [windows.Verdict(phone_number_id, customer_id, at, None)]
+                    )
+                if refusal is not None and refusal.code and kind == TEMPLATE:
+                    await templates.learn_from_meta_error(conn, phone_number_id, body[TEMPLATE], refusal.code)
+
+        await _final_word(gate, message_id, write, OUTCOMES[status].format(code=err.code))
         return err
 
     try:
@@ -194,26 +207,90 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         pricing_estimate=pricing.estimate_out(estimate),
     )
     response = {**out.model_dump(mode="json"), "meta": answer}
-    await repository.finish(
-        gate.hot,
-        message_id,
-        status="accepted",
-        at=window_service.now(),
-        graph_message_id=wamid,
-        wa_id=wa_id,
-        response_status=201,
-        response=response,
-    )
+    at = window_service.now()
+
+    async def accepted() -> None:
+        await repository.finish(
+            gate.hot,
+            message_id,
+            status="accepted",
+            at=at,
+            graph_message_id=wamid,
+            wa_id=wa_id,
+            response_status=201,
+            response=response,
+        )
+
+    await _final_word(gate, message_id, accepted, f"Meta accepted it as {wamid}", graph_message_id=wamid)
     if wa_id and ref.wa_id and wa_id != ref.wa_id:
-        # Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it.
-        async with gate.engine.begin() as conn:
-            await customers.link(conn, wa_id, None, "send", aliases=[ref.wa_id])
+        # Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it. Only
+        # a shortcut for later lookups: the send is recorded, so its failure does not change the answer.
+        try:
+            async with gate.engine.begin() as conn:
+                await customers.link(conn, wa_id, None, "send", aliases=[ref.wa_id])
+        except Exception:
+            log.warning("alias %s → %s not learnt", ref.wa_id, wa_id, exc_info=True)
     return Sent(out, answer)
 
 
+# What the gate knows of a send whose outcome it could not record, by the status it meant to record.
+OUTCOMES = {
+    "failed": "Meta refused it ({code})",
+    UNKNOWN: "Meta did not answer",
+    "not_sent": "Meta could not be reached",
+}
+# Past Meta's timeout, a request still `pending` is not waiting for Meta any more: its process died, or the
+# database failed as it wrote the outcome.
+IN_FLIGHT_SLACK_SECONDS = 5
+FINAL_WORD_RETRIES = (0.2, 0.5, 1, 2, 5, 10, 30, 60, 60, 60, 60, 60)  # about 6 minutes
+
+
+async def _final_word(
+    gate: Gate,
+    message_id: uuid.UUID,
+    write: Callable[[], Awaitable[None]],
+    outcome: str,
+    graph_message_id: str | None = None,
+) -> None:
+    """Record the outcome of a request that has left for Meta. If the database fails now, "nothing was
+    decided" (503) would be false and invite a second send: the answer is 504, outcome unknown, with the
+    gate's id; the write is retried in the background, so a retry with the same Idempotency-Key soon finds
+    the real outcome (a process that dies first leaves the record `pending`, later `unknown`, and Meta's
+    status webhooks still find it by its id)."""
+    try:
+        await write()
+    except Exception as exc:
+        log.warning("send %s: outcome not recorded (%r); retrying in the background", message_id, exc)
+        task = asyncio.create_task(_retry(write, message_id))
+        gate.background.add(task)
+        task.add_done_callback(gate.background.discard)
+        raise UpstreamTimeout(
+            f"the message left for Meta ({outcome}) but the gate could not record the outcome: it is unknown "
+            f"for now and is not re-sent; GET /v1/messages/{message_id} (or a retry with the same "
+            "Idempotency-Key) shows it once recorded",
+            id=str(message_id),
+            message_status=UNKNOWN,  # `status` is the HTTP status in a problem
+            **({"graph_message_id": graph_message_id} if graph_message_id else {}),
+        ) from None
+
+
+async def _retry(write: Callable[[], Awaitable[None]], message_id: uuid.UUID) -> None:
+    for delay in FINAL_WORD_RETRIES:
+        await asyncio.sleep(delay)
+        try:
+            await write()
+        except Exception as exc:
+            log.debug("send %s: outcome still not recorded (%r)", message_id, exc)
+        else:
+            log.info("send %s: outcome recorded after all", message_id)
+            return
+    log.warning("send %s: outcome never recorded; it stays pending, then unknown", message_id)
+
+
 async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> Sent | None:
-    """The first answer given for this Idempotency-Key, waiting while that request is still in flight."""
-    deadline = time.monotonic() + gate.settings.graph_timeout_seconds + 5
+    """The first answer given for this Idempotency-Key, waiting while that request may still be in flight:
+    a record `pending` for longer than Meta's timeout (and a little) is answered as unknown at once."""
+    in_flight = gate.settings.graph_timeout_seconds + IN_FLIGHT_SLACK_SECONDS
     while True:
         async with gate.autocommit.connect() as conn:
             previous = await repository.by_idempotency_key(conn, caller.id, key)
@@ -244,9 +321,11 @@ async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> 
                 "messages": [{"id": previous.graph_message_id}],
             }
             return Sent(out, meta)
-        if previous.status != "pending" or time.monotonic() > deadline:
+        if previous.status != "pending" or previous.age > in_flight:
             raise UpstreamTimeout(
                 "the first request with this Idempotency-Key has no known outcome; it is not re-sent",
                 id=str(previous.id),
+                message_status=UNKNOWN,  # `status` is the HTTP status in a problem
+                **({"graph_message_id": previous.graph_message_id} if previous.graph_message_id else {}),
             )
         await asyncio.sleep(0.05)
