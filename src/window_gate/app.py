@@ -5,6 +5,7 @@ import contextlib
 import functools
 import logging
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -26,6 +27,7 @@ from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
 from window_gate.errors import DatabaseUnavailable, PayloadTooLarge, install_error_handlers, problem_response
 from window_gate.graph.client import GraphClient
+from window_gate.graph.transport import GraphTransport
 from window_gate.health.endpoints import router as health_router
 from window_gate.kit import Gate
 from window_gate.message import repository as messages
@@ -62,7 +64,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(db.database_url, settings)
-        transport = graph_transport or _in_process_sandbox(settings, app)
+        transport = graph_transport or _in_process_sandbox(settings, app) or _graph_pool(settings)
         engine = db.make_engine(url, settings.db_pool_size)
         hot = await db.make_hot_pool(url, settings.db_pool_size)
         http = httpx.AsyncClient(
@@ -133,6 +135,14 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     if invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
         return await _database_unavailable(request, exc)
     raise exc  # a bug, not an outage: a 500
+
+
+def _graph_pool(settings: Settings) -> httpx.AsyncBaseTransport | None:
+    """Our pool, O(1) per request under a burst (graph/transport.py); httpx's own where the environment
+    names a proxy (HTTPS_PROXY…), which only httpx's pool speaks."""
+    if urllib.request.getproxies():
+        return None
+    return GraphTransport(settings.graph_max_connections)
 
 
 def _in_process_sandbox(settings: Settings, app: FastAPI) -> httpx.AsyncBaseTransport | None:
