@@ -1,6 +1,7 @@
 """The Graph API's connection pool (graph/transport.py) against a real HTTP/1.1 server on a socket."""
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ from tests.conftest import TABLES
 from tests.upstream import open_window, text_message
 from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
-from window_gate.app import create_app
+from window_gate.app import _graph_pool, create_app
 from window_gate.config import SANDBOX_APP_SECRET, load_settings
 from window_gate.graph.transport import GraphTransport
 
@@ -203,3 +204,15 @@ async def test_the_service_sends_through_at_most_graph_max_connections(
     assert serving.peak == 3
     assert serving.connections == 3
     assert looks.count <= 2 * 12  # this pool, not httpx's
+
+
+def test_a_proxy_in_the_environment_keeps_httpx_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only httpx's pool speaks to proxies: with HTTPS_PROXY set, the Graph client keeps it (and its
+    cost under a burst) rather than bypass the proxy."""
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(sandbox=True, graph_max_connections=7)
+    pool = _graph_pool(settings)
+    assert isinstance(pool, GraphTransport) and pool.limit == 7
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert _graph_pool(settings) is None

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(5.0, ge=0)
     db_pool_size: int = Field(10, ge=1, le=200)
     graph_timeout_seconds: float = Field(10.0, gt=0, le=120)
-    graph_max_connections: int = Field(100, ge=1)
+    graph_max_connections: int = Field(
+        100, ge=1, description="Connections to the Graph API per worker; sends beyond them wait their turn"
+    )
     bootstrap_admin_key: bool = True
     rate_card: str | None = Field(
         None,

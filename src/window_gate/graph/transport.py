@@ -57,7 +57,10 @@ class GraphTransport(httpx.AsyncBaseTransport):
     """At most `limit` requests in flight (and as many connections), the others waiting their turn for
     no longer than the request's pool timeout (then httpx.PoolTimeout: nothing was sent)."""
 
-    def __init__(self, limit: int, keepalive_expiry: float = 5.0, ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self, limit: int, keepalive_expiry: float = 5.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.limit = limit
         self.turns = asyncio.Semaphore(limit)
         self.keepalive_expiry = keepalive_expiry
         self.ssl_context = ssl_context or httpx.create_ssl_context()
