@@ -2,7 +2,7 @@
 references.
 
     ./dev run python -m bench.run [--workers 2] [--duration 12] [--rounds 3] [--set NAME=VALUE]
-                                  [--only window,webhook,send]
+                                  [--only window,webhook,send,burst] [--burst 50,500] [--upstream-delay-ms 300]
 
 Creates a scratch database on the local PostgreSQL, migrates it, seeds 100,000 windows (for sends also
 10,000 open ones and a month of earlier sends, in the service's tables and the reference's), starts
@@ -11,7 +11,9 @@ them with wrk (bench/load.lua): window checks in paired rounds (reference, then 
 round counts), then signed webhook deliveries of 1 and of 100 new messages, then free-form sends
 (POST /v1/messages, text, to seeded customers whose window is open; no Idempotency-Key) in paired
 rounds against bench/reference_send.py, both sending to bench/upstream.py (a minimal Graph API
-stand-in in its own uvicorn process) with the service out of sandbox mode. Meanwhile it reads /proc
+stand-in in its own uvicorn process) with the service out of sandbox mode; then the same sends in bursts:
+one worker, an upstream that answers after 300 ms, 50 and then 500 connections in each round, for the
+gate's CPU time per send at each (it must not grow with the crowd). Meanwhile it reads /proc
 for each worker's RSS and for the CPU time of the server, of its PostgreSQL backends and of any other
 process (the machine may be shared). Prints a markdown table with a verdict per target, writes
 bench/results/<time>.json, stops both servers and drops the database. Needs wrk (`apt-get install -y wrk`).
@@ -92,13 +94,23 @@ SEND_BODY = (
     '"text": {"body": "Your order has shipped"}}'
 )
 UPSTREAM_WORKERS = 1
-SCENARIOS = ("window", "webhook", "send")
-TARGETS = {"ratio_rps": 0.60, "ratio_p99": 2.0, "single_per_s": 2_000, "batch_messages_per_s": 10_000}
+SCENARIOS = ("window", "webhook", "send", "burst")
+TARGETS = {
+    "ratio_rps": 0.60,
+    "ratio_p99": 2.0,
+    "single_per_s": 2_000,
+    "batch_messages_per_s": 10_000,
+    "burst_cpu_ratio": 1.5,  # gate CPU per send at the largest burst over that at the smallest
+}
+BURST_WORKERS = 1  # one process: its CPU time per send is the figure, undiluted by uvicorn's accept balance
+BURST_WRK_TIMEOUT = "30s"  # a slow burst must finish its requests, not turn them into wrk timeouts
 RSS_LIMIT_MIB = 200
 SETTLED = (
     "SELECT (SELECT count(*) FROM inbound_messages), sessions FROM pg_stat_database "
     "WHERE datname = current_database()"
 )
+ACCEPTED = "SELECT count(*) FROM messages WHERE status = 'accepted'"
+IDLE_TICKS = 1  # CPU ticks in half a second (2 %) of a server with nothing left to answer
 _SERIES = itertools.count(10)  # numbers the body files, so that no message id repeats across them
 # With few keep-alive connections one uvicorn worker may accept nearly all of them: measure again.
 MIN_BALANCE, ATTEMPTS = 0.5, 3
@@ -130,6 +142,7 @@ class Result:
     connections_opened: int = 0  # new PostgreSQL sessions during the load: pool churn
     balance: float = 1.0  # CPU of the least busy worker / of the busiest: uvicorn's accept is first come
     upstream_cpu_ms: float = 0.0  # CPU time per request of the Graph API stand-in (sends only)
+    sends: int | None = None  # sends accepted, idle to idle (bursts: the CPU figures are per send)
     attempt: int = 1
     rss_mib: dict[int, float] = field(default_factory=dict)  # worker pid → max RSS
 
@@ -152,6 +165,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument(
+        "--burst",
+        default="50,500",
+        help="burst: comma-separated concurrent sends (wrk connections) per round",
+    )
+    parser.add_argument(
+        "--upstream-delay-ms", type=int, default=300, help="burst: how long the upstream takes to answer"
+    )
+    parser.add_argument(
         "--admin-url",
         default=os.environ.get("WINDOW_GATE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"),
         help="a PostgreSQL database to connect to for CREATE/DROP DATABASE",
@@ -168,6 +189,12 @@ def main() -> None:
     if not only or only - set(SCENARIOS):
         parser.error(f"--only takes some of {', '.join(SCENARIOS)}")
     args.only = [name for name in SCENARIOS if name in only]
+    try:
+        args.burst = sorted({int(n) for n in args.burst.split(",") if n.strip()})
+    except ValueError:
+        args.burst = []
+    if not args.burst or min(args.burst) < 1:
+        parser.error("--burst takes comma-separated connection counts, e.g. 50,500")
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is missing; install it with `apt-get install -y wrk`")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
@@ -181,7 +208,8 @@ def main() -> None:
         started = time.monotonic()
         url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         db.upgrade(url)
-        key, send_key = asyncio.run(_seed(url, "send" in args.only))
+        sends = "send" in args.only or "burst" in args.only
+        key, send_key = asyncio.run(_seed(url, sends))
         print(f"bench: database {name} migrated and seeded in {time.monotonic() - started:.1f} s", flush=True)
 
         tmp = args.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wg-bench-")))
@@ -199,6 +227,7 @@ def main() -> None:
         service_env = env | overrides
         results: list[Result] = []
         rounds: dict[str, list[tuple[Result, Result]]] = {}
+        bursts: dict[int, list[Result]] = {}  # connections → one result per round
         if "window" in args.only or "webhook" in args.only:
             with contextlib.ExitStack() as servers:
                 service = servers.enter_context(_serving("service", gate, service_env, tmp))
@@ -217,29 +246,23 @@ def main() -> None:
                     for per_body in (1, 100):
                         label = "1 message" if per_body == 1 else f"batches of {per_body} messages"
                         results.append(_scenario(f"webhook · {label}", service, {}, args, per_body))
+        upstream_workers = ["--host", "127.0.0.1", "--workers", str(UPSTREAM_WORKERS)]
+        common = {"BENCH_MODE": "send", "BENCH_CUSTOMERS": str(SENDS), "BENCH_FIRST": str(SEND_FIRST)}
         if "send" in args.only:
             with contextlib.ExitStack() as servers:
-                workers = ["--host", "127.0.0.1", "--workers", str(UPSTREAM_WORKERS)]
                 upstream = servers.enter_context(
-                    _serving("upstream", [*uvicorn, "bench.upstream:app", *workers], env, tmp)
+                    _serving("upstream", [*uvicorn, "bench.upstream:app", *upstream_workers], env, tmp)
                 )
                 args.upstream_pid = upstream.proc.pid
-                # Out of sandbox mode, sending to the stand-in; the settings given with --set still win.
-                send_env = env | {
-                    "WINDOW_GATE_GRAPH_BASE_URL": upstream.url,
-                    "WINDOW_GATE_SANDBOX": "false",
-                    "WINDOW_GATE_GRAPH_ACCESS_TOKEN": "bench",
-                    "WINDOW_GATE_APP_SECRET": "bench-app-secret",
-                    "WINDOW_GATE_VERIFY_TOKEN": "bench-verify-token",
-                }
-                service = servers.enter_context(_serving("service-send", gate, send_env | overrides, tmp))
+                service = servers.enter_context(
+                    _serving("service-send", gate, _send_env(env, upstream) | overrides, tmp)
+                )
                 reference_env = env | {"BENCH_UPSTREAM_URL": upstream.url, "BENCH_PN": PN}
                 reference = servers.enter_context(
                     _serving(
                         "reference-send", [*uvicorn, "bench.reference_send:app", *host], reference_env, tmp
                     )
                 )
-                common = {"BENCH_MODE": "send", "BENCH_CUSTOMERS": str(SENDS), "BENCH_FIRST": str(SEND_FIRST)}
                 results += _paired(
                     "send",
                     reference,
@@ -250,7 +273,48 @@ def main() -> None:
                     rounds,
                 )
                 args.upstream_pid = None
-    _report(results, rounds, args)
+        if "burst" in args.only:
+            with contextlib.ExitStack() as servers:
+                slow = env | {"BENCH_UPSTREAM_DELAY_MS": str(args.upstream_delay_ms)}
+                upstream = servers.enter_context(
+                    _serving("upstream-slow", [*uvicorn, "bench.upstream:app", *upstream_workers], slow, tmp)
+                )
+                args.upstream_pid = upstream.proc.pid
+                one = [*gate[:2], "--host", "127.0.0.1", "--workers", str(BURST_WORKERS), "--no-migrate"]
+                burst_env = {
+                    k: v for k, v in _send_env(env, upstream).items() if k != "PROMETHEUS_MULTIPROC_DIR"
+                }
+                service = servers.enter_context(_serving("service-burst", one, burst_env | overrides, tmp))
+                load = common | {"BENCH_PATH": "/v1/messages", "BENCH_BODY": SEND_BODY, "BENCH_KEY": send_key}
+                for _ in range(args.rounds):  # each round every level, so that a busy spell hits all alike
+                    for n in args.burst:
+                        label = f"burst · {n} concurrent"
+                        bursts.setdefault(n, []).append(
+                            _scenario(
+                                label,
+                                service,
+                                load,
+                                args,
+                                connections=n,
+                                timeout=BURST_WRK_TIMEOUT,
+                                drain=True,
+                            )
+                        )
+                args.upstream_pid = None
+            for runs in bursts.values():  # the median round by CPU per send
+                results.append(sorted(runs, key=lambda r: r.app_cpu_ms)[len(runs) // 2])
+    _report(results, rounds, bursts, args)
+
+
+def _send_env(env: dict[str, str], upstream: Server) -> dict[str, str]:
+    """Out of sandbox mode, sending to the stand-in (the settings given with --set still win)."""
+    return env | {
+        "WINDOW_GATE_GRAPH_BASE_URL": upstream.url,
+        "WINDOW_GATE_SANDBOX": "false",
+        "WINDOW_GATE_GRAPH_ACCESS_TOKEN": "bench",
+        "WINDOW_GATE_APP_SECRET": "bench-app-secret",
+        "WINDOW_GATE_VERIFY_TOKEN": "bench-verify-token",
+    }
 
 
 @contextlib.contextmanager
@@ -312,9 +376,20 @@ def _paired(
 
 
 def _scenario(
-    name: str, server: Server, env: dict[str, str], args: argparse.Namespace, per_body: int = 0
+    name: str,
+    server: Server,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    per_body: int = 0,
+    connections: int | None = None,
+    timeout: str = "5s",
+    drain: bool = False,
 ) -> Result:
-    """Warm up, then measure; again (at most ATTEMPTS times) while one worker took most of the load."""
+    """Warm up, then measure; again (at most ATTEMPTS times) while one worker took most of the load.
+
+    `drain` (sends): measure from idle to idle, the requests still in flight when wrk stops included, and
+    count the CPU per send the server accepted meanwhile (read back from the database): wrk's count would
+    leave out a large burst's last requests but not their CPU."""
 
     def bodies(phase: str, seconds: int) -> dict[str, str]:
         if not per_body:
@@ -326,14 +401,20 @@ def _scenario(
     busy = _quiet()
     note = f" (other processes busy: {busy:.2f} CPUs)" if busy > QUIET_CPUS else ""
     print(f"bench: {name}: {args.warmup} s warm-up, {args.duration} s load{note}", flush=True)
-    _wrk(server, env | bodies("warmup", args.warmup), args, args.warmup)
+    load_shape = {"connections": connections or args.connections, "timeout": timeout}
+    _wrk(server, env | bodies("warmup", args.warmup), args, args.warmup, **load_shape)
     best: Result | None = None
     for attempt in range(1, ATTEMPTS + 1):
         load = env | bodies("load", args.duration)
+        if drain:
+            _drained(server.proc.pid)  # the warm-up's last requests, still running, are not measured
+            accepted = asyncio.run(_fetch(args.dsn, ACCEPTED))[0]
         before, sessions, _ = _settled(args.dsn)
-        out, sampler = _wrk(server, load, args, args.duration)
+        out, sampler = _wrk(server, load, args, args.duration, **load_shape, drain=drain)
         after, sessions_after, polls = _settled(args.dsn)  # also gives the backends time to report
         seconds = out["duration_us"] / 1e6
+        sends = asyncio.run(_fetch(args.dsn, ACCEPTED))[0] - accepted if drain else None
+        done = (out["requests"] if sends is None else sends) or float("nan")  # none: a drowned server
         result = Result(
             scenario=name,
             requests=out["requests"],
@@ -344,13 +425,14 @@ def _scenario(
             errors=sum(out["errors"].values()),
             wrapped=out["wrapped"],
             rss_mib=sampler.rss_mib,
-            app_cpu_ms=1000 * sampler.cpu_seconds("app") / out["requests"],
-            postgres_cpu_ms=1000 * sampler.cpu_seconds("postgres") / out["requests"],
+            app_cpu_ms=1000 * sampler.cpu_seconds("app") / done,
+            postgres_cpu_ms=1000 * sampler.cpu_seconds("postgres") / done,
             foreign_cpus=round(sampler.foreign_cpus(), 2),
             connections_opened=sessions_after - sessions - polls,
             balance=round(sampler.balance(), 2),
-            upstream_cpu_ms=1000 * sampler.cpu_seconds("upstream") / out["requests"],
+            upstream_cpu_ms=1000 * sampler.cpu_seconds("upstream") / done,
             attempt=attempt,
+            sends=sends,
         )
         if per_body:
             result.messages_per_s = (out["requests"] - out["errors"]["status"]) * per_body / seconds
@@ -365,10 +447,16 @@ def _scenario(
 
 
 def _wrk(
-    server: Server, env: dict[str, str], args: argparse.Namespace, seconds: int
+    server: Server,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    seconds: int,
+    connections: int,
+    timeout: str,
+    drain: bool = False,
 ) -> tuple[dict[str, Any], "Sampler"]:
-    """One wrk run, sampling the server's processes until it ends."""
-    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout", "5s"]
+    """One wrk run, sampling the server's processes until it ends (`drain`: until they are idle again)."""
+    cmd = ["wrk", f"-t{args.threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", timeout]
     cmd += ["-s", str(HERE / "load.lua"), server.url]
     proc = subprocess.Popen(
         cmd, env=os.environ | env | {"BENCH_THREADS": str(args.threads)}, stdout=subprocess.PIPE, text=True
@@ -390,6 +478,8 @@ def _wrk(
             proc.wait()
     if proc.returncode:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{stdout}")
+    if drain:
+        _drained(server.proc.pid, sampler)
     line = next(x for x in stdout.splitlines() if x.startswith("BENCH_JSON "))
     return json.loads(line.removeprefix("BENCH_JSON ")), sampler
 
@@ -454,6 +544,30 @@ class Sampler:
     def foreign_cpus(self) -> float:
         """CPUs' worth of work done meanwhile by other processes (not the kernel's or PostgreSQL's own)."""
         return self.cpu_seconds("other") / (time.monotonic() - self.started)
+
+
+def _drained(server: int, sampler: "Sampler | None" = None, patience: float = 120) -> None:
+    """Wait, at most `patience` seconds, until the server's processes are idle (its requests answered),
+    sampling meanwhile."""
+    deadline = time.monotonic() + patience
+
+    def ticks() -> int:
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if server in (int(stat.parent.name), int(fields[2])):  # the server's process group
+                    total += int(fields[11]) + int(fields[12])
+        return total
+
+    last = ticks()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if sampler is not None:
+            sampler.sample()
+        previous, last = last, ticks()
+        if last - previous <= IDLE_TICKS:
+            return
 
 
 def _quiet(patience: float = 30) -> float:
@@ -548,7 +662,10 @@ async def _fetch(dsn: str, sql: str) -> tuple[int, ...]:
 
 
 def _report(
-    results: list[Result], rounds: dict[str, list[tuple[Result, Result]]], args: argparse.Namespace
+    results: list[Result],
+    rounds: dict[str, list[tuple[Result, Result]]],
+    bursts: dict[int, list[Result]],
+    args: argparse.Namespace,
 ) -> None:
     by_name = {r.scenario: r for r in results}
     pairs = {  # label → (reference, service) of the median round
@@ -582,6 +699,14 @@ def _report(
             (f"webhook messages/s in batches of 100 ≥ {TARGETS['batch_messages_per_s']:,}", f"{batch_rate:,.0f}",
              batch_rate >= TARGETS["batch_messages_per_s"] and clean(batch)),
         ]  # fmt: skip
+    if bursts and len(args.burst) > 1:
+        small, large = (by_name[f"burst · {n} concurrent"] for n in (args.burst[0], args.burst[-1]))
+        ratio = large.app_cpu_ms / small.app_cpu_ms
+        targets.append(
+            (f"burst gate CPU per send at {args.burst[-1]} concurrent ≤ {TARGETS['burst_cpu_ratio']:g}× at {args.burst[0]}",
+             f"{ratio:.2f}× ({large.app_cpu_ms:.2f} vs {small.app_cpu_ms:.2f} ms)",
+             ratio <= TARGETS["burst_cpu_ratio"] and clean(*bursts[args.burst[0]], *bursts[args.burst[-1]])),
+        )  # fmt: skip
     targets.append(
         (f"RSS ≤ {RSS_LIMIT_MIB} MiB per worker under load", f"{rss:.0f} MiB", rss <= RSS_LIMIT_MIB)
     )
@@ -601,6 +726,16 @@ def _report(
             f"| {r.scenario} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {msgs} | {vs.get(id(r), '')} "
             f"| {r.app_cpu_ms:.2f} + {r.postgres_cpu_ms:.2f}{upstream} | {r.connections_opened} | {r.balance:.2f} "
             f"| {max(r.rss_mib.values(), default=0):.0f} | {errors} | {r.foreign_cpus:.2f} |"
+        )
+    if bursts:
+        lines.append(
+            f"\nburst: {BURST_WORKERS} worker, upstream answering after {args.upstream_delay_ms} ms, "
+            f"{args.rounds} rounds of {', '.join(map(str, args.burst))} concurrent sends (wrk connections); "
+            "the median round by CPU per send is shown. App CPU ms per send (sends accepted) in each round: "
+            + "; ".join(
+                f"{n}: " + ", ".join(f"{r.app_cpu_ms:.2f} ({r.sends})" for r in runs)
+                for n, runs in bursts.items()
+            )
         )
     for label, pairs_of_label in rounds.items():
         per_round = ", ".join(
@@ -627,6 +762,7 @@ def _report(
         "config": vars(args) | {"windows": WINDOWS, "cpus": os.cpu_count(), "revision": _revision()},
         "results": [asdict(r) for r in results],
         "rounds": {label: [[asdict(r) for r in pair] for pair in pairs] for label, pairs in rounds.items()},
+        "bursts": {n: [asdict(r) for r in runs] for n, runs in bursts.items()},
         "targets": [{"target": t, "measured": m, "pass": ok} for t, m, ok in targets],
     }
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -3,9 +3,13 @@
 POST /{version}/{phone_number_id}/messages answers Meta's success body, echoing `to`; anything else 404.
 Served by uvicorn in its own process, so that the upstream's cost stays out of the measured server's CPU:
 
-    uvicorn bench.upstream:app --workers 1
+    [BENCH_UPSTREAM_DELAY_MS=300] uvicorn bench.upstream:app --workers 1
+
+BENCH_UPSTREAM_DELAY_MS holds each answer that long (Meta's own latency is a few hundred ms), so that many
+sends are in flight at once; unset, it answers at once.
 """
 
+import asyncio
 import itertools
 import os
 
@@ -16,6 +20,7 @@ from bench.reference import answer, read_body
 
 _ids = itertools.count(1)
 _prefix = f"wamid.bench.{os.getpid()}."  # unique across workers
+_delay = float(os.environ.get("BENCH_UPSTREAM_DELAY_MS") or 0) / 1000
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -33,6 +38,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     body = await read_body(receive)
     to = orjson.loads(body).get("to") or ""
+    if _delay:
+        await asyncio.sleep(_delay)
     await answer(
         send,
         200,

@@ -5,6 +5,7 @@ import contextlib
 import functools
 import logging
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -36,6 +37,7 @@ from window_gate.errors import (
     validation_failed,
 )
 from window_gate.graph.client import GraphClient
+from window_gate.graph.transport import GraphTransport
 from window_gate.health.endpoints import router as health_router
 from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
@@ -74,7 +76,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(db.database_url, settings)
-        transport = graph_transport or _in_process_sandbox(settings, app)
+        transport = graph_transport or _in_process_sandbox(settings, app) or _graph_pool(settings)
         engine = db.make_engine(url, settings.db_pool_size, settings.db_timeout_seconds)
         hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
         # Chores are not answering anyone: one connection of their own, with a bound long enough for a
@@ -154,6 +156,14 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     if invalidated or sqlstate[:2] in db.UNAVAILABLE_SQLSTATE_CLASSES:
         return await _database_unavailable(request, exc)
     raise exc  # a bug, not an outage: a 500
+
+
+def _graph_pool(settings: Settings) -> httpx.AsyncBaseTransport | None:
+    """Our pool, O(1) per request under a burst (graph/transport.py); httpx's own where the environment
+    names a proxy (HTTPS_PROXY…), which only httpx's pool speaks."""
+    if urllib.request.getproxies():
+        return None
+    return GraphTransport(settings.graph_max_connections)
 
 
 def _in_process_sandbox(settings: Settings, app: FastAPI) -> httpx.AsyncBaseTransport | None:

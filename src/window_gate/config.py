@@ -49,7 +49,9 @@ class Settings(BaseSettings):
         "past it the answer is 503 database_unavailable",
     )
     graph_timeout_seconds: float = Field(10.0, gt=0, le=120)
-    graph_max_connections: int = Field(100, ge=1)
+    graph_max_connections: int = Field(
+        100, ge=1, description="Connections to the Graph API per worker; sends beyond them wait their turn"
+    )
     bootstrap_admin_key: bool = True
     rate_card: str | None = Field(
         None,
