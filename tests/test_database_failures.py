@@ -19,7 +19,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import TABLES, assert_problem, make_key
+from tests.conftest import assert_problem, empty, make_key
 from tests.dbproxy import DbProxy, proxy_for
 from tests.factories import PN, delivery, inbound, signed
 from tests.upstream import WA, Meta, meta_error, open_window, text_message
@@ -58,11 +58,7 @@ async def running(database_url: str, meta: Meta, **settings: object) -> AsyncIte
                     finally:
                         proxy.heal()  # the app's pools close gracefully
         finally:
-            engine = create_async_engine(database_url)
-            async with engine.begin() as conn:
-                for table in TABLES:
-                    await conn.execute(text(f"DELETE FROM {table}"))
-            await engine.dispose()
+            await empty(database_url)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -16,7 +15,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import TABLES
+from tests.conftest import empty
 from window_gate import db
 from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
@@ -53,19 +52,10 @@ async def _admin_key(url: str) -> str:
         await engine.dispose()
 
 
-async def _empty(url: str) -> None:
-    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
-    try:
-        for table in TABLES:
-            await conn.execute(f"DELETE FROM {table}")
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def admin_key(database_url: str) -> Iterator[str]:
     yield asyncio.run(_admin_key(database_url))
-    asyncio.run(_empty(database_url))
+    asyncio.run(empty(database_url))
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text
 
-from tests.conftest import TABLES
+from tests.conftest import empty
 from tests.upstream import open_window, text_message
 from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
@@ -197,9 +196,7 @@ async def test_the_service_sends_through_at_most_graph_max_connections(
                 )
                 assert [r.status_code for r in answers] == [201] * 12, answers[0].text
             finally:
-                async with gate.engine.begin() as conn:
-                    for table in TABLES:
-                        await conn.execute(text(f"DELETE FROM {table}"))
+                await empty(str(settings.database_url))
     assert serving.requests == 12
     assert serving.peak == 3
     assert serving.connections == 3

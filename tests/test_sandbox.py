@@ -15,9 +15,8 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text as sql_text
 
-from tests.conftest import TABLES, make_key
+from tests.conftest import empty, make_key
 from tests.factories import PN
 from window_gate import cli, db
 from window_gate.apikey.rules import Role
@@ -578,9 +577,7 @@ async def test_in_process_sandbox_keeps_its_state_in_data_dir(database_url: str,
             }
             r = await gate.post("/v1/messages", json=body, headers={"Authorization": f"Bearer {key}"})
             assert r.status_code == 201, r.text
-        async with app.state.gate.engine.begin() as conn:
-            for table in TABLES:
-                await conn.execute(sql_text(f"DELETE FROM {table}"))
+    await empty(database_url)
     journal = [
         orjson.loads(line) for line in (data_dir / "sandbox" / "simulator.jsonl").read_bytes().splitlines()
     ]

@@ -7,14 +7,13 @@ import json
 import os
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem, make_key
+from tests.conftest import assert_problem, empty, make_key
 from tests.factories import PN, WABA, change, delivery, inbound, signed
 from tests.upstream import Gated, Meta, count
 from window_gate import cli
@@ -294,16 +293,7 @@ def test_cli_templates_sync(
         assert failed.value.code == 1
         assert capsys.readouterr().out.startswith("999: not synced: Meta answered (100)")
     finally:
-        asyncio.run(_empty(database_url, "templates", "template_syncs"))
-
-
-async def _empty(url: str, *tables: str) -> None:
-    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
-    try:
-        for table in tables:
-            await conn.execute(f"DELETE FROM {table}")
-    finally:
-        await conn.close()
+        asyncio.run(empty(database_url, "templates", "template_syncs"))
 
 
 # --- webhooks ---------------------------------------------------------------------------------------------
