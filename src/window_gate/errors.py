@@ -1,4 +1,38 @@
-"""Domain errors with stable codes, rendered as RFC 9457 problem+json by one handler."""
+"""Every exception the gate raises on purpose, in one tree; add a new one here, in the tree too.
+
+    Exception
+    ├── GateError: a refusal or failure the caller can act on; a stable `code` and an HTTP status (the
+    │   │          table in DESIGN.md is a contract), rendered as RFC 9457 problem+json by one handler
+    │   ├── ValidationFailed ············ 422 validation_error
+    │   ├── PayloadTooLarge ············· 413 payload_too_large
+    │   ├── InvalidRecipient ············ 422 invalid_recipient: not a phone number or BSUID, or Meta's 131026
+    │   ├── Unauthorized ················ 401 unauthorized
+    │   ├── Forbidden ··················· 403 forbidden
+    │   ├── NotFound ···················· 404 not_found
+    │   ├── DatabaseUnavailable ········· 503 database_unavailable: nothing was decided (fail closed)
+    │   ├── WindowClosed ················ 409 window_closed
+    │   ├── OptedOut ···················· 409 opted_out
+    │   ├── TemplateNotFound ············ 422 template_not_found
+    │   ├── TemplateNotApproved ········· 422 template_not_approved
+    │   ├── TemplateParametersInvalid ··· 422 template_parameters_invalid
+    │   ├── BudgetExceeded ·············· 402 budget_exceeded
+    │   ├── IdempotencyConflict ········· 409 idempotency_conflict
+    │   ├── RateLimited ················· 429 rate_limited, with Retry-After
+    │   ├── UpstreamError ··············· 502 upstream_error: Meta refused or failed it, or was unreachable
+    │   ├── UpstreamTimeout ············· 504 upstream_timeout: a send's outcome is unknown; never re-sent
+    │   ├── VerificationFailed ·········· 403 verification_failed (webhook/endpoints.py: only it raises it)
+    │   └── NotMigrated ················· 503 not_migrated (health/endpoints.py: only it raises it)
+    └── GraphFailure: a call to Meta's Graph API gave no usable answer (graph/client.py raises these; the
+        │             services turn them into GateErrors: none reaches a caller as it is)
+        ├── GraphError: Meta answered with its error object; branch on `code` (graph/reactions.py)
+        ├── GraphUnreachable: no connection could be made, retries included: the request surely did not leave
+        └── GraphOutcomeUnknown: the request may have reached Meta, and whether Meta acted is unknown
+            ├── GraphNoAnswer: the connection failed or timed out once the request could have been sent
+            └── GraphUnreadable: Meta answered, but nothing the gate can use (not a JSON object, no end)
+
+Errors of start-up and of the bundled data (config.SettingsError, pricing.rules.PricingDataError) stop the
+process with one line; they are not answers, so they are not in the tree.
+"""
 
 from typing import Any, ClassVar
 
@@ -129,6 +163,52 @@ class UpstreamError(GateError):
 
 class UpstreamTimeout(GateError):
     code, status, title = "upstream_timeout", 504, "No answer from Meta: outcome unknown, not re-sent"
+
+
+class GraphFailure(Exception):
+    """A call to Meta's Graph API gave no usable answer."""
+
+
+class GraphError(GraphFailure):
+    """Meta's `{"error": {...}}`, parsed. Branch on `code`, never on the text."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: int | None,
+        message: str,
+        *,
+        type: str | None = None,
+        subcode: int | None = None,
+        details: str | None = None,
+        fbtrace_id: str | None = None,
+        raw: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"({code}) {message}")
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.type = type
+        self.subcode = subcode
+        self.details = details
+        self.fbtrace_id = fbtrace_id
+        self.raw = raw or {}
+
+
+class GraphUnreachable(GraphFailure):
+    """No connection could be made, retries included: the request surely did not leave."""
+
+
+class GraphOutcomeUnknown(GraphFailure):
+    """The request may have reached Meta: whether Meta acted on it is unknown, so it is never re-sent."""
+
+
+class GraphNoAnswer(GraphOutcomeUnknown):
+    """The connection failed or timed out once the request could have been sent."""
+
+
+class GraphUnreadable(GraphOutcomeUnknown):
+    """Meta answered, but nothing the gate can use: not a JSON object, a listing without `data` or end."""
 
 
 def replay(problem: dict[str, Any]) -> GateError:

@@ -1,59 +1,39 @@
 """The one Graph API client: Meta's Cloud API send, its errors typed, retries only where safe."""
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
+
+from window_gate.errors import GraphError, GraphNoAnswer, GraphUnreachable, GraphUnreadable
 
 CONNECT_RETRIES = 2  # a refused connection means the message surely did not leave
 TEMPLATE_FIELDS = "id,name,language,status,category,previous_category,parameter_format,components,rejected_reason,quality_score"
 TEMPLATE_PAGE = 100
 
 
-@dataclass(frozen=True, slots=True)
-class GraphError(Exception):
-    """Meta's `{"error": {...}}`, parsed. Branch on `code`, never on the text."""
-
-    http_status: int
-    code: int | None
-    message: str
-    type: str | None = None
-    subcode: int | None = None
-    details: str | None = None
-    fbtrace_id: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> "GraphError":
-        try:
-            error = orjson.loads(response.content).get("error") or {}
-        except (orjson.JSONDecodeError, AttributeError):
-            error = {}
-        if not isinstance(error, dict):
-            error = {}
-        data = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
-        code = error.get("code")
-        subcode = error.get("error_subcode")
-        return cls(
-            http_status=response.status_code,
-            code=code if isinstance(code, int) else None,
-            message=str(error.get("message") or f"HTTP {response.status_code} from the Graph API"),
-            type=error.get("type"),
-            subcode=subcode if isinstance(subcode, int) else None,
-            details=(data or {}).get("details"),
-            fbtrace_id=error.get("fbtrace_id"),
-            raw={"error": error} if error else {},
-        )
-
-
-class UpstreamTimeout(Exception):
-    """The request may have reached Meta and no answer came: the outcome is unknown."""
-
-
-class UpstreamUnreachable(Exception):
-    """No connection could be made: the message surely did not leave."""
+def graph_error(response: httpx.Response) -> GraphError:
+    """Meta's error object from an HTTP 4xx/5xx answer; whatever of it can be read."""
+    try:
+        error = orjson.loads(response.content).get("error") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        error = {}
+    if not isinstance(error, dict):
+        error = {}
+    data = error.get("error_data") if isinstance(error.get("error_data"), dict) else {}
+    code = error.get("code")
+    subcode = error.get("error_subcode")
+    return GraphError(
+        response.status_code,
+        code if isinstance(code, int) else None,
+        str(error.get("message") or f"HTTP {response.status_code} from the Graph API"),
+        type=error.get("type"),
+        subcode=subcode if isinstance(subcode, int) else None,
+        details=(data or {}).get("details"),
+        fbtrace_id=error.get("fbtrace_id"),
+        raw={"error": error} if error else {},
+    )
 
 
 class GraphClient:
@@ -65,7 +45,7 @@ class GraphClient:
     async def send_message(
         self, phone_number_id: str, body: dict[str, Any], token: str | None = None
     ) -> dict[str, Any]:
-        """POST /{version}/{phone_number_id}/messages; Meta's JSON answer, or GraphError / UpstreamTimeout."""
+        """POST /{version}/{phone_number_id}/messages: Meta's JSON answer, or a GraphFailure (errors.py)."""
         headers = self._auth(token) | {"Content-Type": "application/json"}
         url = f"/{self.version}/{phone_number_id}/messages"
         return await self._call("POST", url, headers=headers, content=orjson.dumps(body))
@@ -74,14 +54,14 @@ class GraphClient:
         self, waba_id: str, after: str | None = None, limit: int = TEMPLATE_PAGE, token: str | None = None
     ) -> dict[str, Any]:
         """One page of GET /{version}/{waba_id}/message_templates: `{data, paging: {cursors: {after}, next}}`.
-        A read: retried on connection failures; GraphError / UpstreamTimeout / UpstreamUnreachable otherwise."""
+        A read: retried on connection failures like any call; a GraphFailure (errors.py) otherwise."""
         params = {"fields": TEMPLATE_FIELDS, "limit": str(limit)} | ({"after": after} if after else {})
         headers = self._auth(token)
         page = await self._call(
             "GET", f"/{self.version}/{waba_id}/message_templates", headers=headers, params=params
         )
         if not isinstance(page.get("data"), list):
-            raise UpstreamTimeout("unreadable answer from the Graph API: no `data` list")
+            raise GraphUnreadable("unreadable answer from the Graph API: no `data` list")
         return page
 
     def _auth(self, token: str | None) -> dict[str, str]:
@@ -95,16 +75,16 @@ class GraphClient:
                 break
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 if attempt == CONNECT_RETRIES:
-                    raise UpstreamUnreachable(str(exc)) from exc
+                    raise GraphUnreachable(str(exc)) from exc
                 await asyncio.sleep(0.05 * 2**attempt)
             except httpx.HTTPError as exc:  # the request may have left: the outcome is unknown
-                raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from exc
+                raise GraphNoAnswer(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
-            raise GraphError.from_response(response)
+            raise graph_error(response)
         try:
             answer = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamTimeout(f"unreadable answer from the Graph API: {exc}") from exc
+            raise GraphUnreadable(f"unreadable answer from the Graph API: {exc}") from exc
         if not isinstance(answer, dict):
-            raise UpstreamTimeout("unreadable answer from the Graph API")
+            raise GraphUnreadable("unreadable answer from the Graph API")
         return answer

@@ -2,6 +2,7 @@
 
 from window_gate.errors import (
     GateError,
+    GraphError,
     InvalidRecipient,
     OptedOut,
     RateLimited,
@@ -12,7 +13,6 @@ from window_gate.errors import (
     ValidationFailed,
     WindowClosed,
 )
-from window_gate.graph.client import GraphError
 
 RE_ENGAGEMENT = 131047
 REACTIONS: dict[int, type[GateError]] = {

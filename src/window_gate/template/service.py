@@ -22,12 +22,15 @@ from window_gate.config import Settings
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
     Forbidden,
+    GraphError,
+    GraphFailure,
+    GraphUnreadable,
     TemplateNotApproved,
     TemplateNotFound,
     TemplateParametersInvalid,
     ValidationFailed,
 )
-from window_gate.graph.client import GraphClient, GraphError, UpstreamTimeout, UpstreamUnreachable
+from window_gate.graph.client import GraphClient
 from window_gate.template import repository, rules
 from window_gate.template.repository import DELETED
 from window_gate.template.schemas import (
@@ -240,8 +243,8 @@ async def sync(engine: AsyncEngine, graph: GraphClient, waba_ids: Sequence[str])
             result.error = f"Meta answered ({exc.code}) {exc.message}" + (
                 f": {exc.details}" if exc.details else ""
             )
-        except (UpstreamTimeout, UpstreamUnreachable) as exc:
-            result.error = f"the Graph API did not answer: {exc}"
+        except GraphFailure as exc:
+            result.error = f"the Graph API gave no usable answer: {exc}"
         if result.error is None:
             async with engine.begin() as conn:
                 result.deleted = await repository.replace_account(conn, waba_id, listed)
@@ -265,7 +268,7 @@ async def _listing(graph: GraphClient, waba_id: str) -> list[dict[str, Any]]:
         if not paging.get("next") or not isinstance(following, str) or not following or following == after:
             return list(by_id.values())
         after = following
-    raise UpstreamTimeout(f"more than {MAX_PAGES} pages of templates: giving up")
+    raise GraphUnreadable(f"more than {MAX_PAGES} pages of templates: giving up")
 
 
 def _listed(item: object) -> dict[str, Any] | None:
