@@ -10,6 +10,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import HotPool, Statement
+from window_gate.message.status import MessageStatus
 
 # The record, its estimate and its first event in one round trip, which also reads the number's own token.
 INSERT_PENDING = Statement(
@@ -146,7 +147,7 @@ async def finish(
     conn: AsyncConnection | HotPool,
     id: UUID,
     *,
-    status: str,
+    status: MessageStatus,
     at: datetime,
     graph_message_id: str | None = None,
     wa_id: str | None = None,

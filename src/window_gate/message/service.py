@@ -1,26 +1,32 @@
-"""Gated sending: decide on the window, record, proxy to Meta, record Meta's answer.
+"""Gated sending in four phases: decide on the window, record, call Meta, settle Meta's answer.
 
 A send is written (status `pending`) before it leaves, so a crash can never lose or double it: a record
-left `pending` by a dead process becomes `unknown` and is never re-sent blindly.
+left `pending` by a dead process becomes `unknown` and is never re-sent blindly. Each phase reads what
+the earlier ones settled (`Request` → `Decision` → `Attempt`) and nothing else.
 """
 
 import asyncio
-import functools
 import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller, Role
 from window_gate.consent import service as consent
 from window_gate.customer import repository as customers
-from window_gate.customer.identity import parse_customer
+from window_gate.customer.identity import CustomerRef, parse_customer
+from window_gate.db import HotPool
 from window_gate.errors import (
     GateError,
+    GraphError,
+    GraphFailure,
+    GraphUnreachable,
     IdempotencyConflict,
     UpstreamError,
     UpstreamTimeout,
@@ -28,12 +34,13 @@ from window_gate.errors import (
     WindowClosed,
     replay,
 )
-from window_gate.graph import client as graph
 from window_gate.graph.reactions import RE_ENGAGEMENT, gate_error
 from window_gate.kit import Gate
 from window_gate.message import repository
 from window_gate.message.schemas import RecipientOut, SendOut
+from window_gate.message.status import LEFT, MessageStatus
 from window_gate.pricing import service as pricing
+from window_gate.pricing.rules import Estimate
 from window_gate.template import service as templates
 from window_gate.template.service import TemplateInfo
 from window_gate.window import repository as windows
@@ -42,8 +49,6 @@ from window_gate.window.schemas import WindowOut
 
 TEMPLATE = "template"
 MARKETING = "MARKETING"
-DELIVERED = {"sent", "delivered", "read"}
-UNKNOWN = "unknown"  # the request may have reached Meta: never re-sent  # statuses only Meta's webhooks set
 OPAQUE_PREFIX = "wg:"  # biz_opaque_callback_data = "wg:<message id>": status webhooks find the record
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,75 @@ class Sent:
     meta: dict[str, Any]  # Meta's own answer, for the Graph-compatible pass-through
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the caller asked for, checked."""
+
+    phone_number_id: str
+    kind: str  # Meta's `type`: text, image, template, …
+    to: str  # as the caller wrote it: phone number or BSUID
+    ref: CustomerRef
+    body: dict[str, Any]  # Meta's message body, without `phone_number_id`
+    idempotency_key: str | None
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Why the gate lets the send go: the window, the template's check and the price, as of `at`."""
+
+    window: WindowOut
+    template: TemplateInfo | None  # None for free-form messages
+    estimate: Estimate
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A send recorded `pending` and on its way: what the last two phases read."""
+
+    gate: Gate
+    caller: Caller
+    request: Request
+    decision: Decision
+    id: uuid.UUID
+    access_token: str | None  # the number's own, if it has one
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Meta's answer, or its absence: the record's final word."""
+
+    status: MessageStatus
+    response_status: int
+    response: dict[str, Any]  # the stored answer (see `stored_answer`), what a replay gives
+    at: datetime
+    error: object = None
+    graph_message_id: str | None = None
+    wa_id: str | None = None
+    refusal: GraphError | None = None  # Meta's refusal, for what the gate learns from it
+
+
 async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key: str | None) -> Sent:
+    request = checked(caller, body, idempotency_key)
+    if idempotency_key:
+        previous = await _previous(gate, caller, idempotency_key, request.request_hash)
+        if previous is not None:
+            return previous
+    decision = await decide(gate, request)
+    attempt = await record(gate, caller, request, decision)
+    if isinstance(attempt, Sent):  # a concurrent request with the same key won the race: its answer
+        return attempt
+    try:
+        answer = await gate.graph.send_message(
+            request.phone_number_id, outbound(attempt), attempt.access_token
+        )
+    except GraphFailure as exc:
+        raise await refused(attempt, exc) from None
+    return await accepted(attempt, answer)
+
+
+def checked(caller: Caller, body: dict[str, Any], idempotency_key: str | None) -> Request:
     phone_number_id = str(body.pop("phone_number_id"))
     caller.require(Role.SEND, phone_number_id)
     kind = str(body.get("type") or "text")
@@ -68,223 +141,292 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         kind == TEMPLATE and not isinstance(body.get(TEMPLATE), dict)
     ):
         raise ValidationFailed(f"a message of type {kind!r} needs a {kind!r} object")
-    ref = parse_customer(to)
     request_hash = hashlib.sha256(
         orjson.dumps([phone_number_id, body], option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
-    if idempotency_key:
-        previous = await _previous(gate, caller, idempotency_key, request_hash)
-        if previous is not None:
-            return previous
+    return Request(phone_number_id, kind, to, parse_customer(to), body, idempotency_key, request_hash)
 
+
+async def decide(gate: Gate, request: Request) -> Decision:
+    """The window, the template and consent checks, and the price; a refusal raises here, before any
+    write."""
     now = window_service.now()
+    [window] = await window_service.check(gate.hot, request.phone_number_id, [request.ref], gate.policy, now)
     template: TemplateInfo | None = None
-    [window] = await window_service.check(gate.hot, phone_number_id, [ref], gate.policy, now)
-    if kind == TEMPLATE:
+    if request.kind == TEMPLATE:
         async with gate.engine.connect() as conn:
-            template = await templates.check_send(conn, phone_number_id, body[TEMPLATE])
+            template = await templates.check_send(conn, request.phone_number_id, request.body[TEMPLATE])
             if template.category == MARKETING:
-                await consent.check_marketing(conn, phone_number_id, ref.aliases())
-    if kind != TEMPLATE and not window.can_send_free_form:
+                await consent.check_marketing(conn, request.phone_number_id, request.ref.aliases())
+    elif not window.can_send_free_form:
         raise WindowClosed(
             f"free-form messages need an open window; it is {window.state.value}: send an approved template",
             window=window.model_dump(mode="json"),
             hint="send a template message (type `template`); only the customer's reply reopens the window",
         )
-
-    message_id = uuid.uuid4()
-    caller_opaque = body.get("biz_opaque_callback_data")
-    outbound = {**body, "biz_opaque_callback_data": f"{OPAQUE_PREFIX}{message_id}"}
-    # An unknown template category is priced as the dearest (marketing), so budgets err on the safe side.
-    category = (template.category or MARKETING) if template else None
-    record = functools.partial(
-        repository.insert_pending,
-        id=message_id,
-        api_key_id=caller.id,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        phone_number_id=phone_number_id,
-        recipient_input=to,
-        type=kind,
-        body={**body, "biz_opaque_callback_data": caller_opaque} if caller_opaque else body,
-        window=window.model_dump(mode="json"),
-        at=now,
-    )
     estimate = await pricing.estimate_send(
         gate.autocommit,
         gate.settings.pricing_tables,
-        phone_number_id=phone_number_id,
-        category=category,
-        recipient=window.customer.wa_id or window.customer.user_id or to,
+        phone_number_id=request.phone_number_id,
+        # An unknown template category is priced as the dearest (marketing), so budgets err on the safe side.
+        category=(template.category or MARKETING) if template else None,
+        recipient=window.customer.wa_id or window.customer.user_id or request.to,
         window=window,
         at=now,
     )
-    # A free send is one statement on the hot pool (autocommit); a paid one reserves its budget in the
-    # same transaction, so a budget refusal leaves nothing recorded and nothing sent.
+    return Decision(window, template, estimate, now)
+
+
+async def record(gate: Gate, caller: Caller, request: Request, decision: Decision) -> Attempt | Sent:
+    """The send, `pending`, before it leaves; the answer of the first request instead when a concurrent
+    one with the same Idempotency-Key recorded first.
+
+    A free send is one statement on the hot pool (autocommit); a paid one reserves its budget in the same
+    transaction, so a budget refusal leaves nothing recorded and nothing sent."""
+    message_id = uuid.uuid4()
+    estimate = decision.estimate
     if not estimate.amount:
-        recorded = await record(gate.hot, estimate=pricing.estimate_columns(estimate))
+        pending = await _insert(gate.hot, caller, request, decision, message_id)
     else:
         async with gate.engine.begin() as conn:
-            recorded = await record(conn, estimate=pricing.estimate_columns(estimate))
-            if recorded:
+            pending = await _insert(conn, caller, request, decision, message_id)
+            if pending is not None:
                 await pricing.reserve(
                     conn,
-                    phone_number_id=phone_number_id,
+                    phone_number_id=request.phone_number_id,
                     api_key_id=caller.id,
                     amount=estimate.amount,
                     currency=estimate.currency,
-                    at=now,
+                    at=decision.at,
                 )
-    if not recorded:  # a concurrent request with the same key won the race: answer as it does
-        assert idempotency_key is not None
-        previous = await _previous(gate, caller, idempotency_key, request_hash)
-        assert previous is not None
-        return previous
+    if pending is not None:
+        return Attempt(gate, caller, request, decision, message_id, pending.access_token)
+    # Only an Idempotency-Key collides: the record holding it answers.
+    previous = None
+    if request.idempotency_key is not None:
+        previous = await _previous(gate, caller, request.idempotency_key, request.request_hash)
+    if previous is None:
+        raise GateError("the send could not be recorded, and no earlier record holds its Idempotency-Key")
+    return previous
 
-    async def settle(
-        status: str, err: GateError, error: object, refusal: graph.GraphError | None = None
-    ) -> GateError:
-        """Meta refused the send, or was silent: the record's final word, in one transaction. A send that
-        surely did not leave gives its budget back; Meta's verdicts on the window and template are kept."""
-        err.context["id"] = str(message_id)
-        at = window_service.now()
-        problem = err.problem()
 
-        async def write() -> None:
-            async with gate.engine.begin() as conn:
-                finished = await repository.finish(
-                    conn,
-                    message_id,
-                    status=status,
-                    at=at,
-                    error=error,
-                    response_status=err.status,
-                    response=problem,
-                )
-                if not finished:  # an earlier try committed unseen: the rest is done too
-                    return
-                if status != UNKNOWN:
-                    await pricing.release(
-                        conn,
-                        phone_number_id=phone_number_id,
-                        api_key_id=caller.id,
-                        amount=estimate.amount,
-                        at=now,
-                    )
-                if refusal is not None and refusal.code == RE_ENGAGEMENT:  # Meta's word beats ours
-                    customer_id = await customers.link(
-                        conn, window.customer.wa_id, window.customer.user_id, "send"
-                    )
-                    await windows.record_verdicts(
-                        conn, [windows.Verdict(phone_number_id, customer_id, at, None)]
-                    )
-                if refusal is not None and refusal.code and kind == TEMPLATE:
-                    await templates.learn_from_meta_error(conn, phone_number_id, body[TEMPLATE], refusal.code)
+async def _insert(
+    conn: AsyncConnection | HotPool, caller: Caller, request: Request, decision: Decision, id: uuid.UUID
+) -> repository.Pending | None:
+    return await repository.insert_pending(
+        conn,
+        id=id,
+        api_key_id=caller.id,
+        idempotency_key=request.idempotency_key,
+        request_hash=request.request_hash,
+        phone_number_id=request.phone_number_id,
+        recipient_input=request.to,
+        type=request.kind,
+        body=request.body,  # with the caller's own biz_opaque_callback_data, not the gate's
+        window=decision.window.model_dump(mode="json"),
+        estimate=pricing.estimate_columns(decision.estimate),
+        at=decision.at,
+    )
 
-        await _final_word(gate, message_id, write, OUTCOMES[status].format(code=err.code))
-        return err
 
-    try:
-        answer = await gate.graph.send_message(phone_number_id, outbound, recorded.access_token)
-    except graph.GraphError as exc:
-        raise await settle("failed", gate_error(exc), exc.raw or None, exc) from None
-    except graph.UpstreamTimeout as exc:
-        reason = f"no answer from Meta ({exc}); the message may have left: it is not re-sent"
-        raise await settle(UNKNOWN, UpstreamTimeout(reason), {"reason": str(exc)}) from None
-    except graph.UpstreamUnreachable as exc:
-        reason = f"Meta could not be reached ({exc}); nothing was sent"
-        raise await settle("not_sent", UpstreamError(reason), {"reason": str(exc)}) from None
+def outbound(attempt: Attempt) -> dict[str, Any]:
+    """The body Meta gets: the caller's, carrying the gate's id back in status webhooks."""
+    return {**attempt.request.body, "biz_opaque_callback_data": f"{OPAQUE_PREFIX}{attempt.id}"}
 
+
+async def accepted(attempt: Attempt, answer: dict[str, Any]) -> Sent:
+    """Meta took the send: its wamid and wa_id recorded, the answer stored for replays."""
+    request, decision = attempt.request, attempt.decision
     contact = (answer.get("contacts") or [{}])[0]
     wamid = str((answer.get("messages") or [{}])[0].get("id") or "") or None
     wa_id = contact.get("wa_id")
     out = SendOut(
-        id=message_id,
+        id=attempt.id,
         graph_message_id=wamid,
-        status="accepted",
-        recipient=RecipientOut(input=to, wa_id=wa_id),
-        window=window,
-        pricing_estimate=pricing.estimate_out(estimate),
+        status=MessageStatus.ACCEPTED,
+        recipient=RecipientOut(input=request.to, wa_id=wa_id),
+        window=decision.window,
+        pricing_estimate=pricing.estimate_out(decision.estimate),
     )
-    response = {**out.model_dump(mode="json"), "meta": answer}
-    at = window_service.now()
-
-    async def accepted() -> None:
-        await repository.finish(
-            gate.hot,
-            message_id,
-            status="accepted",
-            at=at,
-            graph_message_id=wamid,
-            wa_id=wa_id,
-            response_status=201,
-            response=response,
-        )
-
-    await _final_word(gate, message_id, accepted, f"Meta accepted it as {wamid}", graph_message_id=wamid)
-    if wa_id and ref.wa_id and wa_id != ref.wa_id:
-        # Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it. Only
-        # a shortcut for later lookups: the send is recorded, so its failure does not change the answer.
-        try:
-            async with gate.engine.begin() as conn:
-                await customers.link(conn, wa_id, None, "send", aliases=[ref.wa_id])
-        except Exception:
-            log.warning("alias %s → %s not learnt", ref.wa_id, wa_id, exc_info=True)
+    outcome = Outcome(
+        MessageStatus.ACCEPTED,
+        201,
+        stored_answer(out, answer),
+        window_service.now(),
+        graph_message_id=wamid,
+        wa_id=wa_id,
+    )
+    await _final_word(attempt, outcome, _write_accepted, f"Meta accepted it as {wamid}")
+    if wa_id and request.ref.wa_id and wa_id != request.ref.wa_id:
+        await _learn_alias(attempt.gate, request.ref.wa_id, wa_id)
     return Sent(out, answer)
+
+
+async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
+    """Meta refused the send, was silent or out of reach: the gate's error for it, once recorded."""
+    status, err, error = _verdict(exc)
+    err.context["id"] = str(attempt.id)
+    outcome = Outcome(
+        status,
+        err.status,
+        stored_refusal(err.problem()),
+        window_service.now(),
+        error=error,
+        refusal=exc if isinstance(exc, GraphError) else None,
+    )
+    await _final_word(attempt, outcome, _write_refused, OUTCOMES[status].format(code=err.code))
+    return err
+
+
+def _verdict(exc: GraphFailure) -> tuple[MessageStatus, GateError, object]:
+    """(the status to record, the caller's error, the error to record) for a failed call to Meta."""
+    if isinstance(exc, GraphError):
+        return MessageStatus.FAILED, gate_error(exc), exc.raw or None
+    if isinstance(exc, GraphUnreachable):
+        reason = f"Meta could not be reached ({exc}); nothing was sent"
+        return MessageStatus.NOT_SENT, UpstreamError(reason), {"reason": str(exc)}
+    # GraphOutcomeUnknown, and whatever else: never say "not sent" of what may have left.
+    reason = f"no answer from Meta ({exc}); the message may have left: it is not re-sent"
+    return MessageStatus.UNKNOWN, UpstreamTimeout(reason), {"reason": str(exc)}
+
+
+async def _write_accepted(attempt: Attempt, outcome: Outcome) -> None:
+    await repository.finish(
+        attempt.gate.hot,
+        attempt.id,
+        status=outcome.status,
+        at=outcome.at,
+        graph_message_id=outcome.graph_message_id,
+        wa_id=outcome.wa_id,
+        response_status=outcome.response_status,
+        response=outcome.response,
+    )
+
+
+async def _write_refused(attempt: Attempt, outcome: Outcome) -> None:
+    """In one transaction: the record's final word; the budget back when the send surely did not leave;
+    what Meta's refusal says of the window and the template (Meta's word beats ours)."""
+    request, decision = attempt.request, attempt.decision
+    async with attempt.gate.engine.begin() as conn:
+        finished = await repository.finish(
+            conn,
+            attempt.id,
+            status=outcome.status,
+            at=outcome.at,
+            error=outcome.error,
+            response_status=outcome.response_status,
+            response=outcome.response,
+        )
+        if not finished:  # an earlier try committed unseen: the rest is done too
+            return
+        if outcome.status != MessageStatus.UNKNOWN:
+            await pricing.release(
+                conn,
+                phone_number_id=request.phone_number_id,
+                api_key_id=attempt.caller.id,
+                amount=decision.estimate.amount,
+                at=decision.at,
+            )
+        code = outcome.refusal.code if outcome.refusal is not None else None
+        if code == RE_ENGAGEMENT:
+            customer = decision.window.customer
+            customer_id = await customers.link(conn, customer.wa_id, customer.user_id, "send")
+            await windows.record_verdicts(
+                conn, [windows.Verdict(request.phone_number_id, customer_id, outcome.at, None)]
+            )
+        if code and request.kind == TEMPLATE:
+            await templates.learn_from_meta_error(conn, request.phone_number_id, request.body[TEMPLATE], code)
+
+
+async def _learn_alias(gate: Gate, spelling: str, wa_id: str) -> None:
+    """Meta told us how this spelling maps to the account (BR ninth digit, MX 521, …): remember it. Only
+    a shortcut for later lookups: the send is recorded, so its failure does not change the answer."""
+    try:
+        async with gate.engine.begin() as conn:
+            await customers.link(conn, wa_id, None, "send", aliases=[spelling])
+    except Exception:
+        log.warning("alias %s → %s not learnt", spelling, wa_id, exc_info=True)
 
 
 # What the gate knows of a send whose outcome it could not record, by the status it meant to record.
 OUTCOMES = {
-    "failed": "Meta refused it ({code})",
-    UNKNOWN: "Meta did not answer",
-    "not_sent": "Meta could not be reached",
+    MessageStatus.FAILED: "Meta refused it ({code})",
+    MessageStatus.UNKNOWN: "Meta did not answer",
+    MessageStatus.NOT_SENT: "Meta could not be reached",
 }
 # Past Meta's timeout, a request still `pending` is not waiting for Meta any more: its process died, or the
 # database failed as it wrote the outcome.
 IN_FLIGHT_SLACK_SECONDS = 5
 FINAL_WORD_RETRIES = (0.2, 0.5, 1, 2, 5, 10, 30, 60, 60, 60, 60, 60)  # about 6 minutes
+Write = Callable[[Attempt, Outcome], Awaitable[None]]
 
 
-async def _final_word(
-    gate: Gate,
-    message_id: uuid.UUID,
-    write: Callable[[], Awaitable[None]],
-    outcome: str,
-    graph_message_id: str | None = None,
-) -> None:
+async def _final_word(attempt: Attempt, outcome: Outcome, write: Write, words: str) -> None:
     """Record the outcome of a request that has left for Meta. If the database fails now, "nothing was
     decided" (503) would be false and invite a second send: the answer is 504, outcome unknown, with the
     gate's id; the write is retried in the background, so a retry with the same Idempotency-Key soon finds
     the real outcome (a process that dies first leaves the record `pending`, later `unknown`, and Meta's
     status webhooks still find it by its id)."""
     try:
-        await write()
+        await write(attempt, outcome)
     except Exception as exc:
-        log.warning("send %s: outcome not recorded (%r); retrying in the background", message_id, exc)
-        task = asyncio.create_task(_retry(write, message_id))
-        gate.background.add(task)
-        task.add_done_callback(gate.background.discard)
+        log.warning("send %s: outcome not recorded (%r); retrying in the background", attempt.id, exc)
+        background = attempt.gate.background
+        task = asyncio.create_task(_retry(write, attempt, outcome))
+        background.add(task)
+        task.add_done_callback(background.discard)
         raise UpstreamTimeout(
-            f"the message left for Meta ({outcome}) but the gate could not record the outcome: it is unknown "
-            f"for now and is not re-sent; GET /v1/messages/{message_id} (or a retry with the same "
+            f"the message left for Meta ({words}) but the gate could not record the outcome: it is unknown "
+            f"for now and is not re-sent; GET /v1/messages/{attempt.id} (or a retry with the same "
             "Idempotency-Key) shows it once recorded",
-            id=str(message_id),
-            message_status=UNKNOWN,  # `status` is the HTTP status in a problem
-            **({"graph_message_id": graph_message_id} if graph_message_id else {}),
+            id=str(attempt.id),
+            message_status=MessageStatus.UNKNOWN,  # `status` is the HTTP status in a problem
+            **({"graph_message_id": outcome.graph_message_id} if outcome.graph_message_id else {}),
         ) from None
 
 
-async def _retry(write: Callable[[], Awaitable[None]], message_id: uuid.UUID) -> None:
+async def _retry(write: Write, attempt: Attempt, outcome: Outcome) -> None:
     for delay in FINAL_WORD_RETRIES:
         await asyncio.sleep(delay)
         try:
-            await write()
+            await write(attempt, outcome)
         except Exception as exc:
-            log.debug("send %s: outcome still not recorded (%r)", message_id, exc)
+            log.debug("send %s: outcome still not recorded (%r)", attempt.id, exc)
         else:
-            log.info("send %s: outcome recorded after all", message_id)
+            log.info("send %s: outcome recorded after all", attempt.id)
             return
-    log.warning("send %s: outcome never recorded; it stays pending, then unknown", message_id)
+    log.warning("send %s: outcome never recorded; it stays pending, then unknown", attempt.id)
+
+
+# --- replays: the first answer given for an Idempotency-Key ----------------------------------------------
+# The stored answer names its shape, so a later change of SendOut or of the problem body still replays the
+# rows written before it. Rows from before versions (version 1) hold the SendOut fields plus `meta`, or the
+# problem itself: `response_status` tells which.
+ANSWER_VERSION = 2
+
+
+def stored_answer(out: SendOut, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"version": ANSWER_VERSION, "out": out.model_dump(mode="json"), "meta": meta}
+
+
+def stored_refusal(problem: dict[str, Any]) -> dict[str, Any]:
+    return {"version": ANSWER_VERSION, "problem": problem}
+
+
+def replayed(response_status: int, stored: dict[str, Any]) -> Sent:
+    """The stored answer given again: the Sent, or the refusal raised."""
+    version = stored.get("version", 1)
+    if version == 1:
+        if response_status >= 400:
+            raise replay(stored)
+        out = {k: v for k, v in stored.items() if k != "meta"}
+        return Sent(SendOut.model_validate(out), stored.get("meta", {}))
+    if version == ANSWER_VERSION:
+        if "problem" in stored:
+            raise replay(stored["problem"])
+        return Sent(SendOut.model_validate(stored["out"]), stored["meta"])
+    # Written by a newer gate (a rolling upgrade): better no answer than a wrong one; nothing is re-sent.
+    raise GateError(f"the first answer for this Idempotency-Key has version {version}, newer than this gate")
 
 
 async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> Sent | None:
@@ -300,32 +442,41 @@ async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> 
             raise IdempotencyConflict(
                 "this Idempotency-Key was used with a different body", id=str(previous.id)
             )
-        if previous.response is not None and previous.response_status is not None:
-            if previous.response_status >= 400:
-                raise replay(previous.response)
-            stored = dict(previous.response)
-            meta = stored.pop("meta", {})
-            return Sent(SendOut.model_validate(stored), meta)
-        if previous.status in DELIVERED and previous.window is not None:
-            # Meta's answer was lost (the process died) but its status webhooks told us the message left.
-            out = SendOut(
-                id=previous.id,
-                graph_message_id=previous.graph_message_id,
-                status=previous.status,
-                recipient=RecipientOut(input=previous.recipient_input, wa_id=previous.recipient_wa_id),
-                window=WindowOut.model_validate(previous.window),
-            )
-            meta = {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": previous.recipient_input, "wa_id": previous.recipient_wa_id}],
-                "messages": [{"id": previous.graph_message_id}],
-            }
-            return Sent(out, meta)
-        if previous.status != "pending" or previous.age > in_flight:
-            raise UpstreamTimeout(
-                "the first request with this Idempotency-Key has no known outcome; it is not re-sent",
-                id=str(previous.id),
-                message_status=UNKNOWN,  # `status` is the HTTP status in a problem
-                **({"graph_message_id": previous.graph_message_id} if previous.graph_message_id else {}),
-            )
+        answer = _answer_of(previous, in_flight)
+        if answer is not None:
+            return answer
         await asyncio.sleep(0.05)
+
+
+def _answer_of(previous: repository.Previous, in_flight: float) -> Sent | None:
+    """The answer the first request gave, or would have given; None while it may still be in flight."""
+    if previous.response is not None and previous.response_status is not None:
+        return replayed(previous.response_status, previous.response)
+    if previous.status in LEFT and previous.window is not None:
+        return _left(previous)
+    if previous.status != MessageStatus.PENDING or previous.age > in_flight:
+        raise UpstreamTimeout(
+            "the first request with this Idempotency-Key has no known outcome; it is not re-sent",
+            id=str(previous.id),
+            message_status=MessageStatus.UNKNOWN,  # `status` is the HTTP status in a problem
+            **({"graph_message_id": previous.graph_message_id} if previous.graph_message_id else {}),
+        )
+    return None
+
+
+def _left(previous: repository.Previous) -> Sent:
+    """Meta's answer was lost (the process died) but its status webhooks told us the message left."""
+    recipient = RecipientOut(input=previous.recipient_input, wa_id=previous.recipient_wa_id)
+    out = SendOut(
+        id=previous.id,
+        graph_message_id=previous.graph_message_id,
+        status=previous.status,
+        recipient=recipient,
+        window=WindowOut.model_validate(previous.window),
+    )
+    meta = {
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": previous.recipient_input, "wa_id": previous.recipient_wa_id}],
+        "messages": [{"id": previous.graph_message_id}],
+    }
+    return Sent(out, meta)

@@ -18,6 +18,7 @@ from window_gate.customer import repository as customers
 from window_gate.kit import Gate
 from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
+from window_gate.message.status import MessageStatus
 from window_gate.template import repository as templates
 from window_gate.template import service as template_service
 from window_gate.webhook import repository
@@ -142,7 +143,7 @@ async def _apply_rest(
             detail=st.payload,
         )
         delivery.counts[f"status_{st.status}", "recorded" if found else "unknown_message"] += 1
-        if found is not None and found.template is not None and st.status == "failed":
+        if found is not None and found.template is not None and st.status == MessageStatus.FAILED:
             for (
                 error
             ) in st.errors:  # Meta's late word on a template (paused, disabled, …) updates the registry
