@@ -116,7 +116,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
@@ -187,8 +187,7 @@ def _refusal(path: str, err: ValidationFailed) -> Response:
     return problem_response(err.status, err.problem())
 
 
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     return _refusal(request.scope["path"], validation_failed(exc))
 
 

@@ -240,17 +240,19 @@ def validation_failed(exc: RequestValidationError) -> ValidationFailed:
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as problem+json with a stable ``code``."""
 
-    async def gate_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GateError)
+    # Registered through the decorator: it keeps each handler's own exception type (Starlette calls a
+    # handler only with instances of the class it was registered for).
+    @app.exception_handler(GateError)
+    async def gate_error(_: Request, exc: GateError) -> Response:
         return problem_response(exc.status, exc.problem(), exc.headers)
 
-    async def validation_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         err = validation_failed(exc)
         return problem_response(err.status, err.problem())
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         body = {
@@ -265,9 +267,6 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(_methods_on(request))
         return problem_response(exc.status_code, body, headers)
 
-    app.add_exception_handler(GateError, gate_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
     _document_problems(app)
 
 

@@ -59,7 +59,8 @@ async def declare(
         conn, [repository.Statement(phone_number_id, cid, MARKETING, opted_out, at, API) for cid in ids]
     )
     found = await state(conn, phone_number_id, ref)
-    assert found is not None  # just recorded, in this transaction
+    if found is None:  # recorded just above, in this transaction: only a broken statement gets here
+        raise RuntimeError(f"the statement on {ids} was recorded but cannot be read back")
     return found
 
 

@@ -68,7 +68,8 @@ class GraphTransport(httpx.AsyncBaseTransport):
         self.idle: dict[Origin, deque[httpcore.AsyncHTTPConnection]] = {}  # the freed last on the right
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
+        if not isinstance(request.stream, httpx.AsyncByteStream):
+            raise TypeError("an async transport needs an async request body")
         wait = request.extensions.get("timeout", {}).get("pool")
         try:
             async with asyncio.timeout(wait):
@@ -98,7 +99,9 @@ class GraphTransport(httpx.AsyncBaseTransport):
         except BaseException:
             self._release(origin, connection)
             raise
-        assert isinstance(response.stream, AsyncIterable)
+        if not isinstance(response.stream, AsyncIterable):  # httpcore's async connections give one
+            self._release(origin, connection)
+            raise TypeError("an async connection gave a sync response body")
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,

@@ -56,7 +56,7 @@ def create_simulator(config: SimulatorConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.simulator = state
-    app.add_exception_handler(MetaError, _meta_error)
+    app.exception_handler(MetaError)(_meta_error)
     app.include_router(graph)
     app.include_router(controls)
     app.add_middleware(SandboxHeader)
@@ -88,8 +88,7 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _meta_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, MetaError)
+async def _meta_error(_: Request, exc: MetaError) -> Response:
     response = _json(exc.body(), exc.http_status)
     if exc.code == 190:
         response.headers["WWW-Authenticate"] = f'OAuth "Facebook Platform" "invalid_token" "{exc.title}"'

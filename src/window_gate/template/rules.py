@@ -126,11 +126,10 @@ def _header(
         ]
     parameter = parameters[0]
     got = parameter.get("type") if isinstance(parameter, Mapping) else None
-    if got != kind:
+    if got != kind or not isinstance(parameter, Mapping):
         return [
             Mismatch("header", kind, f"header: the template's header is {fmt}: a {got!r} parameter was given")
         ]
-    assert isinstance(parameter, Mapping)
     media = parameter.get(kind)
     if kind == "location":
         ok = (
