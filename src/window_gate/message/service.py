@@ -199,15 +199,9 @@ async def record(gate: Gate, caller: Caller, request: Request, decision: Decisio
                     currency=estimate.currency,
                     at=decision.at,
                 )
-    if pending is not None:
-        return Attempt(gate, caller, request, decision, message_id, pending.access_token)
-    # Only an Idempotency-Key collides: the record holding it answers.
-    previous = None
-    if request.idempotency_key is not None:
-        previous = await _previous(gate, caller, request.idempotency_key, request.request_hash)
-    if previous is None:
-        raise GateError("the send could not be recorded, and no earlier record holds its Idempotency-Key")
-    return previous
+    if pending is None:
+        return await _first_with_key(gate, caller, request)
+    return Attempt(gate, caller, request, decision, message_id, pending.access_token)
 
 
 async def _insert(
@@ -227,6 +221,15 @@ async def _insert(
         estimate=pricing.estimate_columns(decision.estimate),
         at=decision.at,
     )
+
+
+async def _first_with_key(gate: Gate, caller: Caller, request: Request) -> Sent:
+    """The answer of the request that recorded this Idempotency-Key first (only a key collides)."""
+    key = request.idempotency_key
+    previous = await _previous(gate, caller, key, request.request_hash) if key else None
+    if previous is None:
+        raise GateError("the send could not be recorded, and no earlier record holds its Idempotency-Key")
+    return previous
 
 
 def outbound(attempt: Attempt) -> dict[str, Any]:
@@ -264,7 +267,7 @@ async def accepted(attempt: Attempt, answer: dict[str, Any]) -> Sent:
 
 async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
     """Meta refused the send, was silent or out of reach: the gate's error for it, once recorded."""
-    status, err, error = _verdict(exc)
+    status, err, error = verdict(exc)
     err.context["id"] = str(attempt.id)
     outcome = Outcome(
         status,
@@ -278,7 +281,7 @@ async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
     return err
 
 
-def _verdict(exc: GraphFailure) -> tuple[MessageStatus, GateError, object]:
+def verdict(exc: GraphFailure) -> tuple[MessageStatus, GateError, object]:
     """(the status to record, the caller's error, the error to record) for a failed call to Meta."""
     if isinstance(exc, GraphError):
         return MessageStatus.FAILED, gate_error(exc), exc.raw or None

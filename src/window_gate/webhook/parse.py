@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from window_gate.consent.rules import comparable
+from window_gate.message.status import MessageStatus
 
 # Which user-sent `messages[].type` open or renew the customer service window (whatsapp-platform.md §1).
 # Meta says "messages or calls"; reaction and unsupported are unsure: change a row to change the rule.
@@ -191,7 +192,7 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
                 )
             )
         codes = [e.get("code") for e in _dicts(s.get("errors"))]  # a list: codes may be unhashable
-        failed = s.get("status") == "failed"
+        failed = s.get("status") == MessageStatus.FAILED
         closed = at if failed and RE_ENGAGEMENT in codes else None
         if failed and MARKETING_STOPPED in codes and at and (wa_id or user_id):
             out.consents.append(ConsentEvent(pn, wa_id, user_id, MARKETING, True, at, "meta_131050"))
