@@ -2,7 +2,8 @@
 
     Exception
     ├── GateError: a refusal or failure the caller can act on; a stable `code` and an HTTP status (the
-    │   │          table in DESIGN.md is a contract), rendered as RFC 9457 problem+json by one handler
+    │   │          table in DESIGN.md is a contract), rendered as RFC 9457 problem+json by one handler;
+    │   │          raised itself, 500 internal_error: what should not happen
     │   ├── ValidationFailed ············ 422 validation_error
     │   ├── PayloadTooLarge ············· 413 payload_too_large
     │   ├── InvalidRecipient ············ 422 invalid_recipient: not a phone number or BSUID, or Meta's 131026
@@ -25,9 +26,10 @@
     └── GraphFailure: a call to Meta's Graph API gave no usable answer (graph/client.py raises these; the
         │             services turn them into GateErrors: none reaches a caller as it is)
         ├── GraphError: Meta answered with its error object; branch on `code` (graph/reactions.py)
-        ├── GraphUnreachable: no connection could be made, retries included: the request surely did not leave
+        ├── GraphUnreachable: no connection (httpx's ConnectError, ConnectTimeout, PoolTimeout), retries
+        │                     included: the request surely did not leave
         └── GraphOutcomeUnknown: the request may have reached Meta, and whether Meta acted is unknown
-            ├── GraphNoAnswer: the connection failed or timed out once the request could have been sent
+            ├── GraphNoAnswer: any other transport failure (ReadTimeout, a dropped connection, …)
             └── GraphUnreadable: Meta answered, but nothing the gate can use (not a JSON object, no end)
 
 Errors of start-up and of the bundled data (config.SettingsError, pricing.rules.PricingDataError) stop the
