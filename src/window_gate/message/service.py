@@ -17,7 +17,7 @@ import orjson
 
 from window_gate.apikey.rules import Caller, Role
 from window_gate.consent import service as consent
-from window_gate.customer import repository as customers
+from window_gate.customer import service as customers
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
     GateError,
@@ -34,10 +34,12 @@ from window_gate.kit import Gate
 from window_gate.message import repository
 from window_gate.message.schemas import RecipientOut, SendOut
 from window_gate.pricing import service as pricing
+from window_gate.pricing.rules import Tables
 from window_gate.template import service as templates
 from window_gate.template.service import TemplateInfo
 from window_gate.window import repository as windows
 from window_gate.window import service as window_service
+from window_gate.window.rule import Policy
 from window_gate.window.schemas import WindowOut
 
 TEMPLATE = "template"
@@ -79,7 +81,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
 
     now = window_service.now()
     template: TemplateInfo | None = None
-    [window] = await window_service.check(gate.hot, phone_number_id, [ref], gate.policy, now)
+    [window] = await window_service.check(gate.hot, phone_number_id, [ref], gate.part(Policy), now)
     if kind == TEMPLATE:
         async with gate.engine.connect() as conn:
             template = await templates.check_send(conn, phone_number_id, body[TEMPLATE])
@@ -112,7 +114,7 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     )
     estimate = await pricing.estimate_send(
         gate.autocommit,
-        gate.settings.pricing_tables,
+        gate.part(Tables),
         phone_number_id=phone_number_id,
         category=category,
         recipient=window.customer.wa_id or window.customer.user_id or to,
@@ -173,7 +175,11 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
                     )
                 if refusal is not None and refusal.code == RE_ENGAGEMENT:  # Meta's word beats ours
                     customer_id = await customers.link(
-                        conn, window.customer.wa_id, window.customer.user_id, "send"
+                        conn,
+                        window.customer.wa_id,
+                        window.customer.user_id,
+                        "send",
+                        also_move=windows.move_windows,
                     )
                     await windows.record_verdicts(
                         conn, [windows.Verdict(phone_number_id, customer_id, at, None)]
@@ -227,7 +233,9 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         # a shortcut for later lookups: the send is recorded, so its failure does not change the answer.
         try:
             async with gate.engine.begin() as conn:
-                await customers.link(conn, wa_id, None, "send", aliases=[ref.wa_id])
+                await customers.link(
+                    conn, wa_id, None, "send", aliases=[ref.wa_id], also_move=windows.move_windows
+                )
         except Exception:
             log.warning("alias %s → %s not learnt", ref.wa_id, wa_id, exc_info=True)
     return Sent(out, answer)
