@@ -171,7 +171,9 @@ def _graph_pool(settings: Settings) -> httpx.AsyncBaseTransport | None:
 def _transport(
     settings: Settings, app: FastAPI, given: httpx.AsyncBaseTransport | TransportFactory | None
 ) -> httpx.AsyncBaseTransport | None:
-    transport = given(settings, app) if callable(given) else given
+    transport = (
+        given if given is None or isinstance(given, httpx.AsyncBaseTransport) else given(settings, app)
+    )
     if transport is None and settings.sandbox_mode and settings.graph_base_url == DEFAULT_GRAPH_BASE_URL:
         # A sandbox must never reach Meta: without the simulator it would send to the real Graph API.
         raise RuntimeError(
