@@ -25,6 +25,7 @@ from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
 from window_gate.app import create_app
 from window_gate.config import load_settings
+from window_gate.sandbox import in_process
 
 WA = "551187654321"
 
@@ -52,7 +53,7 @@ async def main(admin_url: str, rounds: int, db_timeout: float | None) -> None:
         await asyncio.to_thread(db.upgrade, url)
         async with proxy_for(url) as (proxy, proxied):
             bound = {"db_timeout_seconds": db_timeout} if db_timeout else {}
-            app = create_app(load_settings(database_url=proxied, sandbox=True, **bound))
+            app = create_app(load_settings(database_url=proxied, sandbox=True, **bound), in_process)
             async with LifespanManager(app) as manager:
                 transport = httpx.ASGITransport(app=manager.app)
                 async with httpx.AsyncClient(

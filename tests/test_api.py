@@ -19,6 +19,7 @@ from window_gate import db
 from window_gate.apikey.rules import Role
 from window_gate.app import create_app
 from window_gate.config import Settings
+from window_gate.sandbox import in_process
 
 OTHER_PN = "109999999999999"
 WINDOW_ROUTE = "/v1/windows/{phone_number_id}/{customer}"
@@ -250,7 +251,7 @@ async def test_window_check_and_webhook_bypass_fastapi_routing(
 
 @pytest.fixture
 async def small_body_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"max_body_bytes": 1024}))
+    app = create_app(settings.model_copy(update={"max_body_bytes": 1024}), in_process)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://gate") as c,

@@ -19,6 +19,7 @@ from window_gate.consent.rules import Keywords, normalise
 from window_gate.consent.service import check_marketing
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import OptedOut
+from window_gate.sandbox import in_process
 from window_gate.webhook.parse import parse_delivery
 
 OTHER_PN = "109999999999999"
@@ -149,8 +150,8 @@ async def test_configured_keywords_replace_the_defaults(settings: Settings, engi
         opt_out_keywords="Chega, NÃO ENVIE",
         opt_in_keywords="",
     )
-    assert configured.consent_keywords == Keywords(frozenset({"chega", "nao envie"}), frozenset())
-    app = create_app(configured)
+    assert Keywords.configured(configured) == Keywords(frozenset({"chega", "nao envie"}), frozenset())
+    app = create_app(configured, in_process)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gate") as gate:
@@ -169,7 +170,7 @@ async def test_configured_keywords_replace_the_defaults(settings: Settings, engi
 )
 def test_bad_keyword_settings_stop_start_up(overrides: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
-        load_settings(sandbox=True, **overrides)
+        Keywords.configured(load_settings(sandbox=True, **overrides))
 
 
 def test_matching_is_on_the_whole_normalised_message() -> None:

@@ -10,6 +10,7 @@ from tests.conftest import assert_problem
 from tests.factories import PN, delivery, inbound, signed
 from window_gate.app import create_app
 from window_gate.config import load_settings
+from window_gate.sandbox import in_process
 
 UNREACHABLE = {
     "nothing-listening": "postgresql+asyncpg://postgres@127.0.0.1:1/none",
@@ -21,7 +22,8 @@ UNREACHABLE = {
 @pytest.fixture(params=list(UNREACHABLE.values()), ids=list(UNREACHABLE))
 async def dead_db_client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
     # Starting at all proves the lifespan does not connect.
-    app = create_app(load_settings(database_url=request.param, sandbox=True, api_key_cache_seconds=0))
+    settings = load_settings(database_url=request.param, sandbox=True, api_key_cache_seconds=0)
+    app = create_app(settings, in_process)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gate", timeout=10) as client:

@@ -21,6 +21,7 @@ from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
 from window_gate.app import create_app
 from window_gate.config import Settings, load_settings
+from window_gate.sandbox import in_process
 
 EXAMPLES = 25  # per operation: with the examples and coverage phases, the run stays well under a minute
 UPSTREAM_FAILURES = {"upstream_error", "upstream_timeout"}  # Meta failed: the gate says so, 502 / 504
@@ -60,7 +61,7 @@ def admin_key(database_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def app(settings: Settings) -> Iterator[FastAPI]:
-    yield create_app(settings)
+    yield create_app(settings, in_process)
     shutdown_lifespans()  # schemathesis ran its lifespan, in its own event loop thread
 
 

@@ -27,7 +27,7 @@ from window_gate.pricing.rules import (
     parse_matrix,
     parse_rate_card,
 )
-from window_gate.pricing.tables import EXAMPLE_RATE_CARD, MARKETS, MATRIX, bundled, load_tables
+from window_gate.pricing.tables import EXAMPLE_RATE_CARD, MARKETS, MATRIX, bundled, configured, load_tables
 from window_gate.window.rule import WindowState
 from window_gate.window.schemas import CustomerOut, FreeEntryPointOut, WindowOut
 
@@ -287,21 +287,21 @@ def test_settings_point_at_real_cards_and_refuse_bad_ones(tmp_path: Path) -> Non
     july.write_text(CARD)
     october.write_text(CARD.split("\n", 1)[1].replace("Brazil,$US,0.0625", "Brazil,$US,0.0700"))
     settings = load_settings(sandbox=True, rate_card=f"{july}, {october}@2026-10-01")
-    card = settings.pricing_tables.card
+    card = configured(settings).card
     assert [e.effective_from for e in card.editions] == [date(2025, 7, 1), date(2026, 10, 1)]
 
     broken = tmp_path / "broken.csv"
     broken.write_text(CARD.replace("0.0014,0.0014", "0.0014,oops"))
     with pytest.raises(SettingsError, match=r"WINDOW_GATE_RATE_CARD: .*broken\.csv, line 5: authentication"):
-        load_settings(sandbox=True, rate_card=str(broken))
+        configured(load_settings(sandbox=True, rate_card=str(broken)))
     with pytest.raises(SettingsError, match=r"WINDOW_GATE_RATE_CARD: .*missing\.csv"):
-        load_settings(sandbox=True, rate_card=str(tmp_path / "missing.csv"))
+        configured(load_settings(sandbox=True, rate_card=str(tmp_path / "missing.csv")))
     matrix = tmp_path / "matrix.csv"
     matrix.write_text(
         bundled(MATRIX).replace("2026-10-01,utility,paid,paid", "2026-10-01,utility,paid,maybe")
     )
     with pytest.raises(SettingsError, match=r"WINDOW_GATE_BILLABILITY_MATRIX: .*matrix\.csv, line \d+"):
-        load_settings(sandbox=True, billability_matrix=str(matrix))
+        configured(load_settings(sandbox=True, billability_matrix=str(matrix)))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from window_gate import cli, db
 from window_gate.apikey.rules import Role
 from window_gate.app import create_app
 from window_gate.config import SANDBOX_APP_SECRET, load_settings
-from window_gate.sandbox import SimulatorConfig, SimulatorState, create_simulator, simulator_state
+from window_gate.sandbox import SimulatorConfig, SimulatorState, create_simulator, in_process, simulator_state
 from window_gate.sandbox import state as sandbox_state
 from window_gate.sandbox.cli import post_inbound
 from window_gate.webhook.signature import verify
@@ -567,7 +567,9 @@ async def test_a_torn_or_unknown_line_is_skipped_and_the_rest_kept(open_sim: Ope
 
 async def test_in_process_sandbox_keeps_its_state_in_data_dir(database_url: str, data_dir: Path) -> None:
     """The gate's own simulator (no transport given): closing the gate saves it in DATA_DIR/sandbox."""
-    app = create_app(load_settings(database_url=database_url, sandbox=True, api_key_cache_seconds=0))
+    app = create_app(
+        load_settings(database_url=database_url, sandbox=True, api_key_cache_seconds=0), in_process
+    )
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gate") as gate:

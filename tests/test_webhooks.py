@@ -33,7 +33,9 @@ from tests.factories import (
 from window_gate.app import create_app
 from window_gate.config import SANDBOX_APP_SECRET, SANDBOX_VERIFY_TOKEN, load_settings
 from window_gate.kit import Gate
+from window_gate.sandbox import in_process
 from window_gate.webhook.parse import OPENS_WINDOW
+from window_gate.webhook.service import DeliveryRecorder
 
 HOOK = "/webhooks/whatsapp"
 PN2 = "106540352242923"
@@ -91,7 +93,8 @@ NOTHING_WRITTEN = dict.fromkeys(WRITTEN_TABLES, 0)
 @asynccontextmanager
 async def other_gate(database_url: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
     """A second app on the same test database, configured differently (tables still emptied by `engine`)."""
-    app = create_app(load_settings(database_url=database_url, api_key_cache_seconds=0, **overrides))
+    settings = load_settings(database_url=database_url, api_key_cache_seconds=0, **overrides)
+    app = create_app(settings, in_process)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
@@ -773,13 +776,14 @@ async def test_concurrent_deliveries_share_statements_each_kept_and_applied(
     kept once and applied, and one PostgreSQL refuses (NUL in a message id) is kept with its reason alone."""
     client, state = app_state
     groups: list[int] = []
-    run = state.record_deliveries.run
+    recorder = state.part(DeliveryRecorder)
+    run = recorder.run
 
     async def counted(items: list[Any]) -> list[Any]:
         groups.append(len(items))
         return await run(items)
 
-    state.record_deliveries.run = counted
+    recorder.run = counted
     customers = [f"55119876{i:05d}" for i in range(20)]
     bad = delivery([{**inbound(WA), "id": "wamid.\u0000nul"}])
     bodies = [signed(delivery([inbound(c, ts=now() - 60)])) for c in customers] + [signed(bad)]

@@ -2,12 +2,10 @@
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import urllib.request
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
@@ -17,10 +15,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from window_gate import __doc__ as description
 from window_gate import db
@@ -28,9 +23,9 @@ from window_gate.apikey import access
 from window_gate.apikey.service import Authenticator
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
+from window_gate.consent.rules import Keywords
 from window_gate.errors import (
     DatabaseUnavailable,
-    PayloadTooLarge,
     ValidationFailed,
     install_error_handlers,
     problem_response,
@@ -44,69 +39,75 @@ from window_gate.kit import Gate
 from window_gate.message import repository as messages
 from window_gate.message.endpoints import as_meta_error, graph_router
 from window_gate.message.endpoints import router as message_router
+from window_gate.message.endpoints import template_router as template_send_router
 from window_gate.metrics import MetricsMiddleware
+from window_gate.middlewares import BodyLimit, HotPaths
+from window_gate.pricing import tables as pricing_tables
 from window_gate.pricing.endpoints import budgets_router, costs_router
-from window_gate.sandbox import InProcess, SimulatorConfig
 from window_gate.template.endpoints import router as template_router
 from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import receive
 from window_gate.webhook.endpoints import router as webhook_router
-from window_gate.window import repository as windows
+from window_gate.webhook.service import DeliveryRecorder
+from window_gate.window import service as window_service
 from window_gate.window.endpoints import get_window
 from window_gate.window.endpoints import router as window_router
-from window_gate.window.rule import Policy
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 3600
 CHORE_TIMEOUT_SECONDS = 600
 
-
-def policy(settings: Settings) -> Policy:
-    return Policy(
-        window=timedelta(hours=settings.window_hours),
-        margin=timedelta(seconds=settings.safety_margin_seconds),
-        free_entry_point=timedelta(hours=settings.free_entry_point_hours),
-        max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-    )
+# Makes the transport to Meta once the app exists (the in-process sandbox posts its webhooks into it);
+# None: the network. The entry points pass window_gate.sandbox.in_process; this module never imports it.
+TransportFactory = Callable[[Settings, FastAPI], httpx.AsyncBaseTransport | None]
 
 
-def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """The service. `graph_transport` replaces the network to Meta (tests, the in-process sandbox)."""
+def create_app(
+    settings: Settings, graph_transport: httpx.AsyncBaseTransport | TransportFactory | None = None
+) -> FastAPI:
+    """The service. `graph_transport` replaces the network to Meta: a transport (tests), or a factory
+    (the in-process sandbox, which sandbox mode with the default Graph URL requires)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = await asyncio.to_thread(db.database_url, settings)
-        transport = graph_transport or _in_process_sandbox(settings, app) or _graph_pool(settings)
-        engine = db.make_engine(url, settings.db_pool_size, settings.db_timeout_seconds)
-        hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
-        # Chores are not answering anyone: one connection of their own, with a bound long enough for a
-        # large purge, so they neither take the requests' connections nor fail on their bound.
-        chores_engine = db.make_engine(url, 1, CHORE_TIMEOUT_SECONDS)
-        http = httpx.AsyncClient(
-            base_url=settings.graph_base_url,
-            timeout=httpx.Timeout(
-                settings.graph_timeout_seconds, connect=min(5.0, settings.graph_timeout_seconds)
-            ),
-            limits=httpx.Limits(max_connections=settings.graph_max_connections),
-            transport=transport,
-        )
-        graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
-        auth = Authenticator(hot, settings.api_key_cache_seconds)
-        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        record = db.Coalescer(functools.partial(windows.record_deliveries, hot))
-        state = Gate(settings, engine, autocommit, hot, record, policy(settings), auth, graph)
-        app.state.gate = state
-        chores = asyncio.create_task(_chores_forever(state, chores_engine))
-        try:
-            yield
-        finally:
-            chores.cancel()
-            for task in state.background:
-                task.cancel()
-            await http.aclose()
-            await hot.close()
-            await engine.dispose()
-            await chores_engine.dispose()
+        # What start-up opened is released even when a later step fails (in reverse order).
+        async with contextlib.AsyncExitStack() as opened:
+            parts: list[object] = [
+                window_service.policy(settings),
+                pricing_tables.configured(settings),  # a bad file stops start-up here: one line
+                Keywords.configured(settings),
+            ]
+            url = await asyncio.to_thread(db.database_url, settings)
+            engine = db.make_engine(url, settings.db_pool_size, settings.db_timeout_seconds)
+            opened.push_async_callback(engine.dispose)
+            hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
+            opened.push_async_callback(hot.close)
+            # Chores are not answering anyone: one connection of their own, with a bound long enough for a
+            # large purge, so they neither take the requests' connections nor fail on their bound.
+            chores_engine = db.make_engine(url, 1, CHORE_TIMEOUT_SECONDS)
+            opened.push_async_callback(chores_engine.dispose)
+            http = httpx.AsyncClient(
+                base_url=settings.graph_base_url,
+                timeout=httpx.Timeout(
+                    settings.graph_timeout_seconds, connect=min(5.0, settings.graph_timeout_seconds)
+                ),
+                limits=httpx.Limits(max_connections=settings.graph_max_connections),
+                transport=_transport(settings, app, graph_transport),
+            )
+            # Closed first: the in-process simulator stops posting webhooks before the pools close.
+            opened.push_async_callback(http.aclose)
+            graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
+            parts += [Authenticator(hot, settings.api_key_cache_seconds), DeliveryRecorder(hot)]
+            autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+            state = Gate(settings, engine, autocommit, hot, graph, {type(p): p for p in parts})
+            app.state.gate = state
+            chores = asyncio.create_task(_chores_forever(state, chores_engine))
+            try:
+                yield
+            finally:
+                chores.cancel()
+                for task in state.background:
+                    task.cancel()
 
     app = FastAPI(
         title="window_gate",
@@ -132,6 +133,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         window_router,
         message_router,
         template_router,
+        template_send_router,
         consent_router,
         costs_router,
         budgets_router,
@@ -166,18 +168,19 @@ def _graph_pool(settings: Settings) -> httpx.AsyncBaseTransport | None:
     return GraphTransport(settings.graph_max_connections)
 
 
-def _in_process_sandbox(settings: Settings, app: FastAPI) -> httpx.AsyncBaseTransport | None:
-    """Sandbox mode with no simulator URL given: the simulator runs inside this process and posts its
-    webhooks straight into this app, so a sandbox never reaches Meta. (`serve` runs one beside it.)"""
-    if not settings.sandbox_mode or settings.graph_base_url != DEFAULT_GRAPH_BASE_URL:
-        return None
-    config = SimulatorConfig(
-        webhook_url="http://gate/webhooks/whatsapp",
-        app_secret=settings.app_secrets[0].decode(),
-        webhook_transport=httpx.ASGITransport(app=app),
-        data_dir=settings.data_dir / "sandbox",
+def _transport(
+    settings: Settings, app: FastAPI, given: httpx.AsyncBaseTransport | TransportFactory | None
+) -> httpx.AsyncBaseTransport | None:
+    transport = (
+        given if given is None or isinstance(given, httpx.AsyncBaseTransport) else given(settings, app)
     )
-    return InProcess(config)
+    if transport is None and settings.sandbox_mode and settings.graph_base_url == DEFAULT_GRAPH_BASE_URL:
+        # A sandbox must never reach Meta: without the simulator it would send to the real Graph API.
+        raise RuntimeError(
+            "sandbox mode with WINDOW_GATE_GRAPH_BASE_URL unset needs the in-process simulator: "
+            "create_app(settings, window_gate.sandbox.in_process), or set WINDOW_GATE_GRAPH_BASE_URL"
+        )
+    return transport or _graph_pool(settings)
 
 
 def _refusal(path: str, err: ValidationFailed) -> Response:
@@ -222,76 +225,3 @@ def _routes_of(routers: tuple[APIRouter, ...], *endpoints: object) -> list[APIRo
     if len(found) != len(endpoints):
         raise RuntimeError(f"hot paths: {len(found)} routes found for {len(endpoints)} endpoints")
     return found
-
-
-class HotPaths:
-    """The two hottest calls (window check, webhook ingest) answered without FastAPI's routing and
-    per-request machinery, half their CPU (bench/): the same endpoint functions as the documented
-    routes, their errors through the app's own exception handlers."""
-
-    def __init__(self, app: ASGIApp, routes: list[APIRoute]) -> None:
-        self.app = app
-        self.routes = [(route, compile_path(route.path)[0]) for route in routes]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for route, path in self.routes if scope["type"] == "http" else ():
-            if scope["method"] in (route.methods or ()) and (match := path.match(scope["path"])):
-                scope["path_params"], scope["route"] = match.groupdict(), route
-                request = Request(scope, receive)
-                try:
-                    response = await route.endpoint(request)
-                except Exception as exc:
-                    response = await _handle(request, exc)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-async def _handle(request: Request, exc: Exception) -> Response:
-    handlers = request.app.exception_handlers
-    handler = next((handlers[kind] for kind in type(exc).__mro__ if kind in handlers), None)
-    if handler is None:
-        raise exc
-    response: Response = await handler(request, exc)
-    return response
-
-
-class BodyLimit:
-    """Refuse bodies over the limit with 413 before any handler reads them, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge(self.max_bytes)
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        err = PayloadTooLarge(f"the body is larger than {self.max_bytes} bytes; nothing was written")
-        await problem_response(err.status, err.problem())(scope, receive, send)
-
-
-class _TooLarge(StarletteHTTPException):
-    # An HTTPException so FastAPI's body parsing re-raises it: any other exception there becomes a 400.
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"the body is larger than {max_bytes} bytes; nothing was written")

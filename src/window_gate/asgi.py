@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from window_gate import lifeline
 from window_gate.app import create_app
 from window_gate.config import load_settings
+from window_gate.sandbox import in_process
 
 # Measured in bench/: with CPython's default thresholds, full collections over the ~90 MB a worker holds
 # after start-up were most of the window check's p99 and cost a fifth of its throughput. The start-up
@@ -19,7 +20,7 @@ def app() -> FastAPI:
     supervisor = multiprocessing.parent_process()  # set in the workers uvicorn spawns for --workers N
     if supervisor is not None and supervisor.pid is not None:
         lifeline.exit_with(supervisor.pid)
-    application = create_app(load_settings())
+    application = create_app(load_settings(), in_process)
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        _read_configured(settings)
     except SettingsError as exc:
         sys.exit(f"window-gate: bad setting: {exc}")
     if args.verb in ("simulator", "sandbox-inbound"):
@@ -105,6 +106,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         key = asyncio.run(_create_key(url, args.name, Role(args.role), args.phone_numbers))
         print(f"API key {args.name!r} ({args.role}); it is shown only this once:")
         print(key)
+
+
+def _read_configured(settings: Settings) -> None:
+    """What the lifespan builds from the settings' files and lists, built here first: a bad one is then
+    the CLI's one line, not a worker's traceback."""
+    from window_gate.consent.rules import Keywords
+    from window_gate.pricing import tables
+
+    tables.configured(settings)
+    Keywords.configured(settings)
 
 
 def _sandbox(args: argparse.Namespace, settings: Settings) -> None:
@@ -281,9 +292,10 @@ async def _set_budget(settings: Settings, url: str, args: argparse.Namespace) ->
     from window_gate.errors import GateError
     from window_gate.pricing import service as pricing
     from window_gate.pricing.schemas import Scope
+    from window_gate.pricing.tables import configured
     from window_gate.window.service import now
 
-    tables = settings.pricing_tables
+    tables = configured(settings)
     try:
         limit = Decimal(args.limit)
     except InvalidOperation:

@@ -6,16 +6,22 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from window_gate.consent.rules import (
-    DEFAULT_OPT_IN_KEYWORDS,
-    DEFAULT_OPT_OUT_KEYWORDS,
-    Keywords,
-    parse_keywords,
-)
-from window_gate.pricing.rules import Tables
-from window_gate.pricing.tables import load_card, load_matrix, load_tables
-
 DEFAULT_GRAPH_BASE_URL = "https://graph.facebook.com"
+
+# pt, es, en. Erring towards opting out is safe (only marketing stops), so the opt-out list is generous.
+# Opting in is not: words that also navigate menus or answer questions are left out (pt "VOLTAR" means
+# "go back" in most bots; "SIM"/"SI"/"YES" answer anything). Meta's own "Stop promotions" button
+# arrives as a quick reply whose label is in the customer's language, hence those phrases.
+# (consent/rules.py says how a message is compared with them.)
+DEFAULT_OPT_OUT_KEYWORDS = (
+    "PARAR, SAIR, CANCELAR, DESCADASTRAR, DESINSCREVER, PARAR PROMOÇÕES, "
+    "BAJA, DAR DE BAJA, DARME DE BAJA, ALTO, DETENER, DESUSCRIBIR, DETENER PROMOCIONES, "
+    "STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, OPT OUT, OPTOUT, STOP PROMOTIONS"
+)
+DEFAULT_OPT_IN_KEYWORDS = (
+    "ASSINAR, INSCREVER, VOLTAR A RECEBER, ALTA, DAR DE ALTA, SUSCRIBIR, SUSCRIBIRME, START, UNSTOP, SUBSCRIBE, "
+    "RESUME PROMOTIONS"
+)
 
 
 class Settings(BaseSettings):
@@ -94,25 +100,6 @@ class Settings(BaseSettings):
                     raise ValueError(f"WINDOW_GATE_{name.upper()} is required unless sandbox mode is on")
         return self
 
-    @field_validator("opt_out_keywords", "opt_in_keywords")
-    @classmethod
-    def _keyword_list(cls, value: str) -> str:
-        parse_keywords(value)
-        return value
-
-    @model_validator(mode="after")
-    def _keywords_disjoint(self) -> "Settings":
-        try:
-            self.consent_keywords  # noqa: B018  (parsed once here, so a bad list stops start-up)
-        except ValueError as exc:
-            raise ValueError(f"WINDOW_GATE_OPT_OUT_KEYWORDS and WINDOW_GATE_OPT_IN_KEYWORDS: {exc}") from None
-        return self
-
-    @cached_property
-    def consent_keywords(self) -> Keywords:
-        """The keyword lists, normalised (consent/rules.py says how messages are compared)."""
-        return Keywords.parse(self.opt_out_keywords, self.opt_in_keywords)
-
     @field_validator("waba_ids")
     @classmethod
     def _numeric_ids(cls, value: str) -> str:
@@ -127,22 +114,10 @@ class Settings(BaseSettings):
         configured = _split(self.waba_ids)
         return configured or ([SANDBOX_WABA_ID] if self.sandbox_mode else [])
 
-    @field_validator("rate_card")
+    @field_validator("rate_card", "billability_matrix")
     @classmethod
-    def _rate_card_readable(cls, value: str | None) -> str | None:
-        load_card(value or None)  # a bad card stops start-up, naming the file and line
+    def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
-
-    @field_validator("billability_matrix")
-    @classmethod
-    def _matrix_readable(cls, value: str | None) -> str | None:
-        load_matrix(value or None, True)
-        return value or None
-
-    @property
-    def pricing_tables(self) -> Tables:
-        """Rate card, billability matrix and markets, as these settings name them (read once per process)."""
-        return load_tables(self.rate_card, self.billability_matrix, self.pricing_apply_unsure)
 
     @cached_property
     def sandbox_mode(self) -> bool:
@@ -173,7 +148,8 @@ def _split(value: str) -> list[str]:
 
 
 class SettingsError(Exception):
-    """Bad settings: the message is one line naming the setting and what is wrong."""
+    """Bad settings: the message is one line naming the setting and what is wrong. Raised by
+    `load_settings`, and for the files the settings name (rate card, keyword lists) where they are read."""
 
 
 def load_settings(**overrides: object) -> Settings:

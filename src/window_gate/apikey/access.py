@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from starlette.routing import BaseRoute
 
 from window_gate.apikey.rules import Caller, Role
+from window_gate.apikey.service import Authenticator
 from window_gate.kit import Gate, gate
 
 GUARDED_PREFIXES = ("/v1/", "/graph/")
@@ -43,7 +44,7 @@ class Access:
     async def caller(self, state: Gate, authorization: str | None, *numbers: str | None) -> Caller:
         """The key behind `authorization`, if it has the role and may use each of these numbers:
         401 unauthorized, else 403 forbidden."""
-        caller = await state.auth.caller(authorization)
+        caller = await state.part(Authenticator).caller(authorization)
         caller.require(self.role)
         for phone_number_id in numbers:
             if phone_number_id is not None:

@@ -9,26 +9,14 @@ whitespace collapsed, case and accents ignored. So "Parar", " stop! " and "CANCE
 import unicodedata
 from dataclasses import dataclass
 
+from window_gate.config import Settings, SettingsError
+
 MARKETING = "marketing"
 
 # Longer messages are never compared (nor normalised): cheap on the webhook hot path.
 MAX_KEYWORD_CHARS = 40
 MAX_MESSAGE_CHARS = 64  # room for padding and punctuation around a keyword
 PUNCTUATION = " \t\r\n.,;:!?¡¿\"'`*_~()[]-"
-
-# pt, es, en. Erring towards opting out is safe (only marketing stops), so the opt-out list is generous.
-# Opting in is not: words that also navigate menus or answer questions are left out (pt "VOLTAR" means
-# "go back" in most bots; "SIM"/"SI"/"YES" answer anything). Meta's own "Stop promotions" button
-# arrives as a quick reply whose label is in the customer's language, hence those phrases.
-DEFAULT_OPT_OUT_KEYWORDS = (
-    "PARAR, SAIR, CANCELAR, DESCADASTRAR, DESINSCREVER, PARAR PROMOÇÕES, "
-    "BAJA, DAR DE BAJA, DARME DE BAJA, ALTO, DETENER, DESUSCRIBIR, DETENER PROMOCIONES, "
-    "STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, OPT OUT, OPTOUT, STOP PROMOTIONS"
-)
-DEFAULT_OPT_IN_KEYWORDS = (
-    "ASSINAR, INSCREVER, VOLTAR A RECEBER, ALTA, DAR DE ALTA, SUSCRIBIR, SUSCRIBIRME, START, UNSTOP, SUBSCRIBE, "
-    "RESUME PROMOTIONS"
-)
 
 
 def normalise(text: str) -> str:
@@ -62,7 +50,7 @@ def parse_keywords(setting: str) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class Keywords:
-    """Normalised opt-out and opt-in words; a word in both lists is refused when settings load."""
+    """Normalised opt-out and opt-in words; a word in both lists stops start-up (`configured`)."""
 
     opt_out: frozenset[str]
     opt_in: frozenset[str]
@@ -73,6 +61,20 @@ class Keywords:
         if both := sorted(keywords.opt_out & keywords.opt_in):
             raise ValueError(f"{', '.join(both)} cannot both stop and resume marketing messages")
         return keywords
+
+    @classmethod
+    def configured(cls, settings: Settings) -> "Keywords":
+        """The settings' lists; a bad one is a SettingsError of one line naming it (stops start-up)."""
+        for name in ("opt_out_keywords", "opt_in_keywords"):
+            try:
+                parse_keywords(getattr(settings, name))
+            except ValueError as exc:
+                raise SettingsError(f"WINDOW_GATE_{name.upper()}: {exc}") from None
+        try:
+            return cls.parse(settings.opt_out_keywords, settings.opt_in_keywords)
+        except ValueError as exc:
+            both = "WINDOW_GATE_OPT_OUT_KEYWORDS and WINDOW_GATE_OPT_IN_KEYWORDS"
+            raise SettingsError(f"{both}: {exc}") from None
 
     def verdict(self, words: tuple[str, ...]) -> bool | None:
         """True: opt out; False: opt in; None: no keyword. Opting out wins if one message says both."""

@@ -14,8 +14,10 @@ from window_gate.consent import repository
 from window_gate.consent.rules import MARKETING
 from window_gate.consent.schemas import ConsentCustomer, OptOutOut, OptOutPage
 from window_gate.customer import repository as customers
+from window_gate.customer import service as customer_service
 from window_gate.customer.identity import CustomerRef
 from window_gate.errors import OptedOut, ValidationFailed
+from window_gate.window.repository import move_windows
 
 API = "api"
 
@@ -54,7 +56,9 @@ async def declare(
     """Record the caller's statement (source `api`) on every customer these spellings name, creating
     the customer when none is known, so that an older webhook arriving later cannot undo it."""
     known = await customers.resolve(conn, ref.aliases())
-    ids = sorted(set(known.values())) or [await customers.link(conn, ref.wa_id, ref.user_id, API)]
+    ids = sorted(set(known.values())) or [
+        await customer_service.link(conn, ref.wa_id, ref.user_id, API, also_move=move_windows)
+    ]
     await repository.record(
         conn, [repository.Statement(phone_number_id, cid, MARKETING, opted_out, at, API) for cid in ids]
     )

@@ -5,8 +5,6 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from window_gate.window.repository import move_windows
-
 RESOLVE = text("SELECT alias, customer_id FROM customer_aliases WHERE alias = ANY(CAST(:aliases AS text[]))")
 LOCK = text(
     "SELECT pg_advisory_xact_lock(hashtext(a)) FROM "
@@ -33,35 +31,28 @@ async def resolve(conn: AsyncConnection, aliases: Sequence[str]) -> dict[str, in
     return {alias: cid for alias, cid in rows}
 
 
-async def link(
-    conn: AsyncConnection, wa_id: str | None, user_id: str | None, source: str, aliases: Sequence[str] = ()
-) -> int:
-    """Find or create the customer known by these ids (and other spellings of them), merging customers
-    that turn out to be one.
+async def lock(conn: AsyncConnection, aliases: Sequence[str]) -> None:
+    """Transaction-scoped advisory locks on these aliases, taken in one order (no deadlock)."""
+    await conn.execute(LOCK, {"aliases": list(aliases)})
 
-    The slow path of ingest: runs only for an identity not seen before (or newly linked), under
-    transaction-scoped advisory locks so that concurrent deliveries and replicas agree.
-    """
-    ids = list(dict.fromkeys(i for i in (wa_id, user_id, *aliases) if i))
-    await conn.execute(LOCK, {"aliases": ids})
-    found = await resolve(conn, ids)
-    owners = sorted({found[i] for i in ids if i in found})
-    if not owners:
-        customer_id: int = (await conn.execute(CREATE, {"wa_id": wa_id, "user_id": user_id})).scalar_one()
-    else:
-        customer_id = owners[0]
-        for other in owners[1:]:
-            await _merge(conn, other, customer_id)
-        await conn.execute(FILL_IDS, {"id": customer_id, "wa_id": wa_id, "user_id": user_id})
-    for alias in ids:
-        if found.get(alias) != customer_id:
-            await conn.execute(ADD_ALIAS, {"alias": alias, "customer_id": customer_id, "source": source})
+
+async def create(conn: AsyncConnection, wa_id: str | None, user_id: str | None) -> int:
+    customer_id: int = (await conn.execute(CREATE, {"wa_id": wa_id, "user_id": user_id})).scalar_one()
     return customer_id
 
 
-async def _merge(conn: AsyncConnection, src: int, dst: int) -> None:
-    await move_windows(conn, src, dst)
+async def add_alias(conn: AsyncConnection, alias: str, customer_id: int, source: str) -> None:
+    await conn.execute(ADD_ALIAS, {"alias": alias, "customer_id": customer_id, "source": source})
+
+
+async def fill_ids(conn: AsyncConnection, customer_id: int, wa_id: str | None, user_id: str | None) -> None:
+    """Ids the customer lacked; those it has stay."""
+    await conn.execute(FILL_IDS, {"id": customer_id, "wa_id": wa_id, "user_id": user_id})
+
+
+async def merge(conn: AsyncConnection, src: int, dst: int) -> None:
+    """Customer `src` becomes `dst`: its aliases and inbound messages move, its ids fill dst's gaps."""
     for statement in MERGE[:2]:
         await conn.execute(statement, {"src": src, "dst": dst})
     gone = (await conn.execute(MERGE[2], {"src": src})).one()
-    await conn.execute(FILL_IDS, {"id": dst, "wa_id": gone.wa_id, "user_id": gone.user_id})
+    await fill_ids(conn, dst, gone.wa_id, gone.user_id)

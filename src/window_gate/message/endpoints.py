@@ -1,4 +1,5 @@
-"""HTTP: gated sends, their records, and the Graph-compatible pass-through."""
+"""HTTP: gated sends (by body, and templates by name), their records, and the Graph-compatible
+pass-through."""
 
 import secrets
 from typing import Annotated, Any
@@ -38,9 +39,13 @@ from window_gate.message.schemas import (
     SendIn,
     SendOut,
 )
+from window_gate.template import service as templates
+from window_gate.template.schemas import TemplateSendIn
 from window_gate.window.schemas import EXAMPLE_PN
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
+# A send like any other, so it lives here; its path stays under the registry's (DESIGN.md).
+template_router = APIRouter(prefix="/v1/templates", tags=["templates"])
 graph_router = APIRouter(prefix="/graph", tags=["graph pass-through"])
 IdempotencyKey = Annotated[
     str | None, Header(max_length=255, description="Same key (per API key) → at most one upstream send")
@@ -75,6 +80,42 @@ async def send_message(
     pass at any time. The send is recorded before it leaves; a timeout is answered 504 and never re-sent."""
     payload = {k: v for k, v in body.model_dump().items() if v is not None}
     return json_response((await service.send(gate(request), caller, payload, idempotency_key)).out, 201)
+
+
+@template_router.post(
+    "/{name}/send",
+    summary="Send a template by name",
+    response_model=SendOut,
+    status_code=201,
+    responses=problems(
+        *AUTH_PROBLEMS,
+        InvalidRecipient,
+        TemplateNotFound,
+        TemplateNotApproved,
+        TemplateParametersInvalid,
+        IdempotencyConflict,
+        RateLimited,
+        UpstreamError,
+        UpstreamTimeout,
+    ),
+)
+async def send_template(
+    request: Request,
+    caller: Sender,
+    name: Annotated[str, Path(max_length=512, description="Template name", examples=["order_update"])],
+    body: TemplateSendIn,
+    idempotency_key: IdempotencyKey = None,
+) -> SendOut:
+    """A template send without Cloud API components: values by position (a list, in reading order: the
+    header's placeholders, then the body's) or by name (an object, NAMED templates), a media header, and
+    button values by index. The registry's components place them; the built message then goes through
+    `POST /v1/messages` unchanged (checked, recorded before it leaves, idempotent) and the answer is the
+    same. Refusals: 422 `template_not_found`, `template_not_approved`, `template_parameters_invalid`."""
+    caller.require_number(body.phone_number_id)
+    state = gate(request)
+    async with state.engine.connect() as conn:
+        message = await templates.build_send(conn, name, body)
+    return (await service.send(state, caller, message, idempotency_key)).out
 
 
 @router.get(

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller, Role
 from window_gate.consent import service as consent
-from window_gate.customer import repository as customers
+from window_gate.customer import service as customers
 from window_gate.customer.identity import CustomerRef, parse_customer
 from window_gate.db import HotPool
 from window_gate.errors import (
@@ -40,11 +40,12 @@ from window_gate.message import repository
 from window_gate.message.schemas import RecipientOut, SendOut
 from window_gate.message.status import LEFT, MessageStatus
 from window_gate.pricing import service as pricing
-from window_gate.pricing.rules import Estimate
+from window_gate.pricing.rules import Estimate, Tables
 from window_gate.template import service as templates
 from window_gate.template.service import TemplateInfo
 from window_gate.window import repository as windows
 from window_gate.window import service as window_service
+from window_gate.window.rule import Policy
 from window_gate.window.schemas import WindowOut
 
 TEMPLATE = "template"
@@ -151,7 +152,9 @@ async def decide(gate: Gate, request: Request) -> Decision:
     """The window, the template and consent checks, and the price; a refusal raises here, before any
     write."""
     now = window_service.now()
-    [window] = await window_service.check(gate.hot, request.phone_number_id, [request.ref], gate.policy, now)
+    [window] = await window_service.check(
+        gate.hot, request.phone_number_id, [request.ref], gate.part(Policy), now
+    )
     template: TemplateInfo | None = None
     if request.kind == TEMPLATE:
         async with gate.engine.connect() as conn:
@@ -166,7 +169,7 @@ async def decide(gate: Gate, request: Request) -> Decision:
         )
     estimate = await pricing.estimate_send(
         gate.autocommit,
-        gate.settings.pricing_tables,
+        gate.part(Tables),
         phone_number_id=request.phone_number_id,
         # An unknown template category is priced as the dearest (marketing), so budgets err on the safe side.
         category=(template.category or MARKETING) if template else None,
@@ -333,7 +336,9 @@ async def _write_refused(attempt: Attempt, outcome: Outcome) -> None:
         code = outcome.refusal.code if outcome.refusal is not None else None
         if code == RE_ENGAGEMENT:
             customer = decision.window.customer
-            customer_id = await customers.link(conn, customer.wa_id, customer.user_id, "send")
+            customer_id = await customers.link(
+                conn, customer.wa_id, customer.user_id, "send", also_move=windows.move_windows
+            )
             await windows.record_verdicts(
                 conn, [windows.Verdict(request.phone_number_id, customer_id, outcome.at, None)]
             )
@@ -346,7 +351,9 @@ async def _learn_alias(gate: Gate, spelling: str, wa_id: str) -> None:
     a shortcut for later lookups: the send is recorded, so its failure does not change the answer."""
     try:
         async with gate.engine.begin() as conn:
-            await customers.link(conn, wa_id, None, "send", aliases=[spelling])
+            await customers.link(
+                conn, wa_id, None, "send", aliases=[spelling], also_move=windows.move_windows
+            )
     except Exception:
         log.warning("alias %s → %s not learnt", spelling, wa_id, exc_info=True)
 

@@ -9,6 +9,7 @@ from window_gate.apikey.access import Admin, Reader
 from window_gate.errors import AUTH_PROBLEMS, NotFound, problems
 from window_gate.kit import gate
 from window_gate.pricing import service
+from window_gate.pricing.rules import Tables
 from window_gate.pricing.schemas import EXAMPLE_KEY, BudgetIn, BudgetOut, BudgetsOut, CostsOut, GroupBy, Scope
 from window_gate.window import service as window_service
 from window_gate.window.schemas import EXAMPLE_PN
@@ -64,7 +65,7 @@ async def get_costs(
     async with state.engine.connect() as conn:
         return await service.costs(
             conn,
-            state.settings.pricing_tables,
+            state.part(Tables),
             caller,
             phone_number_id=phone_number_id,
             phone_number_ids=numbers,
@@ -94,7 +95,7 @@ async def put_budget(
     async with state.engine.begin() as conn:
         return await service.set_budget(
             conn,
-            state.settings.pricing_tables,
+            state.part(Tables),
             caller,
             scope,
             scope_id,

@@ -6,6 +6,7 @@ from datetime import date
 from importlib import resources
 from pathlib import Path
 
+from window_gate.config import Settings, SettingsError
 from window_gate.pricing.rules import (
     Matrix,
     PricingDataError,
@@ -69,6 +70,23 @@ def load_tables(rate_card: str | None, matrix: str | None, apply_unsure: bool) -
         matrix=load_matrix(matrix, apply_unsure),
         markets=parse_markets(bundled(MARKETS), MARKETS),
     )
+
+
+def configured(settings: Settings) -> Tables:
+    """The tables the settings name. A bad file is a SettingsError of one line naming the setting, the
+    file and the line, so it stops start-up (the lifespan, the CLI) as a bad setting does."""
+    for name, read in (
+        ("rate_card", lambda: load_card(settings.rate_card)),
+        (
+            "billability_matrix",
+            lambda: load_matrix(settings.billability_matrix, settings.pricing_apply_unsure),
+        ),
+    ):
+        try:
+            read()
+        except PricingDataError as exc:
+            raise SettingsError(f"WINDOW_GATE_{name.upper()}: {exc}") from None
+    return load_tables(settings.rate_card, settings.billability_matrix, settings.pricing_apply_unsure)
 
 
 def _read(path: str) -> str:

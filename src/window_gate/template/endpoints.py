@@ -1,25 +1,12 @@
-"""HTTP: the template registry (sync, listing) and template sends by name."""
+"""HTTP: the template registry (sync, listing). Sends by name: message/endpoints.py."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from window_gate.apikey.access import Admin, Reader, Sender
-from window_gate.errors import (
-    AUTH_PROBLEMS,
-    IdempotencyConflict,
-    InvalidRecipient,
-    RateLimited,
-    TemplateNotApproved,
-    TemplateNotFound,
-    TemplateParametersInvalid,
-    UpstreamError,
-    UpstreamTimeout,
-    problems,
-)
+from window_gate.apikey.access import Admin, Reader
+from window_gate.errors import AUTH_PROBLEMS, UpstreamError, problems
 from window_gate.kit import gate
-from window_gate.message import service as messages
-from window_gate.message.schemas import SendOut
 from window_gate.template import service
 from window_gate.template.schemas import (
     EXAMPLE_CURSOR,
@@ -28,11 +15,9 @@ from window_gate.template.schemas import (
     SyncIn,
     SyncOut,
     TemplatePage,
-    TemplateSendIn,
 )
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
-TEMPLATE_PROBLEMS = (TemplateNotFound, TemplateNotApproved, TemplateParametersInvalid)
 
 
 @router.get(
@@ -124,39 +109,3 @@ async def sync_templates(request: Request, caller: Admin, body: SyncIn | None = 
             accounts=[a.model_dump() for a in results.accounts],
         )
     return results
-
-
-@router.post(
-    "/{name}/send",
-    summary="Send a template by name",
-    response_model=SendOut,
-    status_code=201,
-    responses=problems(
-        *AUTH_PROBLEMS,
-        InvalidRecipient,
-        *TEMPLATE_PROBLEMS,
-        IdempotencyConflict,
-        RateLimited,
-        UpstreamError,
-        UpstreamTimeout,
-    ),
-)
-async def send_template(
-    request: Request,
-    caller: Sender,
-    name: Annotated[str, Path(max_length=512, description="Template name", examples=["order_update"])],
-    body: TemplateSendIn,
-    idempotency_key: Annotated[
-        str | None, Header(max_length=255, description="Same key (per API key) → at most one upstream send")
-    ] = None,
-) -> SendOut:
-    """A template send without Cloud API components: values by position (a list, in reading order: the
-    header's placeholders, then the body's) or by name (an object, NAMED templates), a media header, and
-    button values by index. The registry's components place them; the built message then goes through
-    `POST /v1/messages` unchanged (checked, recorded before it leaves, idempotent) and the answer is the
-    same. Refusals: 422 `template_not_found`, `template_not_approved`, `template_parameters_invalid`."""
-    caller.require_number(body.phone_number_id)
-    state = gate(request)
-    async with state.engine.connect() as conn:
-        message = await service.build_send(conn, name, body)
-    return (await messages.send(state, caller, message, idempotency_key)).out

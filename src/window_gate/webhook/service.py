@@ -1,6 +1,7 @@
 """Webhook ingest: a signed delivery in, window facts forward, the raw bytes kept."""
 
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -15,6 +16,8 @@ from window_gate import metrics
 from window_gate.consent import repository as consent
 from window_gate.consent.rules import MARKETING, Keywords
 from window_gate.customer import repository as customers
+from window_gate.customer import service as customer_service
+from window_gate.db import Coalescer, HotPool
 from window_gate.kit import Gate
 from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
@@ -29,6 +32,14 @@ from window_gate.window.rule import Policy, inbound_time
 log = logging.getLogger(__name__)
 
 
+class DeliveryRecorder(Coalescer[windows.RawDelivery, windows.Recorded]):
+    """Webhook deliveries arriving together: one statement and one commit (db.Coalescer). One per
+    process, made by the lifespan."""
+
+    def __init__(self, hot: HotPool) -> None:
+        super().__init__(functools.partial(windows.record_deliveries, hot))
+
+
 async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     """Keep the delivery and apply it. The common case, messages from known customers, is one statement;
     the rest (new customers, statuses, Meta's verdicts, consent, templates) follows in one transaction.
@@ -41,7 +52,8 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     except ValueError as exc:
         await _keep_unapplied(gate, body, None, exc)
         return Delivery()
-    _keyword_consents(delivery, gate.settings.consent_keywords, received_at, gate.policy)
+    policy = gate.part(Policy)
+    _keyword_consents(delivery, gate.part(Keywords), received_at, policy)
     inbound = [
         windows.Inbound(
             message_id=m.message_id,
@@ -50,13 +62,13 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
             user_id=m.user_id,
             type=m.type,
             sent_at=m.sent_at,
-            counts_from=inbound_time(m.sent_at, received_at, gate.policy),
+            counts_from=inbound_time(m.sent_at, received_at, policy),
             referral=orjson.dumps(m.referral).decode() if m.referral else None,
         )
         for m in delivery.inbound
     ]
     try:
-        recorded = await gate.record_deliveries((body, inbound))
+        recorded = await gate.part(DeliveryRecorder)((body, inbound))
     except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
         await _keep_unapplied(gate, body, None, exc)
         return delivery
@@ -66,7 +78,7 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     try:
         if late or delivery.has_more() or not known_accounts:
             async with gate.engine.begin() as conn:
-                await _apply_rest(conn, delivery, late, received_at, gate.policy)
+                await _apply_rest(conn, delivery, late, received_at, policy)
         if late:  # their customers exist now (committed above)
             [again] = await windows.record_deliveries(gate.hot, [(None, late)])
             if again.unresolved:
@@ -212,6 +224,6 @@ async def _customer_ids(
     ]
     if unresolved:
         for wa_id, user_id in sorted(unresolved, key=str):
-            await customers.link(conn, wa_id, user_id, "webhook")
+            await customer_service.link(conn, wa_id, user_id, "webhook", also_move=windows.move_windows)
         known = await customers.resolve(conn, aliases)  # links may have merged customers
     return {p: known[p[0] or p[1] or ""] for p in pairs}

@@ -12,6 +12,7 @@ from window_gate.errors import (
 )
 from window_gate.kit import Gate, gate, json_response
 from window_gate.window import service
+from window_gate.window.rule import Policy
 from window_gate.window.schemas import EXAMPLE_PN, WindowCheckIn, WindowCheckOut, WindowOut
 
 router = APIRouter(prefix="/v1/windows", tags=["windows"])
@@ -78,7 +79,7 @@ async def one_window(
     if len(customer) > MAX_CUSTOMER:
         raise ValidationFailed(f"customer: at most {MAX_CUSTOMER} characters")
     ref = parse_customer(customer)
-    [answer] = await service.check(state.hot, phone_number_id, [ref], state.policy, service.now())
+    [answer] = await service.check(state.hot, phone_number_id, [ref], state.part(Policy), service.now())
     return answer
 
 
@@ -96,5 +97,5 @@ async def check_windows(request: Request, caller: Reader, body: WindowCheckIn) -
     caller.require_number(body.phone_number_id)
     state = gate(request)
     refs = service.parse_all(body.customers)
-    windows = await service.check(state.hot, body.phone_number_id, refs, state.policy, service.now())
+    windows = await service.check(state.hot, body.phone_number_id, refs, state.part(Policy), service.now())
     return json_response(WindowCheckOut(windows=windows))

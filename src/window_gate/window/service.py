@@ -2,9 +2,10 @@
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from window_gate import metrics
+from window_gate.config import Settings
 from window_gate.customer.identity import CustomerRef, parse_customer
 from window_gate.db import HotPool
 from window_gate.errors import InvalidRecipient
@@ -15,6 +16,16 @@ from window_gate.window.schemas import CustomerOut, FreeEntryPointOut, WindowOut
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def policy(settings: Settings) -> Policy:
+    """The rule's parameters as the settings give them (one per process, made by the lifespan)."""
+    return Policy(
+        window=timedelta(hours=settings.window_hours),
+        margin=timedelta(seconds=settings.safety_margin_seconds),
+        free_entry_point=timedelta(hours=settings.free_entry_point_hours),
+        max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+    )
 
 
 def parse_all(customers: Sequence[str]) -> list[CustomerRef]:
