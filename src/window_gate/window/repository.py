@@ -10,16 +10,15 @@ from sqlalchemy import (
     Select,
     Text,
     case,
-    cast,
     delete,
     func,
     literal,
     literal_column,
-    null,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import InstrumentedAttribute
 
 from window_gate.db import HotPool, Statement
 from window_gate.models import TZ, Window
@@ -28,10 +27,8 @@ from window_gate.window.rule import WindowFacts
 # The hot path of webhook ingest, one autocommit statement on asyncpg for any number of deliveries (those
 # arriving together are coalesced): the raw deliveries are kept, each message's customer is found by its
 # aliases, new message ids are recorded and their windows move forward. Messages whose customer is unknown
-# (or newly linked) come back unresolved, for the slow path.
-# Window facts only ever move forward, so any order of (re)deliveries converges on the same row: the
-# upsert here is `_upsert_facts` (below) written out, in ON CONFLICT … SET every expression sees the row as
-# it was, so the CASEs compare old with new.
+# (or newly linked) come back unresolved, for the slow path. Its `up` is `_upsert_facts` (below) written
+# out for the facts a delivery gives: change one, change the other.
 RECORD_DELIVERIES = Statement(
     """
 WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
@@ -96,7 +93,7 @@ LEFT JOIN windows w ON w.customer_id = c.id AND w.phone_number_id = :phone_numbe
 ORDER BY q.idx, (w.last_inbound_at IS NULL), q.rank
 """
 )
-# The columns of the facts, in the order `_upsert_facts` takes them from its source.
+# Every fact of a window (and its key).
 FACTS = (
     Window.phone_number_id,
     Window.customer_id,
@@ -110,10 +107,11 @@ FACTS = (
 )
 
 
-def _upsert_facts(source: Select[Any]) -> Insert:
+def _upsert_facts(columns: Sequence[InstrumentedAttribute[Any]], source: Select[Any]) -> Insert:
     """Window facts only ever move forward, so any order of (re)deliveries converges on the same row. In
-    ON CONFLICT … SET every expression sees the row as it was, so the CASEs compare old with new."""
-    upsert = insert(Window).from_select([c.key for c in FACTS], source)
+    ON CONFLICT … SET every expression sees the row as it was, so the CASEs compare old with new; a fact
+    the source does not give is NULL there, which moves nothing."""
+    upsert = insert(Window).from_select([c.key for c in columns], source)
     new = upsert.excluded
     never = literal_column("'-infinity'", TZ)
     return upsert.on_conflict_do_update(
@@ -208,7 +206,7 @@ async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) ->
     """Meta's word on windows: 131047 closures and free-entry-point expiries."""
     if not verdicts:
         return
-    v = (
+    given = (
         func.unnest(
             literal([v.phone_number_id for v in verdicts], ARRAY(Text)),
             literal([v.customer_id for v in verdicts], ARRAY(BigInteger)),
@@ -218,30 +216,21 @@ async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) ->
         .table_valued("phone_number_id", "customer_id", "closed_at", "fep_expires_at")
         .render_derived(name="v")
     )
-    nothing = cast(null(), TZ)
+    key = (given.c.phone_number_id, given.c.customer_id)
     source = (
-        select(
-            v.c.phone_number_id,
-            v.c.customer_id,
-            nothing,
-            cast(null(), Text),
-            func.max(v.c.closed_at),
-            nothing,
-            cast(null(), Window.referral.type),
-            nothing,
-            func.max(v.c.fep_expires_at),
-        )
-        .group_by(v.c.phone_number_id, v.c.customer_id)
-        .order_by(v.c.phone_number_id, v.c.customer_id)
+        select(*key, func.max(given.c.closed_at), func.max(given.c.fep_expires_at))
+        .group_by(*key)
+        .order_by(*key)
     )
-    await conn.execute(_upsert_facts(source))
+    columns = (Window.phone_number_id, Window.customer_id, Window.closed_by_meta_at, Window.fep_expires_at)
+    await conn.execute(_upsert_facts(columns, source))
 
 
 async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
     """Merge one customer's windows into another's (the facts of both kept, as if delivered together)."""
     columns = [literal(dst, BigInteger) if c is Window.customer_id else c for c in FACTS]
     source = select(*columns).where(Window.customer_id == src).order_by(Window.phone_number_id)
-    await conn.execute(_upsert_facts(source))
+    await conn.execute(_upsert_facts(FACTS, source))
     await conn.execute(delete(Window).where(Window.customer_id == src))
 
 
