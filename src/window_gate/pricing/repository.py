@@ -65,7 +65,11 @@ async def reserve(
 ) -> Decimal | None:
     """Add `amount` to the month's spend unless that passes the scope's budget: the new spend, or None."""
     ensure = insert(BudgetSpend).values(scope=scope, scope_id=scope_id, month=month)
-    await conn.execute(ensure.on_conflict_do_nothing())
+    await conn.execute(
+        ensure.on_conflict_do_nothing(
+            index_elements=[BudgetSpend.scope, BudgetSpend.scope_id, BudgetSpend.month]
+        )
+    )
     # The row lock taken by this UPDATE is what makes budgets safe across replicas: a concurrent
     # reservation waits for it, then PostgreSQL re-checks the WHERE clause against the committed `spent`
     # (READ COMMITTED).
