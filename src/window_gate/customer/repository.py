@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from sqlalchemy import Text, Update, any_, delete, func, insert, literal, select, update
+from sqlalchemy import Text, any_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -10,21 +10,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from window_gate.models import Customer, CustomerAlias, InboundMessage
 from window_gate.window.repository import move_windows
 
-
-def _fill_ids(customer_id: int, wa_id: str | None, user_id: str | None) -> Update:
-    return (
-        update(Customer)
-        .where(Customer.id == customer_id)
-        .values(wa_id=func.coalesce(Customer.wa_id, wa_id), user_id=func.coalesce(Customer.user_id, user_id))
+# Built once (SQLAlchemy then only keys its cache per call): this is webhook ingest's path for new customers.
+_ALIASES = bindparam("aliases", type_=ARRAY(Text))
+RESOLVE = select(CustomerAlias.alias, CustomerAlias.customer_id).where(CustomerAlias.alias == any_(_ALIASES))
+_SPELLINGS = func.unnest(_ALIASES).table_valued("alias").render_derived(name="a")
+_ORDERED = select(_SPELLINGS.c.alias).order_by(_SPELLINGS.c.alias).subquery()
+# One lock per spelling, taken in one order by everyone (no deadlock).
+LOCK = select(func.pg_advisory_xact_lock(func.hashtext(_ORDERED.c.alias)))
+CREATE = insert(Customer).returning(Customer.id)
+ADD_ALIAS = upsert(CustomerAlias).on_conflict_do_nothing(index_elements=[CustomerAlias.alias])
+FILL_IDS = (
+    update(Customer)
+    .where(Customer.id == bindparam("customer_id"))
+    .values(
+        wa_id=func.coalesce(Customer.wa_id, bindparam("wa_id", type_=Text)),
+        user_id=func.coalesce(Customer.user_id, bindparam("user_id", type_=Text)),
     )
+)
 
 
 async def resolve(conn: AsyncConnection, aliases: Sequence[str]) -> dict[str, int]:
     """Map each known alias to its customer id (one round trip)."""
-    query = select(CustomerAlias.alias, CustomerAlias.customer_id).where(
-        CustomerAlias.alias == any_(literal(list(aliases), ARRAY(Text)))
-    )
-    rows = await conn.execute(query)
+    rows = await conn.execute(RESOLVE, {"aliases": list(aliases)})
     return {alias: cid for alias, cid in rows}
 
 
@@ -38,24 +45,19 @@ async def link(
     transaction-scoped advisory locks so that concurrent deliveries and replicas agree.
     """
     ids = list(dict.fromkeys(i for i in (wa_id, user_id, *aliases) if i))
-    # One lock per spelling, taken in one order by everyone (no deadlock).
-    names = func.unnest(literal(ids, ARRAY(Text))).table_valued("name").render_derived(name="a")
-    ordered = select(names.c.name).order_by(names.c.name).subquery()
-    await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(ordered.c.name))))
+    await conn.execute(LOCK, {"aliases": ids})
     found = await resolve(conn, ids)
     owners = sorted({found[i] for i in ids if i in found})
     if not owners:
-        create = insert(Customer).values(wa_id=wa_id, user_id=user_id).returning(Customer.id)
-        customer_id: int = (await conn.execute(create)).scalar_one()
+        customer_id: int = (await conn.execute(CREATE, {"wa_id": wa_id, "user_id": user_id})).scalar_one()
     else:
         customer_id = owners[0]
         for other in owners[1:]:
             await _merge(conn, other, customer_id)
-        await conn.execute(_fill_ids(customer_id, wa_id, user_id))
+        await conn.execute(FILL_IDS, {"customer_id": customer_id, "wa_id": wa_id, "user_id": user_id})
     for alias in ids:
         if found.get(alias) != customer_id:
-            add = upsert(CustomerAlias).values(alias=alias, customer_id=customer_id, source=source)
-            await conn.execute(add.on_conflict_do_nothing(index_elements=[CustomerAlias.alias]))
+            await conn.execute(ADD_ALIAS, {"alias": alias, "customer_id": customer_id, "source": source})
     return customer_id
 
 
@@ -68,4 +70,4 @@ async def _merge(conn: AsyncConnection, src: int, dst: int) -> None:
             delete(Customer).where(Customer.id == src).returning(Customer.wa_id, Customer.user_id)
         )
     ).one()
-    await conn.execute(_fill_ids(dst, gone.wa_id, gone.user_id))
+    await conn.execute(FILL_IDS, {"customer_id": dst, "wa_id": gone.wa_id, "user_id": gone.user_id})
