@@ -7,22 +7,21 @@ from uuid import UUID
 
 import orjson
 from sqlalchemy import (
-    ColumnElement,
     Float,
     Row,
     Text,
+    any_,
+    bindparam,
     case,
     cast,
     extract,
     func,
     insert,
-    literal,
-    null,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import HotPool, Statement
@@ -65,6 +64,51 @@ RETURNING message_id
 )
 
 
+# Core statements built once (SQLAlchemy then only keys its cache per call): status webhooks and replays
+# run them per message.
+_DETAIL = bindparam("detail", type_=Text)
+ADD_EVENT = insert(MessageEvent).values(
+    message_id=bindparam("message_id"),
+    status=bindparam("event_status"),
+    at=bindparam("at"),
+    detail=cast(_DETAIL, JSONB),
+)
+# `age` by the database's clock, the same for every replica.
+BY_IDEMPOTENCY_KEY = select(
+    Message.id,
+    Message.request_hash,
+    Message.status,
+    Message.response_status,
+    Message.response,
+    Message.graph_message_id,
+    Message.recipient_input,
+    Message.recipient_wa_id,
+    Message.window,
+    cast(extract("epoch", func.clock_timestamp() - Message.created_at), Float).label("age"),
+).where(Message.api_key_id == bindparam("api_key_id"), Message.idempotency_key == bindparam("key"))
+_GRAPH_MESSAGE_ID = bindparam("wamid", type_=Text)
+# Meta's statuses move a record forward (`replaces`: the statuses the new one may follow); `failed` is final
+# unless Meta later says it was delivered.
+APPLY_STATUS = (
+    update(Message)
+    .where(or_(Message.id == bindparam("by_id"), Message.graph_message_id == _GRAPH_MESSAGE_ID))
+    .values(
+        status=case(
+            (
+                Message.status == any_(bindparam("replaces", type_=ARRAY(Text))),
+                bindparam("new_status", type_=Text),
+            ),
+            else_=Message.status,
+        ),
+        graph_message_id=func.coalesce(Message.graph_message_id, _GRAPH_MESSAGE_ID),
+        error=func.coalesce(cast(bindparam("new_error", type_=Text), JSONB), Message.error),
+        pricing=func.coalesce(cast(bindparam("new_pricing", type_=Text), JSONB), Message.pricing),
+        updated_at=func.now(),
+    )
+    .returning(Message.id, Message.phone_number_id, Message.body["template"].label("template"))
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Previous:
     id: UUID
@@ -81,11 +125,6 @@ class Previous:
 
 def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
-
-
-def _jsonb(value: object) -> ColumnElement[Any]:
-    """None stays SQL NULL (SQLAlchemy's JSON types would store JSON `null`); orjson encodes the rest."""
-    return null() if value is None else cast(literal(_json(value), Text), JSONB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +169,7 @@ async def insert_pending(
 
 async def add_event(conn: AsyncConnection, id: UUID, status: str, at: datetime, detail: object) -> None:
     await conn.execute(
-        insert(MessageEvent).values(message_id=id, status=status, at=at, detail=_jsonb(detail))
+        ADD_EVENT, {"message_id": id, "event_status": status, "at": at, "detail": _json(detail)}
     )
 
 
@@ -167,21 +206,7 @@ async def finish(
 
 
 async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -> Previous | None:
-    # `age` by the database's clock, the same for every replica.
-    age = cast(extract("epoch", func.clock_timestamp() - Message.created_at), Float).label("age")
-    query = select(
-        Message.id,
-        Message.request_hash,
-        Message.status,
-        Message.response_status,
-        Message.response,
-        Message.graph_message_id,
-        Message.recipient_input,
-        Message.recipient_wa_id,
-        Message.window,
-        age,
-    ).where(Message.api_key_id == api_key_id, Message.idempotency_key == key)
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(BY_IDEMPOTENCY_KEY, {"api_key_id": api_key_id, "key": key})).first()
     return Previous(**row._asdict()) if row else None
 
 
@@ -215,25 +240,20 @@ async def apply_status(
     detail: object,
 ) -> Applied | None:
     """A status webhook: found by our own id (biz_opaque_callback_data) or by wamid."""
-    # Meta's statuses move a record forward; `failed` is final unless Meta later says it was delivered.
     replaces = ["pending", "unknown", "accepted"]
     if status in ("delivered", "read", "failed"):
         replaces.append("sent")
     if status == "read":
         replaces.append("delivered")
-    query = (
-        update(Message)
-        .where(or_(Message.id == id, Message.graph_message_id == graph_message_id))
-        .values(
-            status=case((Message.status.in_(replaces), status), else_=Message.status),
-            graph_message_id=func.coalesce(Message.graph_message_id, graph_message_id),
-            error=func.coalesce(_jsonb(error), Message.error),
-            pricing=func.coalesce(_jsonb(pricing), Message.pricing),
-            updated_at=func.now(),
-        )
-        .returning(Message.id, Message.phone_number_id, Message.body["template"].label("template"))
-    )
-    found = (await conn.execute(query)).first()
+    params = {
+        "by_id": id,
+        "wamid": graph_message_id,
+        "new_status": status,
+        "replaces": replaces,
+        "new_error": _json(error),
+        "new_pricing": _json(pricing),
+    }
+    found = (await conn.execute(APPLY_STATUS, params)).first()
     if found is None:
         return None
     await add_event(conn, found.id, status, at, detail)
