@@ -8,13 +8,13 @@ from uuid import UUID
 
 from sqlalchemy import (
     Boolean,
-    ColumnElement,
     Date,
     Select,
     SQLColumnExpression,
     Text,
     and_,
     any_,
+    bindparam,
     case,
     cast,
     delete,
@@ -41,62 +41,85 @@ class Standing:
     spent: Decimal
 
 
+# The statements of every paid send, built once (SQLAlchemy then only keys its cache per call).
+# Sends of one category from one number this calendar month that left (or may have): the `paid_after:N`
+# cells of the billability matrix count these.
+SENT_THIS_MONTH = select(func.count()).where(
+    Message.phone_number_id == bindparam("phone_number_id"),
+    Message.pricing_category == bindparam("category"),
+    Message.created_at >= bindparam("month_start"),
+    Message.created_at < bindparam("month_end"),
+    or_(Message.graph_message_id.is_not(None), Message.status.in_(("pending", "unknown"))),
+)
+ENSURE_SPEND = insert(BudgetSpend).on_conflict_do_nothing(
+    index_elements=[BudgetSpend.scope, BudgetSpend.scope_id, BudgetSpend.month]
+)
+# Bound names differ from the columns': SQLAlchemy keeps those for an UPDATE's SET.
+_AMOUNT = bindparam("amount", type_=BudgetSpend.spent.type)
+_SPEND = and_(
+    BudgetSpend.scope == bindparam("in_scope"),
+    BudgetSpend.scope_id == bindparam("in_scope_id"),
+    BudgetSpend.month == bindparam("in_month"),
+)
+_BUDGET = (
+    select(Budget.monthly_limit, Budget.currency)
+    .where(Budget.scope == bindparam("in_scope"), Budget.scope_id == bindparam("in_scope_id"))
+    .cte("budget")
+)
+# The row lock taken by this UPDATE is what makes budgets safe across replicas: a concurrent reservation
+# waits for it, then PostgreSQL re-checks the WHERE clause against the committed `spent` (READ COMMITTED).
+RESERVE = (
+    update(BudgetSpend)
+    .where(
+        _SPEND,
+        or_(
+            ~exists(select(_BUDGET)),
+            exists(
+                select(_BUDGET).where(
+                    _BUDGET.c.currency == bindparam("currency"),
+                    BudgetSpend.spent + _AMOUNT <= _BUDGET.c.monthly_limit,
+                )
+            ),
+        ),
+    )
+    .values(spent=BudgetSpend.spent + _AMOUNT, updated_at=func.now())
+    .returning(BudgetSpend.spent)
+    .add_cte(_BUDGET)
+)
+RELEASE = (
+    update(BudgetSpend)
+    .where(_SPEND)
+    .values(spent=func.greatest(BudgetSpend.spent - _AMOUNT, 0), updated_at=func.now())
+)
+
+
 async def sent_this_month(
     conn: AsyncConnection, phone_number_id: str, category: str, month_start: datetime, month_end: datetime
 ) -> int:
-    """Sends of one category from one number this calendar month that left (or may have): the
-    `paid_after:N` cells of the billability matrix count these."""
-    query = select(func.count()).where(
-        Message.phone_number_id == phone_number_id,
-        Message.pricing_category == category,
-        Message.created_at >= month_start,
-        Message.created_at < month_end,
-        or_(Message.graph_message_id.is_not(None), Message.status.in_(("pending", "unknown"))),
-    )
-    return int((await conn.execute(query)).scalar_one())
-
-
-def _spend(scope: str, scope_id: str, month: date) -> ColumnElement[bool]:
-    return and_(BudgetSpend.scope == scope, BudgetSpend.scope_id == scope_id, BudgetSpend.month == month)
+    params = {
+        "phone_number_id": phone_number_id,
+        "category": category,
+        "month_start": month_start,
+        "month_end": month_end,
+    }
+    return int((await conn.execute(SENT_THIS_MONTH, params)).scalar_one())
 
 
 async def reserve(
     conn: AsyncConnection, scope: str, scope_id: str, month: date, amount: Decimal, currency: str
 ) -> Decimal | None:
     """Add `amount` to the month's spend unless that passes the scope's budget: the new spend, or None."""
-    ensure = insert(BudgetSpend).values(scope=scope, scope_id=scope_id, month=month)
-    await conn.execute(
-        ensure.on_conflict_do_nothing(
-            index_elements=[BudgetSpend.scope, BudgetSpend.scope_id, BudgetSpend.month]
-        )
-    )
-    # The row lock taken by this UPDATE is what makes budgets safe across replicas: a concurrent
-    # reservation waits for it, then PostgreSQL re-checks the WHERE clause against the committed `spent`
-    # (READ COMMITTED).
-    budget = select(Budget.monthly_limit, Budget.currency).where(
-        Budget.scope == scope, Budget.scope_id == scope_id
-    )
-    limit = budget.cte("budget")
-    within = select(limit).where(
-        limit.c.currency == currency, BudgetSpend.spent + amount <= limit.c.monthly_limit
-    )
-    query = (
-        update(BudgetSpend)
-        .where(_spend(scope, scope_id, month), or_(~exists(select(limit)), exists(within)))
-        .values(spent=BudgetSpend.spent + amount, updated_at=func.now())
-        .returning(BudgetSpend.spent)
-        .add_cte(limit)
-    )
-    spent: Decimal | None = (await conn.execute(query)).scalar_one_or_none()
+    await conn.execute(ENSURE_SPEND, {"scope": scope, "scope_id": scope_id, "month": month})
+    key = {"in_scope": scope, "in_scope_id": scope_id, "in_month": month}
+    spent: Decimal | None = (
+        await conn.execute(RESERVE, {**key, "amount": amount, "currency": currency})
+    ).scalar_one_or_none()
     return spent
 
 
 async def release(conn: AsyncConnection, scope: str, scope_id: str, month: date, amount: Decimal) -> None:
-    await conn.execute(
-        update(BudgetSpend)
-        .where(_spend(scope, scope_id, month))
-        .values(spent=func.greatest(BudgetSpend.spent - amount, 0), updated_at=func.now())
-    )
+    key = {"in_scope": scope, "in_scope_id": scope_id, "in_month": month}
+    await conn.execute(RELEASE, {**key, "amount": amount})
 
 
 def _budgets(month: date) -> Select[*tuple[Any, ...]]:
