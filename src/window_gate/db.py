@@ -5,13 +5,13 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, ExceptionContext, TextClause, event, text
+from sqlalchemy import Connection, ExceptionContext, Row, TextClause, event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -21,6 +21,8 @@ from window_gate.config import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+# A row of any shape, as repositories hand Core query results on.
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 _HERE = Path(__file__).resolve().parent
 # Wheels carry migrations inside the package; a source checkout keeps them at the top level.
 MIGRATIONS = _HERE / "migrations" if (_HERE / "migrations").is_dir() else _HERE.parents[1] / "migrations"
@@ -123,8 +125,10 @@ class HotPool:
 
 
 class Statement:
-    """SQL written once for both roads to PostgreSQL: SQLAlchemy connections (`:name` parameters) and the
-    hot pool (asyncpg's `$n`), about a third of the client CPU per statement (bench/)."""
+    """Hand-written SQL, kept for the hot statements only (bench/ measured them; everything else is
+    SQLAlchemy Core against models.py). Written once for both roads to PostgreSQL: SQLAlchemy connections
+    (`:name` parameters) and the hot pool (asyncpg's `$n`), about a third of the client CPU per statement
+    (bench/). tests/test_sql_statements.py prepares every one against the migrated schema."""
 
     def __init__(self, sql: str) -> None:
         self.text: TextClause = text(sql)
@@ -146,6 +150,14 @@ class Statement:
         result = await conn.execute(self.text, params)
         found = result.mappings().first() if result.returns_rows else None
         return dict(found) if found else None
+
+    async def all(
+        self, conn: "AsyncConnection | HotPool", params: Mapping[str, Any]
+    ) -> list[Mapping[str, Any]]:
+        """Run it on either road; every row it returns."""
+        if isinstance(conn, HotPool):
+            return await conn.fetch(self.sql, *(params[n] for n in self.names))
+        return [dict(row) for row in (await conn.execute(self.text, params)).mappings()]
 
 
 class Coalescer(Generic[T, R]):

@@ -1,4 +1,5 @@
-"""ORM models: the one place Alembic imports. Runtime SQL lives in each domain's repository.py."""
+"""ORM models: the one place Alembic imports, and what every repository.py queries with SQLAlchemy Core
+(hand-written SQL only for the hot statements: db.Statement)."""
 
 from datetime import date, datetime
 from decimal import Decimal

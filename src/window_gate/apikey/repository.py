@@ -2,18 +2,18 @@
 
 from collections.abc import Sequence
 
-from sqlalchemy import text
+from sqlalchemy import func, select
+from sqlalchemy import insert as insert_into
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller
-from window_gate.db import HotPool
+from window_gate.db import HotPool, Statement
+from window_gate.models import ApiKey
 
-INSERT = text(
-    "INSERT INTO api_keys (name, key_hash, key_prefix, role, phone_number_ids) "
-    "VALUES (:name, :key_hash, :key_prefix, :role, CAST(:phone_number_ids AS text[])) RETURNING id"
+# On every /v1 request, so on the hot pool.
+BY_HASH = Statement(
+    "SELECT id, name, role, phone_number_ids FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
 )
-BY_HASH = "SELECT id, name, role, phone_number_ids FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"
-COUNT = text("SELECT count(*) FROM api_keys")
 
 
 async def insert(
@@ -25,24 +25,23 @@ async def insert(
     phone_number_ids: Sequence[str],
 ) -> None:
     await conn.execute(
-        INSERT,
-        {
-            "name": name,
-            "key_hash": key_hash,
-            "key_prefix": key_prefix,
-            "role": role,
-            "phone_number_ids": list(phone_number_ids),
-        },
+        insert_into(ApiKey).values(
+            name=name,
+            key_hash=key_hash,
+            key_prefix=key_prefix,
+            role=role,
+            phone_number_ids=list(phone_number_ids),
+        )
     )
 
 
 async def by_hash(hot: HotPool, key_hash: str) -> Caller | None:
     """On the hot path: `hot` is the asyncpg pool."""
-    row = await hot.fetchrow(BY_HASH, key_hash)
+    row = await BY_HASH.run(hot, {"key_hash": key_hash})
     if row is None:
         return None
     return Caller(str(row["id"]), row["name"], row["role"], frozenset(row["phone_number_ids"]))
 
 
 async def count(conn: AsyncConnection) -> int:
-    return int((await conn.execute(COUNT)).scalar_one())
+    return int((await conn.execute(select(func.count()).select_from(ApiKey))).scalar_one())

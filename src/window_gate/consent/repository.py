@@ -3,53 +3,13 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Row, text
+from sqlalchemy import BigInteger, Boolean, Text, and_, any_, func, literal, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# Deliveries arrive out of order: only a newer statement replaces an older one.
-RECORD = text(
-    """
-INSERT INTO consents AS c (phone_number_id, customer_id, category, opted_out, source, changed_at)
-SELECT DISTINCT ON (phone_number_id, customer_id, category) *
-FROM unnest(CAST(:phone_number_ids AS text[]), CAST(:customer_ids AS bigint[]), CAST(:categories AS text[]),
-            CAST(:opted_out AS bool[]), CAST(:sources AS text[]), CAST(:changed_at AS timestamptz[]))
-  AS u(phone_number_id, customer_id, category, opted_out, source, changed_at)
-ORDER BY phone_number_id, customer_id, category, changed_at DESC
-ON CONFLICT (phone_number_id, customer_id, category) DO UPDATE
-SET opted_out = EXCLUDED.opted_out, source = EXCLUDED.source, changed_at = EXCLUDED.changed_at
-WHERE EXCLUDED.changed_at >= c.changed_at
-"""
-)
-
-# The customer's word as of now: the newest statement about any customer these spellings name (a BR
-# number with and without its ninth digit may be two customers until Meta links them: one person).
-CURRENT = text(
-    """
-SELECT c.customer_id, cu.wa_id, cu.user_id, c.opted_out, c.source, c.changed_at
-FROM customer_aliases a
-JOIN consents c ON c.customer_id = a.customer_id AND c.phone_number_id = :phone_number_id
-  AND c.category = :category
-JOIN customers cu ON cu.id = c.customer_id
-WHERE a.alias = ANY(CAST(:aliases AS text[]))
-ORDER BY c.changed_at DESC, c.opted_out DESC
-LIMIT 1
-"""
-)
-# Keyset pagination in primary-key order: (phone_number_id, customer_id) for one category.
-OPTED_OUT = text(
-    """
-SELECT c.phone_number_id, c.customer_id, cu.wa_id, cu.user_id, c.opted_out, c.source, c.changed_at
-FROM consents c
-JOIN customers cu ON cu.id = c.customer_id
-WHERE c.category = :category AND c.opted_out
-  AND (CAST(:phone_number_ids AS text[]) IS NULL OR c.phone_number_id = ANY(CAST(:phone_number_ids AS text[])))
-  AND (c.phone_number_id, c.customer_id) > (:after_phone_number_id, :after_customer_id)
-ORDER BY c.phone_number_id, c.customer_id
-LIMIT :limit
-"""
-)
+from window_gate.db import AnyRow
+from window_gate.models import TZ, Consent, Customer, CustomerAlias
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +23,67 @@ class Statement:
 
 
 async def record(conn: AsyncConnection, statements: Sequence[Statement]) -> None:
-    if statements:
-        await conn.execute(
-            RECORD,
-            {
-                "phone_number_ids": [s.phone_number_id for s in statements],
-                "customer_ids": [s.customer_id for s in statements],
-                "categories": [s.category for s in statements],
-                "opted_out": [s.opted_out for s in statements],
-                "sources": [s.source for s in statements],
-                "changed_at": [s.at for s in statements],
-            },
+    if not statements:
+        return
+    u = (
+        func.unnest(
+            literal([s.phone_number_id for s in statements], ARRAY(Text)),
+            literal([s.customer_id for s in statements], ARRAY(BigInteger)),
+            literal([s.category for s in statements], ARRAY(Text)),
+            literal([s.opted_out for s in statements], ARRAY(Boolean)),
+            literal([s.source for s in statements], ARRAY(Text)),
+            literal([s.at for s in statements], ARRAY(TZ)),
         )
+        .table_valued("phone_number_id", "customer_id", "category", "opted_out", "source", "changed_at")
+        .render_derived(name="u")
+    )
+    key = (u.c.phone_number_id, u.c.customer_id, u.c.category)
+    newest = select(*u.c).ext(distinct_on(*key)).order_by(*key, u.c.changed_at.desc())
+    upsert = insert(Consent).from_select(list(u.c.keys()), newest)
+    # Deliveries arrive out of order: only a newer statement replaces an older one.
+    await conn.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[Consent.phone_number_id, Consent.customer_id, Consent.category],
+            set_={
+                "opted_out": upsert.excluded.opted_out,
+                "source": upsert.excluded.source,
+                "changed_at": upsert.excluded.changed_at,
+            },
+            where=upsert.excluded.changed_at >= Consent.changed_at,
+        )
+    )
 
 
 async def current(
     conn: AsyncConnection, phone_number_id: str, aliases: Sequence[str], category: str
-) -> Row[Any] | None:
+) -> AnyRow | None:
     """The newest statement about the customer these spellings name, with its wa_id and user_id."""
-    params = {"phone_number_id": phone_number_id, "aliases": list(aliases), "category": category}
-    return (await conn.execute(CURRENT, params)).first()
+    # The customer's word as of now: the newest statement about any customer these spellings name (a BR
+    # number with and without its ninth digit may be two customers until Meta links them: one person).
+    query = (
+        select(
+            Consent.customer_id,
+            Customer.wa_id,
+            Customer.user_id,
+            Consent.opted_out,
+            Consent.source,
+            Consent.changed_at,
+        )
+        .select_from(CustomerAlias)
+        .join(
+            Consent,
+            and_(
+                Consent.customer_id == CustomerAlias.customer_id,
+                Consent.phone_number_id == phone_number_id,
+                Consent.category == category,
+            ),
+        )
+        .join(Customer, Customer.id == Consent.customer_id)
+        .where(CustomerAlias.alias == any_(literal(list(aliases), ARRAY(Text))))
+        .order_by(Consent.changed_at.desc(), Consent.opted_out.desc())
+        .limit(1)
+    )
+    return (await conn.execute(query)).first()
 
 
 async def opted_out(
@@ -91,13 +92,26 @@ async def opted_out(
     phone_number_ids: Sequence[str] | None,
     after: tuple[str, int] | None,
     limit: int,
-) -> Sequence[Row[Any]]:
+) -> Sequence[AnyRow]:
     """Customers currently opted out, in key order, after the given (phone_number_id, customer_id)."""
-    params = {
-        "category": category,
-        "phone_number_ids": list(phone_number_ids) if phone_number_ids is not None else None,
-        "after_phone_number_id": after[0] if after else "",
-        "after_customer_id": after[1] if after else 0,
-        "limit": limit,
-    }
-    return (await conn.execute(OPTED_OUT, params)).all()
+    # Keyset pagination in primary-key order: (phone_number_id, customer_id) for one category.
+    query = (
+        select(
+            Consent.phone_number_id,
+            Consent.customer_id,
+            Customer.wa_id,
+            Customer.user_id,
+            Consent.opted_out,
+            Consent.source,
+            Consent.changed_at,
+        )
+        .join(Customer, Customer.id == Consent.customer_id)
+        .where(Consent.category == category, Consent.opted_out)
+        .order_by(Consent.phone_number_id, Consent.customer_id)
+        .limit(limit)
+    )
+    if phone_number_ids is not None:
+        query = query.where(Consent.phone_number_id == any_(literal(list(phone_number_ids), ARRAY(Text))))
+    if after is not None:
+        query = query.where(tuple_(Consent.phone_number_id, Consent.customer_id) > after)
+    return (await conn.execute(query)).all()

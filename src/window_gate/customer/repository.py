@@ -1,27 +1,38 @@
-"""Every SQL statement about customer identities."""
+"""Every SQL statement about customer identities. (The merge's rules: customer/service.py.)"""
 
 from collections.abc import Sequence
 
-from sqlalchemy import text
+from sqlalchemy import Text, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-RESOLVE = text("SELECT alias, customer_id FROM customer_aliases WHERE alias = ANY(CAST(:aliases AS text[]))")
-LOCK = text(
-    "SELECT pg_advisory_xact_lock(hashtext(a)) FROM "
-    "(SELECT a FROM unnest(CAST(:aliases AS text[])) a ORDER BY a) s"
+from window_gate.models import Customer, CustomerAlias, InboundMessage
+
+# Built once (SQLAlchemy then only keys its cache per call): this is webhook ingest's path for new customers.
+_ALIASES = bindparam("aliases", type_=ARRAY(Text))
+RESOLVE = select(CustomerAlias.alias, CustomerAlias.customer_id).where(CustomerAlias.alias == any_(_ALIASES))
+_SPELLINGS = func.unnest(_ALIASES).table_valued("alias").render_derived(name="a")
+_ORDERED = select(_SPELLINGS.c.alias).order_by(_SPELLINGS.c.alias).subquery()
+# One lock per spelling, taken in one order by everyone (no deadlock).
+LOCK = select(func.pg_advisory_xact_lock(func.hashtext(_ORDERED.c.alias)))
+CREATE = insert(Customer).returning(Customer.id)
+ADD_ALIAS = upsert(CustomerAlias).on_conflict_do_nothing(index_elements=[CustomerAlias.alias])
+FILL_IDS = (
+    update(Customer)
+    .where(Customer.id == bindparam("customer_id"))
+    .values(
+        wa_id=func.coalesce(Customer.wa_id, bindparam("wa_id", type_=Text)),
+        user_id=func.coalesce(Customer.user_id, bindparam("user_id", type_=Text)),
+    )
 )
-CREATE = text("INSERT INTO customers (wa_id, user_id) VALUES (:wa_id, :user_id) RETURNING id")
-ADD_ALIAS = text(
-    "INSERT INTO customer_aliases (alias, customer_id, source) VALUES (:alias, :customer_id, :source) "
-    "ON CONFLICT (alias) DO NOTHING"
-)
-FILL_IDS = text(
-    "UPDATE customers SET wa_id = COALESCE(wa_id, :wa_id), user_id = COALESCE(user_id, :user_id) WHERE id = :id"
-)
+# Bound names differ from column names: SQLAlchemy reserves those inside UPDATE.
 MERGE = (
-    text("UPDATE customer_aliases SET customer_id = :dst WHERE customer_id = :src"),
-    text("UPDATE inbound_messages SET customer_id = :dst WHERE customer_id = :src"),
-    text("DELETE FROM customers WHERE id = :src RETURNING wa_id, user_id"),
+    *(
+        update(table).where(table.customer_id == bindparam("src")).values(customer_id=bindparam("dst"))
+        for table in (CustomerAlias, InboundMessage)
+    ),
+    delete(Customer).where(Customer.id == bindparam("src")).returning(Customer.wa_id, Customer.user_id),
 )
 
 
@@ -47,7 +58,7 @@ async def add_alias(conn: AsyncConnection, alias: str, customer_id: int, source:
 
 async def fill_ids(conn: AsyncConnection, customer_id: int, wa_id: str | None, user_id: str | None) -> None:
     """Ids the customer lacked; those it has stay."""
-    await conn.execute(FILL_IDS, {"id": customer_id, "wa_id": wa_id, "user_id": user_id})
+    await conn.execute(FILL_IDS, {"customer_id": customer_id, "wa_id": wa_id, "user_id": user_id})
 
 
 async def merge(conn: AsyncConnection, src: int, dst: int) -> None:

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import select
 
 from window_gate import db
 from window_gate.errors import DatabaseUnavailable, GateError, problems
@@ -41,7 +41,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> Readiness:
     """The database answers and its schema is at the latest migration."""
     async with gate(request).engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
+        await conn.execute(select(1))
         revision = await conn.run_sync(db.current_revision)
     if revision != db.head_revision():
         raise NotMigrated(

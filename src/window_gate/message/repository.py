@@ -1,16 +1,32 @@
 """Every SQL statement about sent messages and their history."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import Row, text
+from sqlalchemy import (
+    Float,
+    Row,
+    Text,
+    any_,
+    bindparam,
+    case,
+    cast,
+    extract,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import HotPool, Statement
 from window_gate.message.status import MessageStatus
+from window_gate.models import Message, MessageEvent
 
 # The record, its estimate and its first event in one round trip, which also reads the number's own token.
 INSERT_PENDING = Statement(
@@ -30,9 +46,6 @@ WITH m AS (
 SELECT (SELECT access_token FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
 """
 )
-ADD_EVENT = text(
-    "INSERT INTO message_events (message_id, status, at, detail) VALUES (:id, :status, :at, CAST(:detail AS jsonb))"
-)
 # A status webhook may overtake Meta's synchronous answer: the answer is stored either way, and the status
 # only moves when nothing later is known yet. Written once: a retried write whose first try committed
 # unseen (the connection broke after the commit) changes nothing.
@@ -50,34 +63,50 @@ INSERT INTO message_events (message_id, status, at, detail) SELECT id, :status, 
 RETURNING message_id
 """
 )
+
+
+# Core statements built once (SQLAlchemy then only keys its cache per call): status webhooks and replays
+# run them per message.
+_DETAIL = bindparam("detail", type_=Text)
+ADD_EVENT = insert(MessageEvent).values(
+    message_id=bindparam("message_id"),
+    status=bindparam("event_status"),
+    at=bindparam("at"),
+    detail=cast(_DETAIL, JSONB),
+)
 # `age` by the database's clock, the same for every replica.
-BY_IDEMPOTENCY_KEY = text(
-    "SELECT id, request_hash, status, response_status, response, graph_message_id, recipient_input, "
-    'recipient_wa_id, "window", extract(epoch FROM clock_timestamp() - created_at)::float8 AS age '
-    "FROM messages WHERE api_key_id = :api_key_id AND idempotency_key = :idempotency_key"
-)
-BY_ID = text("SELECT * FROM messages WHERE id = :id")
-EVENTS = text("SELECT status, at, detail FROM message_events WHERE message_id = :id ORDER BY id")
-# Meta's statuses move a record forward; `failed` is final unless Meta later says it was delivered.
-APPLY_STATUS = text(
-    """
-UPDATE messages SET
-  status = CASE
-    WHEN status IN ('pending', 'unknown', 'accepted') THEN :status
-    WHEN status = 'sent' AND :status IN ('delivered', 'read', 'failed') THEN :status
-    WHEN status = 'delivered' AND :status IN ('read') THEN :status
-    ELSE status END,
-  graph_message_id = COALESCE(graph_message_id, :graph_message_id),
-  error = COALESCE(CAST(:error AS jsonb), error),
-  pricing = COALESCE(CAST(:pricing AS jsonb), pricing),
-  updated_at = now()
-WHERE id = :id OR graph_message_id = :graph_message_id
-RETURNING id, phone_number_id, body -> 'template' AS template
-"""
-)
-EXPIRE_PENDING = text(
-    "UPDATE messages SET status = 'unknown', updated_at = now() "
-    "WHERE status = 'pending' AND created_at < now() - make_interval(secs => :seconds) RETURNING id"
+BY_IDEMPOTENCY_KEY = select(
+    Message.id,
+    Message.request_hash,
+    Message.status,
+    Message.response_status,
+    Message.response,
+    Message.graph_message_id,
+    Message.recipient_input,
+    Message.recipient_wa_id,
+    Message.window,
+    cast(extract("epoch", func.clock_timestamp() - Message.created_at), Float).label("age"),
+).where(Message.api_key_id == bindparam("api_key_id"), Message.idempotency_key == bindparam("key"))
+_GRAPH_MESSAGE_ID = bindparam("wamid", type_=Text)
+# Meta's statuses move a record forward (`replaces`: the statuses the new one may follow); `failed` is final
+# unless Meta later says it was delivered.
+APPLY_STATUS = (
+    update(Message)
+    .where(or_(Message.id == bindparam("by_id"), Message.graph_message_id == _GRAPH_MESSAGE_ID))
+    .values(
+        status=case(
+            (
+                Message.status == any_(bindparam("replaces", type_=ARRAY(Text))),
+                bindparam("new_status", type_=Text),
+            ),
+            else_=Message.status,
+        ),
+        graph_message_id=func.coalesce(Message.graph_message_id, _GRAPH_MESSAGE_ID),
+        error=func.coalesce(cast(bindparam("new_error", type_=Text), JSONB), Message.error),
+        pricing=func.coalesce(cast(bindparam("new_pricing", type_=Text), JSONB), Message.pricing),
+        updated_at=func.now(),
+    )
+    .returning(Message.id, Message.phone_number_id, Message.body["template"].label("template"))
 )
 
 
@@ -140,7 +169,9 @@ async def insert_pending(
 
 
 async def add_event(conn: AsyncConnection, id: UUID, status: str, at: datetime, detail: object) -> None:
-    await conn.execute(ADD_EVENT, {"id": id, "status": status, "at": at, "detail": _json(detail)})
+    await conn.execute(
+        ADD_EVENT, {"message_id": id, "event_status": status, "at": at, "detail": _json(detail)}
+    )
 
 
 async def finish(
@@ -176,15 +207,18 @@ async def finish(
 
 
 async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -> Previous | None:
-    row = (await conn.execute(BY_IDEMPOTENCY_KEY, {"api_key_id": api_key_id, "idempotency_key": key})).first()
+    row = (await conn.execute(BY_IDEMPOTENCY_KEY, {"api_key_id": api_key_id, "key": key})).first()
     return Previous(**row._asdict()) if row else None
 
 
 async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]] | None:
-    row = (await conn.execute(BY_ID, {"id": id})).first()
+    row = (await conn.execute(select(Message.__table__).where(Message.id == id))).first()
     if row is None:
         return None
-    return row, list(await conn.execute(EVENTS, {"id": id}))
+    events = select(MessageEvent.status, MessageEvent.at, MessageEvent.detail).where(
+        MessageEvent.message_id == id
+    )
+    return row, list(await conn.execute(events.order_by(MessageEvent.id)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,17 +241,20 @@ async def apply_status(
     detail: object,
 ) -> Applied | None:
     """A status webhook: found by our own id (biz_opaque_callback_data) or by wamid."""
-    row = await conn.execute(
-        APPLY_STATUS,
-        {
-            "id": id,
-            "graph_message_id": graph_message_id,
-            "status": status,
-            "error": _json(error),
-            "pricing": _json(pricing),
-        },
-    )
-    found = row.first()
+    replaces = ["pending", "unknown", "accepted"]
+    if status in ("delivered", "read", "failed"):
+        replaces.append("sent")
+    if status == "read":
+        replaces.append("delivered")
+    params = {
+        "by_id": id,
+        "wamid": graph_message_id,
+        "new_status": status,
+        "replaces": replaces,
+        "new_error": _json(error),
+        "new_pricing": _json(pricing),
+    }
+    found = (await conn.execute(APPLY_STATUS, params)).first()
     if found is None:
         return None
     await add_event(conn, found.id, status, at, detail)
@@ -226,4 +263,10 @@ async def apply_status(
 
 async def expire_pending(conn: AsyncConnection, seconds: float) -> int:
     """Sends whose process died between recording and Meta's answer: outcome unknown, never re-sent."""
-    return len((await conn.execute(EXPIRE_PENDING, {"seconds": seconds})).all())
+    expired = (
+        update(Message)
+        .where(Message.status == "pending", Message.created_at < func.now() - timedelta(seconds=seconds))
+        .values(status="unknown", updated_at=func.now())
+        .returning(Message.id)
+    )
+    return len((await conn.execute(expired)).all())

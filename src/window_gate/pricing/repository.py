@@ -4,101 +4,34 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
-from sqlalchemy import Row, text
+from sqlalchemy import (
+    Boolean,
+    Date,
+    Select,
+    SQLColumnExpression,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# Sends of one category from one number this calendar month that left (or may have): the `paid_after:N`
-# cells of the billability matrix count these.
-SENT_THIS_MONTH = text(
-    """
-SELECT count(*) FROM messages
-WHERE phone_number_id = :phone_number_id AND pricing_category = :category
-  AND created_at >= :month_start AND created_at < :month_end
-  AND (graph_message_id IS NOT NULL OR status IN ('pending', 'unknown'))
-"""
-)
-ENSURE_SPEND = text(
-    "INSERT INTO budget_spend (scope, scope_id, month) VALUES (:scope, :scope_id, :month) "
-    "ON CONFLICT (scope, scope_id, month) DO NOTHING"
-)
-# The row lock taken by this UPDATE is what makes budgets safe across replicas: a concurrent reservation
-# waits for it, then PostgreSQL re-checks the WHERE clause against the committed `spent` (READ COMMITTED).
-RESERVE = text(
-    """
-WITH budget AS (SELECT monthly_limit, currency FROM budgets WHERE scope = :scope AND scope_id = :scope_id)
-UPDATE budget_spend s SET spent = s.spent + :amount, updated_at = now()
-WHERE s.scope = :scope AND s.scope_id = :scope_id AND s.month = :month
-  AND (NOT EXISTS (SELECT 1 FROM budget)
-       OR EXISTS (SELECT 1 FROM budget b WHERE b.currency = :currency AND s.spent + :amount <= b.monthly_limit))
-RETURNING s.spent
-"""
-)
-RELEASE = text(
-    "UPDATE budget_spend SET spent = GREATEST(spent - :amount, 0), updated_at = now() "
-    "WHERE scope = :scope AND scope_id = :scope_id AND month = :month"
-)
-STANDING = text(
-    """
-SELECT b.monthly_limit, b.currency, COALESCE(s.spent, 0) AS spent
-FROM budgets b
-LEFT JOIN budget_spend s ON s.scope = b.scope AND s.scope_id = b.scope_id AND s.month = :month
-WHERE b.scope = :scope AND b.scope_id = :scope_id
-"""
-)
-PUT_BUDGET = text(
-    """
-INSERT INTO budgets (scope, scope_id, monthly_limit, currency) VALUES (:scope, :scope_id, :monthly_limit, :currency)
-ON CONFLICT (scope, scope_id) DO UPDATE
-SET monthly_limit = EXCLUDED.monthly_limit, currency = EXCLUDED.currency, updated_at = now()
-"""
-)
-DELETE_BUDGET = text("DELETE FROM budgets WHERE scope = :scope AND scope_id = :scope_id RETURNING scope")
-BUDGETS = text(
-    """
-SELECT b.scope, b.scope_id, b.monthly_limit, b.currency, b.updated_at, COALESCE(s.spent, 0) AS spent
-FROM budgets b
-LEFT JOIN budget_spend s ON s.scope = b.scope AND s.scope_id = b.scope_id AND s.month = :month
-WHERE (CAST(:scope AS text) IS NULL OR b.scope = :scope) AND (CAST(:scope_id AS text) IS NULL OR b.scope_id = :scope_id)
-  AND (CAST(:within AS text[]) IS NULL
-       OR (b.scope = 'phone_number' AND b.scope_id = ANY(CAST(:within AS text[])))
-       OR (b.scope = 'api_key' AND EXISTS (
-             SELECT 1 FROM api_keys k WHERE k.id::text = b.scope_id
-             AND cardinality(k.phone_number_ids) > 0 AND k.phone_number_ids <@ CAST(:within AS text[]))))
-ORDER BY b.scope, b.scope_id
-"""
-)
-API_KEY_EXISTS = text("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = CAST(:id AS uuid))")
-API_KEY_NUMBERS = text("SELECT phone_number_ids FROM api_keys WHERE id = CAST(:id AS uuid)")
-
-# The costs report: one SQL aggregate per (group, day, market, Meta's category, Meta's verdict), priced and
-# summed per group by the service (Meta's verdict is priced with the rate card of that day).
-GROUP_KEYS = {  # key, label, and the key's numbers (whom a limited caller may see named)
-    "day": ("to_char((m.created_at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD')", "NULL", "NULL"),
-    "category": ("COALESCE(m.pricing_category, 'unknown')", "NULL", "NULL"),
-    "market": ("COALESCE(m.market, 'unknown')", "NULL", "NULL"),
-    "api_key": ("m.api_key_id::text", "k.name", "k.phone_number_ids"),
-}
-# Meta's word: `type` (regular = charged) since per-message pricing; `billable` before it (deprecated).
-REPORTED_BILLABLE = (
-    "CASE WHEN m.pricing->>'type' IS NOT NULL THEN m.pricing->>'type' = 'regular' "
-    "ELSE (m.pricing->>'billable')::boolean END"
-)
-COSTS = """
-SELECT {key} AS key, {label} AS label, {numbers} AS key_numbers, (m.created_at AT TIME ZONE 'UTC')::date AS day, m.market,
-       m.pricing->>'category' AS reported_category, {reported_billable} AS reported_billable,
-       count(*) AS messages,
-       count(*) FILTER (WHERE m.billable IS NULL) AS not_estimated,
-       count(*) FILTER (WHERE m.billable) AS estimated_billable,
-       count(*) FILTER (WHERE NOT m.billable) AS estimated_free,
-       COALESCE(sum(m.estimated_amount), 0) AS estimated_amount,
-       count(*) FILTER (WHERE m.pricing IS NOT NULL) AS reported
-FROM messages m LEFT JOIN api_keys k ON k.id = m.api_key_id
-WHERE m.created_at >= :start AND m.created_at < :end
-  AND (CAST(:phone_number_ids AS text[]) IS NULL OR m.phone_number_id = ANY(CAST(:phone_number_ids AS text[])))
-  AND (m.graph_message_id IS NOT NULL OR m.status = 'unknown')
-GROUP BY 1, 2, 3, 4, 5, 6, 7
-"""
+from window_gate.db import AnyRow
+from window_gate.models import ApiKey, Budget, BudgetSpend, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +39,58 @@ class Standing:
     monthly_limit: Decimal
     currency: str
     spent: Decimal
+
+
+# The statements of every paid send, built once (SQLAlchemy then only keys its cache per call).
+# Sends of one category from one number this calendar month that left (or may have): the `paid_after:N`
+# cells of the billability matrix count these.
+SENT_THIS_MONTH = select(func.count()).where(
+    Message.phone_number_id == bindparam("phone_number_id"),
+    Message.pricing_category == bindparam("category"),
+    Message.created_at >= bindparam("month_start"),
+    Message.created_at < bindparam("month_end"),
+    or_(Message.graph_message_id.is_not(None), Message.status.in_(("pending", "unknown"))),
+)
+ENSURE_SPEND = insert(BudgetSpend).on_conflict_do_nothing(
+    index_elements=[BudgetSpend.scope, BudgetSpend.scope_id, BudgetSpend.month]
+)
+# Bound names differ from the columns': SQLAlchemy keeps those for an UPDATE's SET.
+_AMOUNT = bindparam("amount", type_=BudgetSpend.spent.type)
+_SPEND = and_(
+    BudgetSpend.scope == bindparam("in_scope"),
+    BudgetSpend.scope_id == bindparam("in_scope_id"),
+    BudgetSpend.month == bindparam("in_month"),
+)
+_BUDGET = (
+    select(Budget.monthly_limit, Budget.currency)
+    .where(Budget.scope == bindparam("in_scope"), Budget.scope_id == bindparam("in_scope_id"))
+    .cte("budget")
+)
+# The row lock taken by this UPDATE is what makes budgets safe across replicas: a concurrent reservation
+# waits for it, then PostgreSQL re-checks the WHERE clause against the committed `spent` (READ COMMITTED).
+RESERVE = (
+    update(BudgetSpend)
+    .where(
+        _SPEND,
+        or_(
+            ~exists(select(_BUDGET)),
+            exists(
+                select(_BUDGET).where(
+                    _BUDGET.c.currency == bindparam("currency"),
+                    BudgetSpend.spent + _AMOUNT <= _BUDGET.c.monthly_limit,
+                )
+            ),
+        ),
+    )
+    .values(spent=BudgetSpend.spent + _AMOUNT, updated_at=func.now())
+    .returning(BudgetSpend.spent)
+    .add_cte(_BUDGET)
+)
+RELEASE = (
+    update(BudgetSpend)
+    .where(_SPEND)
+    .values(spent=func.greatest(BudgetSpend.spent - _AMOUNT, 0), updated_at=func.now())
+)
 
 
 async def sent_this_month(
@@ -124,8 +109,8 @@ async def reserve(
     conn: AsyncConnection, scope: str, scope_id: str, month: date, amount: Decimal, currency: str
 ) -> Decimal | None:
     """Add `amount` to the month's spend unless that passes the scope's budget: the new spend, or None."""
-    key = {"scope": scope, "scope_id": scope_id, "month": month}
-    await conn.execute(ENSURE_SPEND, key)
+    await conn.execute(ENSURE_SPEND, {"scope": scope, "scope_id": scope_id, "month": month})
+    key = {"in_scope": scope, "in_scope_id": scope_id, "in_month": month}
     spent: Decimal | None = (
         await conn.execute(RESERVE, {**key, "amount": amount, "currency": currency})
     ).scalar_one_or_none()
@@ -133,25 +118,45 @@ async def reserve(
 
 
 async def release(conn: AsyncConnection, scope: str, scope_id: str, month: date, amount: Decimal) -> None:
-    await conn.execute(RELEASE, {"scope": scope, "scope_id": scope_id, "month": month, "amount": amount})
+    key = {"in_scope": scope, "in_scope_id": scope_id, "in_month": month}
+    await conn.execute(RELEASE, {**key, "amount": amount})
+
+
+def _budgets(month: date) -> Select[*tuple[Any, ...]]:
+    spent = func.coalesce(BudgetSpend.spent, 0).label("spent")
+    this_month = and_(
+        BudgetSpend.scope == Budget.scope, BudgetSpend.scope_id == Budget.scope_id, BudgetSpend.month == month
+    )
+    return select(Budget.monthly_limit, Budget.currency, spent).outerjoin(BudgetSpend, this_month)
 
 
 async def standing(conn: AsyncConnection, scope: str, scope_id: str, month: date) -> Standing | None:
-    row = (await conn.execute(STANDING, {"scope": scope, "scope_id": scope_id, "month": month})).first()
+    query = _budgets(month).where(Budget.scope == scope, Budget.scope_id == scope_id)
+    row = (await conn.execute(query)).first()
     return Standing(row.monthly_limit, row.currency, row.spent) if row else None
 
 
 async def put_budget(
     conn: AsyncConnection, scope: str, scope_id: str, monthly_limit: Decimal, currency: str
 ) -> None:
+    upsert = insert(Budget).values(
+        scope=scope, scope_id=scope_id, monthly_limit=monthly_limit, currency=currency
+    )
     await conn.execute(
-        PUT_BUDGET,
-        {"scope": scope, "scope_id": scope_id, "monthly_limit": monthly_limit, "currency": currency},
+        upsert.on_conflict_do_update(
+            index_elements=[Budget.scope, Budget.scope_id],
+            set_={
+                "monthly_limit": upsert.excluded.monthly_limit,
+                "currency": upsert.excluded.currency,
+                "updated_at": func.now(),
+            },
+        )
     )
 
 
 async def delete_budget(conn: AsyncConnection, scope: str, scope_id: str) -> bool:
-    return (await conn.execute(DELETE_BUDGET, {"scope": scope, "scope_id": scope_id})).first() is not None
+    query = delete(Budget).where(Budget.scope == scope, Budget.scope_id == scope_id).returning(Budget.scope)
+    return (await conn.execute(query)).first() is not None
 
 
 async def budgets(
@@ -160,20 +165,59 @@ async def budgets(
     scope: str | None = None,
     scope_id: str | None = None,
     within: list[str] | None = None,
-) -> list[Row[Any]]:
+) -> list[AnyRow]:
     """`within`: only the budgets of these numbers and of keys limited to some of them."""
-    params = {"month": month, "scope": scope, "scope_id": scope_id, "within": within}
-    return list(await conn.execute(BUDGETS, params))
+    query = (
+        _budgets(month)
+        .add_columns(Budget.scope, Budget.scope_id, Budget.updated_at)
+        .order_by(Budget.scope, Budget.scope_id)
+    )
+    if scope is not None:
+        query = query.where(Budget.scope == scope)
+    if scope_id is not None:
+        query = query.where(Budget.scope_id == scope_id)
+    if within is not None:
+        numbers = literal(within, ARRAY(Text))
+        limited_key = select(ApiKey.id).where(
+            cast(ApiKey.id, Text) == Budget.scope_id,
+            func.cardinality(ApiKey.phone_number_ids) > 0,
+            ApiKey.phone_number_ids.contained_by(numbers),
+        )
+        query = query.where(
+            or_(
+                and_(Budget.scope == "phone_number", Budget.scope_id == any_(numbers)),
+                and_(Budget.scope == "api_key", exists(limited_key)),
+            )
+        )
+    return list(await conn.execute(query))
 
 
 async def api_key_exists(conn: AsyncConnection, api_key_id: str) -> bool:
-    return bool((await conn.execute(API_KEY_EXISTS, {"id": api_key_id})).scalar_one())
+    query = select(exists().where(ApiKey.id == UUID(api_key_id)))
+    return bool((await conn.execute(query)).scalar_one())
 
 
 async def api_key_numbers(conn: AsyncConnection, api_key_id: str) -> list[str] | None:
     """The key's phone numbers (empty: every number), or None when there is no such key."""
-    numbers: list[str] | None = (await conn.execute(API_KEY_NUMBERS, {"id": api_key_id})).scalar()
+    query = select(ApiKey.phone_number_ids).where(ApiKey.id == UUID(api_key_id))
+    numbers: list[str] | None = (await conn.execute(query)).scalar()
     return numbers
+
+
+def _group_key(group_by: str) -> tuple[SQLColumnExpression[Any], ...]:
+    """The group's key, its label, and the key's numbers (whom a limited caller may see named)."""
+    if group_by == "api_key":
+        return cast(Message.api_key_id, Text), ApiKey.name, ApiKey.phone_number_ids
+    if group_by == "day":
+        day = func.to_char(cast(func.timezone("UTC", Message.created_at), Date), "YYYY-MM-DD")
+        key: SQLColumnExpression[Any] = day
+    elif group_by == "category":
+        key = func.coalesce(Message.pricing_category, "unknown")
+    elif group_by == "market":
+        key = func.coalesce(Message.market, "unknown")
+    else:
+        raise ValueError(f"no grouping {group_by!r}")
+    return key, cast(null(), Text), cast(null(), ARRAY(Text))
 
 
 async def costs(
@@ -182,7 +226,56 @@ async def costs(
     start: datetime,
     end: datetime,
     phone_number_ids: list[str] | None,
-) -> list[Row[Any]]:
-    key, label, numbers = GROUP_KEYS[group_by]
-    sql = text(COSTS.format(key=key, label=label, numbers=numbers, reported_billable=REPORTED_BILLABLE))
-    return list(await conn.execute(sql, {"start": start, "end": end, "phone_number_ids": phone_number_ids}))
+) -> list[AnyRow]:
+    """One aggregate per (group, day, market, Meta's category, Meta's verdict), priced and summed per group
+    by the service (Meta's verdict is priced with the rate card of that day)."""
+    key, label, numbers = _group_key(group_by)
+    # Meta's word: `type` (regular = charged) since per-message pricing; `billable` before it (deprecated).
+    reported_type = Message.pricing["type"].astext
+    reported_billable = case(
+        (reported_type.is_not(None), reported_type == "regular"),
+        else_=cast(Message.pricing["billable"].astext, Boolean),
+    )
+    # Each send's group first, aggregated outside: GROUP BY then names columns, not expressions.
+    sends = (
+        select(
+            key.label("key"),
+            label.label("label"),
+            numbers.label("key_numbers"),
+            cast(func.timezone("UTC", Message.created_at), Date).label("day"),
+            Message.market,
+            Message.pricing["category"].astext.label("reported_category"),
+            reported_billable.label("reported_billable"),
+            Message.billable,
+            Message.estimated_amount,
+            Message.pricing,
+        )
+        .outerjoin(ApiKey, ApiKey.id == Message.api_key_id)
+        .where(
+            Message.created_at >= start,
+            Message.created_at < end,
+            or_(Message.graph_message_id.is_not(None), Message.status == "unknown"),
+        )
+    )
+    if phone_number_ids is not None:
+        sends = sends.where(Message.phone_number_id == any_(literal(phone_number_ids, ARRAY(Text))))
+    m = sends.subquery("m")
+    groups = (
+        m.c.key,
+        m.c.label,
+        m.c.key_numbers,
+        m.c.day,
+        m.c.market,
+        m.c.reported_category,
+        m.c.reported_billable,
+    )
+    query = select(
+        *groups,
+        func.count().label("messages"),
+        func.count().filter(m.c.billable.is_(None)).label("not_estimated"),
+        func.count().filter(m.c.billable).label("estimated_billable"),
+        func.count().filter(not_(m.c.billable)).label("estimated_free"),
+        func.coalesce(func.sum(m.c.estimated_amount), 0).label("estimated_amount"),
+        func.count().filter(m.c.pricing.is_not(None)).label("reported"),
+    ).group_by(*groups)
+    return list(await conn.execute(query))

@@ -1,25 +1,23 @@
 """Every SQL statement about raw webhook deliveries."""
 
-from sqlalchemy import text
+from datetime import timedelta
+
+from sqlalchemy import delete, func, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-INSERT = text("INSERT INTO webhook_deliveries (body, error) VALUES (:body, :error)")
-MARK = text("UPDATE webhook_deliveries SET error = :error WHERE id = :id")
-PURGE = (
-    text("DELETE FROM webhook_deliveries WHERE received_at < now() - make_interval(days => :days)"),
-    text("DELETE FROM inbound_messages WHERE received_at < now() - make_interval(days => :days)"),
-)
+from window_gate.models import InboundMessage, WebhookDelivery
 
 
 async def store(conn: AsyncConnection, body: bytes, error: str | None = None) -> None:
-    await conn.execute(INSERT, {"body": body, "error": error})
+    await conn.execute(insert(WebhookDelivery).values(body=body, error=error))
 
 
 async def mark_unapplied(conn: AsyncConnection, delivery_id: int, error: str) -> None:
-    await conn.execute(MARK, {"id": delivery_id, "error": error})
+    await conn.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(error=error))
 
 
 async def purge(conn: AsyncConnection, days: int) -> None:
     """Forget deliveries past retention. Inbound ids go too: Meta redelivers for 7 days at most."""
-    for statement in PURGE:
-        await conn.execute(statement, {"days": days})
+    cutoff = func.now() - timedelta(days=days)
+    await conn.execute(delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff))
+    await conn.execute(delete(InboundMessage).where(InboundMessage.received_at < cutoff))

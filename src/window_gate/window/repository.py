@@ -5,47 +5,42 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from window_gate.db import HotPool
-from window_gate.window.rule import WindowFacts
-
-FACT_COLUMNS = (
-    "phone_number_id, customer_id, last_inbound_at, last_inbound_message_id, closed_by_meta_at, "
-    "referral_at, referral, fep_started_at, fep_expires_at"
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    Text,
+    case,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
 )
-# Window facts only ever move forward, so any order of (re)deliveries converges on the same row.
-# In ON CONFLICT … SET every expression sees the row as it was, so the CASEs compare old with new.
-UPSERT_FACTS = f"""
-INSERT INTO windows AS w ({FACT_COLUMNS}) {{source}}
-ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
-  last_inbound_message_id = CASE WHEN EXCLUDED.last_inbound_at > COALESCE(w.last_inbound_at, '-infinity')
-    THEN EXCLUDED.last_inbound_message_id ELSE w.last_inbound_message_id END,
-  last_inbound_at = GREATEST(w.last_inbound_at, EXCLUDED.last_inbound_at),
-  closed_by_meta_at = GREATEST(w.closed_by_meta_at, EXCLUDED.closed_by_meta_at),
-  referral = CASE WHEN EXCLUDED.referral_at > COALESCE(w.referral_at, '-infinity')
-    THEN EXCLUDED.referral ELSE w.referral END,
-  referral_at = GREATEST(w.referral_at, EXCLUDED.referral_at),
-  fep_started_at = COALESCE(w.fep_started_at, EXCLUDED.fep_started_at),
-  fep_expires_at = GREATEST(w.fep_expires_at, EXCLUDED.fep_expires_at),
-  updated_at = now()
-"""
+from sqlalchemy.dialects.postgresql import ARRAY, Insert, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import InstrumentedAttribute
+
+from window_gate.db import HotPool, Statement
+from window_gate.models import TZ, Window
+from window_gate.window.rule import WindowFacts
 
 # The hot path of webhook ingest, one autocommit statement on asyncpg for any number of deliveries (those
 # arriving together are coalesced): the raw deliveries are kept, each message's customer is found by its
 # aliases, new message ids are recorded and their windows move forward. Messages whose customer is unknown
-# (or newly linked) come back unresolved, for the slow path.
-RECORD_DELIVERIES = f"""
+# (or newly linked) come back unresolved, for the slow path. Its `up` is `_upsert_facts` (below) written
+# out for the facts a delivery gives: change one, change the other.
+RECORD_DELIVERIES = Statement(
+    """
 WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
   SELECT ord, body, CASE WHEN body IS NOT NULL THEN nextval(s.seq) END AS id
-  FROM unnest($1::bytea[]) WITH ORDINALITY AS t(body, ord),
+  FROM unnest(CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(body, ord),
     (SELECT pg_get_serial_sequence('webhook_deliveries', 'id')::regclass AS seq) s
 ), raw AS (
   INSERT INTO webhook_deliveries (id, body) SELECT id, body FROM d WHERE id IS NOT NULL
 ), u AS (
-  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
-    $8::timestamptz[], $9::jsonb[])
+  SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:phone_number_ids AS text[]), CAST(:wa_ids AS text[]),
+    CAST(:user_ids AS text[]), CAST(:types AS text[]), CAST(:sent_at AS timestamptz[]),
+    CAST(:counts_from AS timestamptz[]), CAST(:referrals AS jsonb[]))
     AS u(message_id, phone_number_id, wa_id, user_id, type, sent_at, counts_from, referral)
 ), r AS (
   SELECT u.*, COALESCE(aw.customer_id, au.customer_id) AS customer_id,
@@ -61,58 +56,86 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
   SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
   ON CONFLICT (message_id) DO NOTHING
   RETURNING message_id
-), up AS ({
-    UPSERT_FACTS.format(
-        source='''
-  SELECT phone_number_id, customer_id, max(counts_from),
-    (array_agg(message_id ORDER BY counts_from DESC))[1], NULL::timestamptz,
+), up AS (
+  INSERT INTO windows AS w (phone_number_id, customer_id, last_inbound_at, last_inbound_message_id, referral_at,
+                            referral)
+  SELECT phone_number_id, customer_id, max(counts_from), (array_agg(message_id ORDER BY counts_from DESC))[1],
     max(counts_from) FILTER (WHERE referral IS NOT NULL),
-    (array_agg(referral ORDER BY counts_from DESC) FILTER (WHERE referral IS NOT NULL))[1],
-    NULL::timestamptz, NULL::timestamptz
+    (array_agg(referral ORDER BY counts_from DESC) FILTER (WHERE referral IS NOT NULL))[1]
   FROM m WHERE message_id IN (SELECT message_id FROM fresh)
-  GROUP BY phone_number_id, customer_id ORDER BY phone_number_id, customer_id'''
-    )
-}
+  GROUP BY phone_number_id, customer_id ORDER BY phone_number_id, customer_id
+  ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
+    last_inbound_message_id = CASE WHEN EXCLUDED.last_inbound_at > COALESCE(w.last_inbound_at, '-infinity')
+      THEN EXCLUDED.last_inbound_message_id ELSE w.last_inbound_message_id END,
+    last_inbound_at = GREATEST(w.last_inbound_at, EXCLUDED.last_inbound_at),
+    referral = CASE WHEN EXCLUDED.referral_at > COALESCE(w.referral_at, '-infinity')
+      THEN EXCLUDED.referral ELSE w.referral END,
+    referral_at = GREATEST(w.referral_at, EXCLUDED.referral_at),
+    updated_at = now()
 )
 SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
   array_agg(r.message_id) FILTER (WHERE f.message_id IS NOT NULL) AS fresh,
   array_agg(r.message_id) FILTER (WHERE NOT r.resolved) AS unresolved
 FROM r LEFT JOIN fresh f USING (message_id)
 """
-
-RECORD_VERDICTS = text(
-    UPSERT_FACTS.format(
-        source="""
-  SELECT phone_number_id, customer_id, NULL::timestamptz, NULL, max(closed_at), NULL::timestamptz, NULL::jsonb,
-    NULL::timestamptz, max(fep_expires_at)
-  FROM unnest(CAST(:phone_number_ids AS text[]), CAST(:customer_ids AS bigint[]),
-    CAST(:closed_at AS timestamptz[]), CAST(:fep_expires_at AS timestamptz[]))
-    AS v(phone_number_id, customer_id, closed_at, fep_expires_at)
-  GROUP BY phone_number_id, customer_id ORDER BY phone_number_id, customer_id"""
-    )
-)
-
-MOVE_WINDOWS = (
-    text(
-        UPSERT_FACTS.format(
-            source=f"SELECT {FACT_COLUMNS.replace('customer_id', 'CAST(:dst AS bigint)')} "
-            "FROM windows WHERE customer_id = :src ORDER BY phone_number_id"
-        )
-    ),
-    text("DELETE FROM windows WHERE customer_id = :src"),
 )
 
 # One round trip (asyncpg, the hot path): the best-matching alias that has a window for this number,
 # else any customer it names.
-LOOKUP = """
+LOOKUP = Statement(
+    """
 SELECT q.idx, c.wa_id, c.user_id, w.last_inbound_at, w.closed_by_meta_at, w.referral_at, w.fep_started_at,
        w.fep_expires_at
-FROM unnest($1::int[], $2::text[], $3::int[]) AS q(idx, alias, rank)
+FROM unnest(CAST(:idx AS int[]), CAST(:aliases AS text[]), CAST(:ranks AS int[])) AS q(idx, alias, rank)
 JOIN customer_aliases a ON a.alias = q.alias
 JOIN customers c ON c.id = a.customer_id
-LEFT JOIN windows w ON w.customer_id = c.id AND w.phone_number_id = $4
+LEFT JOIN windows w ON w.customer_id = c.id AND w.phone_number_id = :phone_number_id
 ORDER BY q.idx, (w.last_inbound_at IS NULL), q.rank
 """
+)
+# Every fact of a window (and its key).
+FACTS = (
+    Window.phone_number_id,
+    Window.customer_id,
+    Window.last_inbound_at,
+    Window.last_inbound_message_id,
+    Window.closed_by_meta_at,
+    Window.referral_at,
+    Window.referral,
+    Window.fep_started_at,
+    Window.fep_expires_at,
+)
+
+
+def _upsert_facts(columns: Sequence[InstrumentedAttribute[Any]], source: Select[Any]) -> Insert:
+    """Window facts only ever move forward, so any order of (re)deliveries converges on the same row. In
+    ON CONFLICT … SET every expression sees the row as it was, so the CASEs compare old with new; a fact
+    the source does not give is NULL there, which moves nothing."""
+    upsert = insert(Window).from_select([c.key for c in columns], source)
+    new = upsert.excluded
+    never = literal_column("'-infinity'", TZ)
+    return upsert.on_conflict_do_update(
+        index_elements=[Window.phone_number_id, Window.customer_id],
+        set_={
+            "last_inbound_message_id": case(
+                (
+                    new.last_inbound_at > func.coalesce(Window.last_inbound_at, never),
+                    new.last_inbound_message_id,
+                ),
+                else_=Window.last_inbound_message_id,
+            ),
+            "last_inbound_at": func.greatest(Window.last_inbound_at, new.last_inbound_at),
+            "closed_by_meta_at": func.greatest(Window.closed_by_meta_at, new.closed_by_meta_at),
+            "referral": case(
+                (new.referral_at > func.coalesce(Window.referral_at, never), new.referral),
+                else_=Window.referral,
+            ),
+            "referral_at": func.greatest(Window.referral_at, new.referral_at),
+            "fep_started_at": func.coalesce(Window.fep_started_at, new.fep_started_at),
+            "fep_expires_at": func.greatest(Window.fep_expires_at, new.fep_expires_at),
+            "updated_at": func.now(),
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,17 +179,19 @@ RawDelivery = tuple[bytes | None, Sequence[Inbound]]
 async def record_deliveries(hot: HotPool, deliveries: Sequence[RawDelivery]) -> list[Recorded]:
     """Keep the raw deliveries and apply their messages, in one statement (asyncpg); one answer each."""
     messages = [m for _, ms in deliveries for m in ms]
-    row = await hot.fetchrow(
-        RECORD_DELIVERIES,
-        [body for body, _ in deliveries],
-        [m.message_id for m in messages],
-        [m.phone_number_id for m in messages],
-        [m.wa_id for m in messages],
-        [m.user_id for m in messages],
-        [m.type for m in messages],
-        [m.sent_at for m in messages],
-        [m.counts_from for m in messages],
-        [m.referral for m in messages],
+    (row,) = await RECORD_DELIVERIES.all(  # an aggregate: one row
+        hot,
+        {
+            "bodies": [body for body, _ in deliveries],
+            "message_ids": [m.message_id for m in messages],
+            "phone_number_ids": [m.phone_number_id for m in messages],
+            "wa_ids": [m.wa_id for m in messages],
+            "user_ids": [m.user_id for m in messages],
+            "types": [m.type for m in messages],
+            "sent_at": [m.sent_at for m in messages],
+            "counts_from": [m.counts_from for m in messages],
+            "referrals": [m.referral for m in messages],
+        },
     )
     fresh, unresolved = set(row["fresh"] or ()), set(row["unresolved"] or ())
     answers = []
@@ -179,21 +204,34 @@ async def record_deliveries(hot: HotPool, deliveries: Sequence[RawDelivery]) -> 
 
 async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) -> None:
     """Meta's word on windows: 131047 closures and free-entry-point expiries."""
-    if verdicts:
-        await conn.execute(
-            RECORD_VERDICTS,
-            {
-                "phone_number_ids": [v.phone_number_id for v in verdicts],
-                "customer_ids": [v.customer_id for v in verdicts],
-                "closed_at": [v.closed_at for v in verdicts],
-                "fep_expires_at": [v.fep_expires_at for v in verdicts],
-            },
+    if not verdicts:
+        return
+    given = (
+        func.unnest(
+            literal([v.phone_number_id for v in verdicts], ARRAY(Text)),
+            literal([v.customer_id for v in verdicts], ARRAY(BigInteger)),
+            literal([v.closed_at for v in verdicts], ARRAY(TZ)),
+            literal([v.fep_expires_at for v in verdicts], ARRAY(TZ)),
         )
+        .table_valued("phone_number_id", "customer_id", "closed_at", "fep_expires_at")
+        .render_derived(name="v")
+    )
+    key = (given.c.phone_number_id, given.c.customer_id)
+    source = (
+        select(*key, func.max(given.c.closed_at), func.max(given.c.fep_expires_at))
+        .group_by(*key)
+        .order_by(*key)
+    )
+    columns = (Window.phone_number_id, Window.customer_id, Window.closed_by_meta_at, Window.fep_expires_at)
+    await conn.execute(_upsert_facts(columns, source))
 
 
 async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
-    for statement in MOVE_WINDOWS:
-        await conn.execute(statement, {"src": src, "dst": dst})
+    """Merge one customer's windows into another's (the facts of both kept, as if delivered together)."""
+    columns = [literal(dst, BigInteger) if c is Window.customer_id else c for c in FACTS]
+    source = select(*columns).where(Window.customer_id == src).order_by(Window.phone_number_id)
+    await conn.execute(_upsert_facts(FACTS, source))
+    await conn.execute(delete(Window).where(Window.customer_id == src))
 
 
 async def lookup(
@@ -210,7 +248,8 @@ async def lookup(
             aliases.append(alias)
             ranks.append(rank)
     found: list[Found | None] = [None] * len(candidates)
-    for row in await hot.fetch(LOOKUP, idx, aliases, ranks, phone_number_id):
+    params = {"idx": idx, "aliases": aliases, "ranks": ranks, "phone_number_id": phone_number_id}
+    for row in await LOOKUP.all(hot, params):
         if found[row["idx"]] is None:
             found[row["idx"]] = _found(row)
     return found
