@@ -23,7 +23,7 @@ Lines = Callable[[], list[dict[str, Any]]]
 def _capture(settings: Settings, level: str) -> Iterator[Lines]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    httpx_level = logging.getLogger("httpx").level
+    chatty_levels = {name: logging.getLogger(name).level for name in ("httpx", "pgserver")}
     out = io.StringIO()
     logs.configure(settings.model_copy(update={"log_level": level}), out)
     try:
@@ -31,7 +31,8 @@ def _capture(settings: Settings, level: str) -> Iterator[Lines]:
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
-        logging.getLogger("httpx").setLevel(httpx_level)
+        for chatty, level in chatty_levels.items():
+            logging.getLogger(chatty).setLevel(level)
 
 
 @pytest.fixture
@@ -71,8 +72,8 @@ async def test_each_request_is_one_json_line_with_its_id_and_no_secret(
 async def test_a_well_formed_request_id_is_kept_and_any_other_replaced(
     client: httpx.AsyncClient, lines: Lines
 ) -> None:
-    kept = await client.get("/healthz", headers={"X-Request-ID": "edge-7f3a.42"})
-    forged = await client.get("/healthz", headers={"X-Request-ID": 'x", "level": "error'})
+    kept = await client.get("/nowhere", headers={"X-Request-ID": "edge-7f3a.42"})
+    forged = await client.get("/nowhere", headers={"X-Request-ID": 'x", "level": "error'})
 
     assert kept.headers["X-Request-ID"] == "edge-7f3a.42"
     assert len(forged.headers["X-Request-ID"]) == 32 and '"' not in forged.headers["X-Request-ID"]
@@ -114,13 +115,15 @@ async def test_hot_path_successes_log_at_debug_only_and_their_refusals_at_info(
     assert refused and refused[0]["level"] == "warning" and refused[0]["request_id"] == webhook["request_id"]
 
 
-async def test_hot_path_successes_write_nothing_at_info(
+async def test_hot_path_and_probe_successes_write_nothing_at_info(
     client: httpx.AsyncClient, engine: AsyncEngine, lines: Lines
 ) -> None:
     key = await make_key(engine, Role.READ)
     answer = await client.get(f"/v1/windows/{PN}/15551234567", headers={"Authorization": f"Bearer {key}"})
+    probes = [await client.get(path) for path in ("/healthz", "/readyz", "/metrics")]
 
     assert answer.status_code == 200 and answer.headers["X-Request-ID"]
+    assert [probe.status_code for probe in probes] == [200, 200, 200]
     assert requests(lines) == []
 
 

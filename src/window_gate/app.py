@@ -38,6 +38,7 @@ from window_gate.errors import (
 )
 from window_gate.graph.client import GraphClient
 from window_gate.graph.transport import GraphTransport
+from window_gate.health.endpoints import healthz, metrics, readyz
 from window_gate.health.endpoints import router as health_router
 from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
@@ -147,7 +148,7 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
     app.add_middleware(InputCheck, render=_refusal, raw_bodies=raw_bodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
-    app.add_middleware(RequestLog, quiet={get_window, receive})
+    app.add_middleware(RequestLog, quiet={get_window, receive, healthz, readyz, metrics})
     return app
 
 

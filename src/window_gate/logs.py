@@ -86,9 +86,10 @@ def configure(settings: "Settings", stream: TextIO | None = None) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
-    # httpx logs each call at info with its full URL: one line per send to Meta, and query strings
-    # (the tests' own client too). Its warnings still come through.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # httpx logs each call at info with its full URL (one line per send to Meta, query strings too);
+    # pgserver each command line it runs, many lines long. Their warnings still come through.
+    for chatty in ("httpx", "pgserver"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def _dumps(value: Any, **_: Any) -> str:
@@ -119,8 +120,9 @@ def request_id(scope: Scope) -> bytes:
 class RequestLog:
     """Gives each HTTP request an id (bound to every line logged while it runs, echoed in the answer's
     X-Request-ID) and logs one line when it ends: method, route template (else the path), status,
-    duration, the problem `code` of a refusal, the caller's key id. A success of a `quiet` endpoint (the
-    hot paths) is logged at debug only: an info line costs them a measured share of their throughput."""
+    duration, the problem `code` of a refusal, the caller's key id. A success of a `quiet` endpoint is
+    logged at debug only: the hot paths (an info line costs them a measured share of their throughput,
+    README) and the probes a load balancer sends every few seconds."""
 
     def __init__(self, app: ASGIApp, quiet: Collection[object] = ()) -> None:
         self.app = app
