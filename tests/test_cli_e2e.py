@@ -21,6 +21,8 @@ from tests.factories import PN, delivery, inbound, signed
 from tests.processes import descendants, still_running
 from window_gate import db
 
+pytestmark = pytest.mark.slow  # the CLI and `serve` as processes
+
 WINDOW_GATE = Path(sys.executable).parent / "window-gate"
 KEY = re.compile(r"^wg_[A-Za-z0-9_-]{40,}$")
 START_SECONDS = 90  # the embedded first start runs initdb

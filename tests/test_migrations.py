@@ -12,6 +12,8 @@ from alembic.script import ScriptDirectory
 
 from window_gate import db
 
+pytestmark = pytest.mark.slow  # every migration, down and up again
+
 Schema = dict[str, list[tuple[str, ...]]]
 # What a migration can leave behind or forget; alembic's own bookkeeping table is not the schema.
 CATALOG = {
