@@ -21,18 +21,17 @@ Lines = Callable[[], list[dict[str, Any]]]
 
 
 def _capture(settings: Settings, level: str) -> Iterator[Lines]:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    chatty_levels = {name: logging.getLogger(name).level for name in ("httpx", "pgserver")}
+    # configure() sets the process's loggers: put back what the test run had.
+    loggers = [logging.getLogger(name) for name in ("", "httpx", "pgserver")]
+    saved = [(logger, logger.handlers[:], logger.level) for logger in loggers]
     out = io.StringIO()
     logs.configure(settings.model_copy(update={"log_level": level}), out)
     try:
         yield lambda: [json.loads(line) for line in out.getvalue().splitlines()]
     finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
-        for chatty, level in chatty_levels.items():
-            logging.getLogger(chatty).setLevel(level)
+        for logger, handlers, was in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(was)
 
 
 @pytest.fixture
