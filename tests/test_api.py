@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem, make_key
+from tests.conftest import assert_problem, bearer, make_key
 from tests.factories import PN, delivery, inbound, signed
 from window_gate import db
 from window_gate.apikey.rules import Role
@@ -23,10 +23,6 @@ from window_gate.sandbox import in_process
 
 OTHER_PN = "109999999999999"
 WINDOW_ROUTE = "/v1/windows/{phone_number_id}/{customer}"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def metric(exposition: str, name: str, **labels: str) -> float:

@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import TABLES, cli_env, free_port
+from tests.conftest import cli_env, empty, free_port
 from tests.factories import PN, delivery, inbound, signed
 from tests.processes import descendants, still_running
 from window_gate import db
+
+pytestmark = pytest.mark.slow  # the CLI and `serve` as processes
 
 WINDOW_GATE = Path(sys.executable).parent / "window-gate"
 KEY = re.compile(r"^wg_[A-Za-z0-9_-]{40,}$")
@@ -112,15 +113,7 @@ def stop_embedded_postgres(pgdata: Path) -> None:
 def emptied_afterwards(database_url: str) -> Iterator[str]:
     """The test database, emptied after the test: these processes write outside the per-test cleanup."""
     yield database_url
-
-    async def truncate() -> None:
-        conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-        try:
-            await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-        finally:
-            await conn.close()
-
-    asyncio.run(truncate())
+    asyncio.run(empty(database_url))
 
 
 def test_created_key_works_against_a_served_gate(emptied_afterwards: str, tmp_path: Path) -> None:

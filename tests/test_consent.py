@@ -9,7 +9,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem, make_key
+from tests.conftest import assert_problem, bearer, make_key
 from tests.factories import PN, delivery, inbound, signed
 from tests.test_consent_webhooks import consent, post, preference
 from window_gate.apikey.rules import Role
@@ -24,10 +24,6 @@ from window_gate.webhook.parse import parse_delivery
 
 OTHER_PN = "109999999999999"
 ROUTE = "/v1/opt-outs/{pn}/{customer}"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def says(wa_id: str, body: str, ts: float | None = None) -> dict[str, Any]:

@@ -322,6 +322,7 @@ async def test_budget_set_through_the_api_refuses_the_reservation_past_it(
     assert money(listed[0]["spent"]) == Decimal("0.06")
 
 
+@pytest.mark.slow  # the CLI as a process
 async def test_cli_budgets_set(gate: tuple[httpx.AsyncClient, AsyncEngine], database_url: str) -> None:
     client, _ = gate
     env = cli_env(DATABASE_URL=database_url, SANDBOX="true")

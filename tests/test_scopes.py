@@ -14,7 +14,7 @@ from fastapi.routing import iter_route_contexts
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem, make_key
+from tests.conftest import assert_problem, bearer, make_key
 from tests.factories import PN, WABA
 from tests.upstream import Meta
 from window_gate.apikey.rules import Role, hash_key
@@ -195,10 +195,6 @@ async def budgets_in_db(engine: AsyncEngine) -> set[tuple[str, str]]:
         return {
             (r.scope, r.scope_id) for r in await conn.execute(text("SELECT scope, scope_id FROM budgets"))
         }
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 # --- the matrix ---------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from sqlalchemy import text
 
 from tests.upstream import Gated, Meta, open_window, text_message
 
+pytestmark = pytest.mark.slow  # a thousand sends
+
 SENDS = 1000
 
 

@@ -71,6 +71,7 @@ def test_empty_database_url_means_embedded(environ: pytest.MonkeyPatch) -> None:
     assert not load_settings().database_url
 
 
+@pytest.mark.slow  # the CLI as a process
 @pytest.mark.parametrize(
     ("verb", "bad"),
     [

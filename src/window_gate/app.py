@@ -33,9 +33,11 @@ from window_gate.errors import (
 )
 from window_gate.graph.client import GraphClient
 from window_gate.graph.transport import GraphTransport
+from window_gate.health.endpoints import healthz, metrics, readyz
 from window_gate.health.endpoints import router as health_router
 from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
+from window_gate.logs import RequestLog
 from window_gate.message import repository as messages
 from window_gate.message.endpoints import as_meta_error, graph_router
 from window_gate.message.endpoints import router as message_router
@@ -148,6 +150,7 @@ def create_app(
     app.add_middleware(InputCheck, render=_refusal, raw_bodies=raw_bodies)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestLog, quiet={get_window, receive, healthz, readyz, metrics})
     return app
 
 

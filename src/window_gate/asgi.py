@@ -5,7 +5,7 @@ import multiprocessing
 
 from fastapi import FastAPI
 
-from window_gate import lifeline
+from window_gate import lifeline, logs
 from window_gate.app import create_app
 from window_gate.config import load_settings
 from window_gate.sandbox import in_process
@@ -20,7 +20,9 @@ def app() -> FastAPI:
     supervisor = multiprocessing.parent_process()  # set in the workers uvicorn spawns for --workers N
     if supervisor is not None and supervisor.pid is not None:
         lifeline.exit_with(supervisor.pid)
-    application = create_app(load_settings(), in_process)
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    application = create_app(settings, in_process)
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -9,13 +9,19 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
-from window_gate import db, lifeline
+import structlog
+from sqlalchemy.engine import make_url
+
+from window_gate import db, lifeline, logs
 from window_gate.apikey import repository as api_keys
 from window_gate.apikey import service as api_key_service
 from window_gate.apikey.rules import OPERATOR, Role
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings, SettingsError, load_settings
+
+log = structlog.stdlib.get_logger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _read_configured(settings)
     except SettingsError as exc:
         sys.exit(f"window-gate: bad setting: {exc}")
+    logs.configure(settings.log_level, settings.log_format)
     if args.verb in ("simulator", "sandbox-inbound"):
         _sandbox(args, settings)  # before the database URL: the simulator needs no database
         return
@@ -201,6 +208,15 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
         f"window_gate on http://{host}:{port} · upstream: {mode} · docs: http://{host}:{port}/docs",
         flush=True,
     )
+    log.info(
+        "start",
+        version=version("window-gate"),
+        sandbox=settings.sandbox_mode,
+        database="embedded" if settings.database_url is None else _without_password(url),
+        upstream=upstream,
+        listen=f"{host}:{port}",
+        workers=workers,
+    )
     # With one worker, uvicorn re-raises the signal that stopped it once it has shut down, which would
     # end this process before any `finally`: turn it into an exception, stop the simulator, then die of
     # that signal as uvicorn meant to (supervisors see the usual exit status).
@@ -214,7 +230,8 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
             port=port,
             workers=workers,
             log_level="warning",
-            access_log=False,
+            log_config=None,  # logs.configure's handler, in each worker too (asgi.py)
+            access_log=False,  # RequestLog writes one line per request instead
         )
     except Stopped as stop:
         _stop(simulator)
@@ -225,6 +242,10 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _without_password(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
 
 
 class Stopped(BaseException):

@@ -2,6 +2,7 @@
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +84,17 @@ class Settings(BaseSettings):
         DEFAULT_OPT_IN_KEYWORDS,
         description="Comma-separated; a customer message that is exactly one of these resumes them",
     )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log events written (stderr, one line each)"
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="`json`: one JSON object per line; `console`: for a person at a terminal"
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod

@@ -46,6 +46,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from window_gate import logs
+
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://window-gate.dev/problems/"
 MAX_ECHO = 200  # characters of one string a problem repeats: the input it quotes may be megabytes
@@ -227,6 +229,7 @@ def _subclasses(kind: type[GateError]) -> list[type[GateError]]:
 
 
 def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    logs.note(code=body.get("code"))  # the request's log line says which refusal it was
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from window_gate import logs
 from window_gate.apikey import repository
 from window_gate.apikey.rules import PREFIX, Caller, Role, hash_key, new_key
 from window_gate.db import HotPool
@@ -47,4 +48,5 @@ class Authenticator:
             self._cache[key_hash] = (now + self.ttl, caller)
         if caller is None:
             raise Unauthorized("unknown or revoked API key")
+        logs.note(key_id=caller.id)
         return caller

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
@@ -10,6 +11,8 @@ from window_gate.errors import GateError, Unauthorized
 from window_gate.kit import gate
 from window_gate.webhook import service
 from window_gate.webhook.signature import verify
+
+log = structlog.stdlib.get_logger(__name__)
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
@@ -69,7 +72,9 @@ async def receive(request: Request) -> Response:
     delivery always gets 200, even when parts of it are ignored, so Meta does not retry it for days."""
     state = gate(request)
     body = await request.body()
-    if not verify(request.headers.get("x-hub-signature-256"), body, state.settings.app_secrets):
+    if not verify(signature := request.headers.get("x-hub-signature-256"), body, state.settings.app_secrets):
+        # Every one is an operator's question: a wrong WINDOW_GATE_APP_SECRET, or someone else posting.
+        log.warning("webhook signature refused", signature_sent=signature is not None, body_bytes=len(body))
         raise Unauthorized("bad or missing X-Hub-Signature-256")
     received_at = datetime.now(UTC)
     service.count(await service.ingest(state, body, received_at))
