@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -16,16 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from window_gate import __doc__ as description
-from window_gate import db
+from window_gate import db, jobs
 from window_gate.apikey import access
 from window_gate.apikey.service import Authenticator
+from window_gate.background import registry as job_registry
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
 from window_gate.errors import (
@@ -41,14 +40,12 @@ from window_gate.graph.transport import GraphTransport
 from window_gate.health.endpoints import router as health_router
 from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
-from window_gate.message import repository as messages
 from window_gate.message.endpoints import as_meta_error, graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.metrics import MetricsMiddleware
 from window_gate.pricing.endpoints import budgets_router, costs_router
 from window_gate.sandbox import InProcess, SimulatorConfig
 from window_gate.template.endpoints import router as template_router
-from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import receive
 from window_gate.webhook.endpoints import router as webhook_router
 from window_gate.window import repository as windows
@@ -57,8 +54,6 @@ from window_gate.window.endpoints import router as window_router
 from window_gate.window.rule import Policy
 
 log = logging.getLogger(__name__)
-PURGE_EVERY_SECONDS = 3600
-CHORE_TIMEOUT_SECONDS = 600
 
 
 def policy(settings: Settings) -> Policy:
@@ -79,9 +74,6 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         transport = graph_transport or _in_process_sandbox(settings, app) or _graph_pool(settings)
         engine = db.make_engine(url, settings.db_pool_size, settings.db_timeout_seconds)
         hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
-        # Chores are not answering anyone: one connection of their own, with a bound long enough for a
-        # large purge, so they neither take the requests' connections nor fail on their bound.
-        chores_engine = db.make_engine(url, 1, CHORE_TIMEOUT_SECONDS)
         http = httpx.AsyncClient(
             base_url=settings.graph_base_url,
             timeout=httpx.Timeout(
@@ -96,17 +88,18 @@ def create_app(settings: Settings, graph_transport: httpx.AsyncBaseTransport | N
         record = db.Coalescer(functools.partial(windows.record_deliveries, hot))
         state = Gate(settings, engine, autocommit, hot, record, policy(settings), auth, graph)
         app.state.gate = state
-        chores = asyncio.create_task(_chores_forever(state, chores_engine))
+        background: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+        if settings.jobs_in_serve:  # else `window-gate worker` processes run them all
+            background = jobs.running(settings, url, job_registry(), settings.jobs_concurrency)
         try:
-            yield
+            async with background:
+                yield
         finally:
-            chores.cancel()
             for task in state.background:
                 task.cancel()
             await http.aclose()
             await hot.close()
             await engine.dispose()
-            await chores_engine.dispose()
 
     app = FastAPI(
         title="window_gate",
@@ -196,23 +189,6 @@ async def _database_unavailable(_: Request, exc: Exception) -> Response:
     log.warning("database unavailable: %s", exc)
     err = DatabaseUnavailable("the database cannot be reached; nothing was decided (fail closed)")
     return problem_response(err.status, err.problem(), {"Retry-After": "1"})
-
-
-async def _chores_forever(state: Gate, engine: AsyncEngine) -> None:
-    """Sends left `pending` by a dead process become `unknown` (once surely past the upstream timeout);
-    hourly, the retention purge. Idempotent statements: every replica may run them."""
-    every = state.settings.graph_timeout_seconds
-    last_purge = 0.0
-    while True:
-        try:
-            async with engine.begin() as conn:
-                await messages.expire_pending(conn, state.settings.graph_timeout_seconds * 3 + 5)
-                if time.monotonic() - last_purge > PURGE_EVERY_SECONDS:
-                    await webhooks.purge(conn, state.settings.webhook_retention_days)
-                    last_purge = time.monotonic()
-        except Exception:  # a failed chore must not end the task; the next round tries again
-            log.exception("periodic chores failed")
-        await asyncio.sleep(every)
 
 
 def _routes_of(routers: tuple[APIRouter, ...], *endpoints: object) -> list[APIRoute]:
