@@ -1,5 +1,6 @@
 """Enqueue joins the business write's transaction; the migrated schema is pgqueuer's own."""
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -12,8 +13,10 @@ from window_gate import db, jobs
 
 
 @pytest.fixture
-async def engine(database_url: str) -> AsyncEngine:
-    return db.make_engine(database_url, 2, 5)
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.make_engine(database_url, 2, 5)
+    yield engine
+    await engine.dispose()
 
 
 async def queued(database_url: str) -> list[asyncpg.Record]:
@@ -38,7 +41,6 @@ async def test_rolled_back_write_leaves_no_job(engine: AsyncEngine, database_url
         await jobs.enqueue(conn, "test.job", {"n": 2})
         await conn.rollback()
     assert await queued(database_url) == []
-    await engine.dispose()
 
 
 async def test_committed_write_leaves_exactly_one_job(engine: AsyncEngine, database_url: str) -> None:
@@ -50,7 +52,6 @@ async def test_committed_write_leaves_exactly_one_job(engine: AsyncEngine, datab
         ("test.job", b'{"n":1}', "queued")
     ]
     assert job is not None
-    await engine.dispose()
 
 
 async def test_a_key_allows_one_queued_job(engine: AsyncEngine, database_url: str) -> None:
@@ -60,7 +61,6 @@ async def test_a_key_allows_one_queued_job(engine: AsyncEngine, database_url: st
         other = await jobs.enqueue(conn, "test.job", key="customer-2", after=timedelta(hours=1))
     assert first is not None and second is None and other is not None
     assert sorted(r["dedupe_key"] for r in await queued(database_url)) == ["customer-1", "customer-2"]
-    await engine.dispose()
 
 
 async def test_migrated_schema_is_pgqueuers_own(database_url: str) -> None:

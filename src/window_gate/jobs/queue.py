@@ -40,8 +40,10 @@ async def backlog(conn: AsyncConnection) -> list[tuple[str, str, int]]:
     """(entrypoint, state, count) of every job in the queue: `queued` (due), `scheduled` (due later),
     `picked` (running, or its worker died and its heartbeat has not yet timed out), `failed` (dead).
     Finished jobs leave the table, so this reads live jobs only: cheap enough for every scrape."""
-    due_later = (QUEUE.c.status == "queued") & (QUEUE.c.execute_after > func.now())
-    state = case((due_later, literal("scheduled")), else_=cast(QUEUE.c.status, Text))
+    status = cast(QUEUE.c.status, Text)
+    state = case(
+        ((status == "queued") & (QUEUE.c.execute_after > func.now()), literal("scheduled")), else_=status
+    )
     query = select(QUEUE.c.entrypoint, state.label("state"), func.count()).group_by(QUEUE.c.entrypoint, state)
     return [(row[0], row[1], row[2]) for row in await conn.execute(query)]
 
