@@ -5,7 +5,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -15,22 +15,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import empty
+from tests.jobs import until
 from window_gate import db, jobs
 from window_gate.app import create_app
 from window_gate.config import Settings
 from window_gate.jobs import engine as job_engine
 from window_gate.kit import Gate
 from window_gate.webhook.jobs import purge
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float, every: float = 0.05) -> float:
-    """Seconds it took for `check` to hold; fails past `within`."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > within:
-            pytest.fail(f"not within {within} s")
-        await asyncio.sleep(every)
-    return time.monotonic() - start
 
 
 @pytest.fixture
