@@ -25,7 +25,7 @@ What pgqueuer 1.6 gives, and how the next features map onto it:
   therefore be idempotent: a job may run again after a crash mid-way (at least once).
 - Retries: `retries=N` re-queues a failed job N times, `backoff` doubling up to `max_backoff`; then it
   stays in the table with status `failed` (dead), visible in /metrics, never deleted.
-  Webhook relay: retries up to 24 h at a 1 h cap is `retries=30` (1+2+…+2048 s, then hourly).
+  Webhook relay (about 24 h, capped at 1 h): `retries=35`, i.e. 1, 2, 4 … 2048 s, then 23 hourly.
   pgqueuer's backoff has no jitter; a relay wanting it raises `jobs.Retry(delay)` itself.
 - Due at a time: `enqueue(..., after=timedelta)`; workers sleep until the earliest due job, so it starts
   within a poll's fraction of a second (window.expiring: enqueue at the window's write, due at
