@@ -7,7 +7,7 @@ so the job exists exactly when that write commits.
 
     registry = jobs.Registry()
 
-    @registry.task("relay.deliver", retries=17, max_backoff=timedelta(hours=1))
+    @registry.task("relay.deliver", retries=35, max_backoff=timedelta(hours=1))
     async def deliver(ctx: jobs.Context, payload: jobs.Payload) -> None: ...
 
     @registry.every("message.expire_pending", "* * * * * */10")  # cron; a sixth field is seconds
