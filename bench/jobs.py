@@ -72,7 +72,7 @@ async def drain(url: str, workers: int, entrypoint: str, count: int, concurrency
         for out in outputs
     ]
     try:
-        while not all(b"jobs at once" in await asyncio.to_thread(out.read_bytes) for out in outputs):  # noqa: ASYNC110
+        while not all(b"jobs at once" in log for log in await asyncio.to_thread(read, outputs)):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         await asyncio.sleep(1)  # past start-up: listening, polling
         engine = db.make_engine(url, 1, 60)
@@ -82,7 +82,7 @@ async def drain(url: str, workers: int, entrypoint: str, count: int, concurrency
         start = time.perf_counter()
         await engine.dispose()
         pg = await asyncpg.connect(url.replace("+asyncpg", ""))
-        while await pg.fetchval("SELECT count(*) FROM pgqueuer"):  # noqa: ASYNC110 - the queue has no event
+        while await pg.fetchval("SELECT count(*) FROM pgqueuer WHERE entrypoint = $1", entrypoint):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         took = time.perf_counter() - start
         await pg.close()
@@ -92,6 +92,10 @@ async def drain(url: str, workers: int, entrypoint: str, count: int, concurrency
             p.terminate()
         for p in procs:
             await p.wait()
+
+
+def read(paths: list[Path]) -> list[bytes]:
+    return [path.read_bytes() for path in paths]
 
 
 def pct(values: list[float], q: float) -> float:
