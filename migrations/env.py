@@ -11,10 +11,21 @@ from window_gate.db import database_url
 from window_gate.models import Base
 
 MIGRATION_LOCK = 0x77_67_6D_69  # "wgmi": any constant shared by every replica
+JOB_TABLES_PREFIX = "pgqueuer"
+
+
+def include_name(name: str | None, type_: str, _: object) -> bool:
+    """pgqueuer's tables (migration 0006) have no models: its own code is their source, not models.py."""
+    return not (type_ == "table" and (name or "").startswith(JOB_TABLES_PREFIX))
 
 
 def run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        compare_type=True,
+        include_name=include_name,
+    )
     connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
     try:
         with context.begin_transaction():

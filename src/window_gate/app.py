@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import logging
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 
@@ -14,13 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from window_gate import __doc__ as description
-from window_gate import db
+from window_gate import db, jobs
 from window_gate.apikey import access
 from window_gate.apikey.service import Authenticator
+from window_gate.background import registry as job_registry
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
 from window_gate.consent.rules import Keywords
@@ -38,7 +37,6 @@ from window_gate.health.endpoints import router as health_router
 from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
 from window_gate.logs import RequestLog
-from window_gate.message import repository as messages
 from window_gate.message.endpoints import as_meta_error, graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.message.endpoints import template_router as template_send_router
@@ -47,7 +45,6 @@ from window_gate.middlewares import BodyLimit, HotPaths
 from window_gate.pricing import tables as pricing_tables
 from window_gate.pricing.endpoints import budgets_router, costs_router
 from window_gate.template.endpoints import router as template_router
-from window_gate.webhook import repository as webhooks
 from window_gate.webhook.endpoints import receive
 from window_gate.webhook.endpoints import router as webhook_router
 from window_gate.webhook.service import DeliveryRecorder
@@ -56,8 +53,6 @@ from window_gate.window.endpoints import get_window
 from window_gate.window.endpoints import router as window_router
 
 log = logging.getLogger(__name__)
-PURGE_EVERY_SECONDS = 3600
-CHORE_TIMEOUT_SECONDS = 600
 
 # Makes the transport to Meta once the app exists (the in-process sandbox posts its webhooks into it);
 # None: the network. The entry points pass window_gate.sandbox.in_process; this module never imports it.
@@ -84,10 +79,6 @@ def create_app(
             opened.push_async_callback(engine.dispose)
             hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
             opened.push_async_callback(hot.close)
-            # Chores are not answering anyone: one connection of their own, with a bound long enough for a
-            # large purge, so they neither take the requests' connections nor fail on their bound.
-            chores_engine = db.make_engine(url, 1, CHORE_TIMEOUT_SECONDS)
-            opened.push_async_callback(chores_engine.dispose)
             http = httpx.AsyncClient(
                 base_url=settings.graph_base_url,
                 timeout=httpx.Timeout(
@@ -103,11 +94,13 @@ def create_app(
             autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
             state = Gate(settings, engine, autocommit, hot, graph, {type(p): p for p in parts})
             app.state.gate = state
-            chores = asyncio.create_task(_chores_forever(state, chores_engine))
+            if settings.jobs_in_serve:  # else `window-gate worker` processes run them all
+                await opened.enter_async_context(
+                    jobs.running(settings, url, job_registry(), settings.jobs_concurrency)
+                )
             try:
                 yield
             finally:
-                chores.cancel()
                 for task in state.background:
                     task.cancel()
 
@@ -201,23 +194,6 @@ async def _database_unavailable(_: Request, exc: Exception) -> Response:
     log.warning("database unavailable: %s", exc)
     err = DatabaseUnavailable("the database cannot be reached; nothing was decided (fail closed)")
     return problem_response(err.status, err.problem(), {"Retry-After": "1"})
-
-
-async def _chores_forever(state: Gate, engine: AsyncEngine) -> None:
-    """Sends left `pending` by a dead process become `unknown` (once surely past the upstream timeout);
-    hourly, the retention purge. Idempotent statements: every replica may run them."""
-    every = state.settings.graph_timeout_seconds
-    last_purge = 0.0
-    while True:
-        try:
-            async with engine.begin() as conn:
-                await messages.expire_pending(conn, state.settings.graph_timeout_seconds * 3 + 5)
-                if time.monotonic() - last_purge > PURGE_EVERY_SECONDS:
-                    await webhooks.purge(conn, state.settings.webhook_retention_days)
-                    last_purge = time.monotonic()
-        except Exception:  # a failed chore must not end the task; the next round tries again
-            log.exception("periodic chores failed")
-        await asyncio.sleep(every)
 
 
 def _routes_of(routers: tuple[APIRouter, ...], *endpoints: object) -> list[APIRoute]:

@@ -1,4 +1,4 @@
-"""`window-gate`: serve, migrate, api-keys create, templates sync, simulator, sandbox-inbound."""
+"""`window-gate`: serve, worker, migrate, api-keys create, templates sync, simulator, sandbox-inbound."""
 
 import argparse
 import asyncio
@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--simulator-port", type=int, help="sandbox: the simulator's port (default: port + 1)")
 
     verbs.add_parser("migrate", help="apply pending database migrations")
+
+    worker = verbs.add_parser("worker", help="run background jobs (as many processes as you like)")
+    worker.add_argument("--concurrency", type=int, help="most jobs at once (default: JOBS_CONCURRENCY)")
 
     keys = verbs.add_parser("api-keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key; prints it once, on the last line")
@@ -102,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     url = db.database_url(settings)
     if args.verb == "serve":
         _serve(settings, url, args, migrate=not args.no_migrate)
+    elif args.verb == "worker":
+        _work(settings, url, args.concurrency or settings.jobs_concurrency)
     elif args.verb == "migrate":
         db.upgrade(url)
         print(f"database at revision {db.head_revision()}")
@@ -246,6 +251,22 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def _without_password(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _work(settings: Settings, url: str, concurrency: int) -> None:
+    """`worker`: the jobs of every feature until SIGINT or SIGTERM; running jobs get their grace."""
+    from window_gate import jobs
+    from window_gate.background import registry
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        for signum in STOP_SIGNALS:
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        async with jobs.running(settings, url, registry(), concurrency):
+            print(f"window_gate worker: up to {concurrency} jobs at once", flush=True)
+            await stop.wait()
+
+    asyncio.run(work())
 
 
 class Stopped(BaseException):

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         100, ge=1, description="Connections to the Graph API per worker; sends beyond them wait their turn"
     )
     bootstrap_admin_key: bool = True
+    jobs_in_serve: bool = Field(
+        True,
+        description="Run background jobs inside every `serve` process too; false leaves them all to "
+        "`window-gate worker` processes",
+    )
+    jobs_concurrency: int = Field(4, ge=1, le=100, description="Most jobs one process runs at once")
     rate_card: str | None = Field(
         None,
         description="Comma-separated Meta rate-card CSVs (`PATH` or `PATH@YYYY-MM-DD`, one per effective date); "

@@ -1,5 +1,7 @@
-"""Prometheus metrics: request counts and latency by route, webhook messages, window decisions."""
+"""Prometheus metrics: request counts and latency by route, webhook messages, window decisions, and the
+backlog of background jobs."""
 
+import logging
 import os
 import time
 
@@ -7,13 +9,19 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from window_gate import jobs
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter("window_gate_http_requests", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -26,6 +34,14 @@ WEBHOOK_MESSAGES = Counter(
     "window_gate_webhook_messages", "Webhook items by kind and outcome", ["type", "outcome"]
 )
 WINDOW_DECISIONS = Counter("window_gate_window_decisions", "Window evaluations by state", ["state"])
+JOBS = Gauge(
+    "window_gate_jobs",
+    "Background jobs in the queue (all replicas) by entrypoint and state: queued (due), scheduled (due "
+    "later), picked (running), failed (dead after its retries)",
+    ["entrypoint", "state"],
+    multiprocess_mode="mostrecent",  # every worker reads the same table; the latest read wins
+)
+_jobs_seen: set[tuple[str, str]] = set()
 
 
 class MetricsMiddleware:
@@ -62,3 +78,19 @@ async def metrics_endpoint(_: Request) -> Response:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def read_job_backlog(engine: AsyncEngine) -> None:
+    """Set JOBS from the queue: one small query per scrape (the table holds live jobs only). A backlog
+    that cannot be read leaves the last figures; the scrape still answers."""
+    try:
+        async with engine.connect() as conn:
+            counts = {(entrypoint, state): n for entrypoint, state, n in await jobs.backlog(conn)}
+    except Exception:
+        log.warning("job backlog unreadable", exc_info=True)
+        return
+    for gone in _jobs_seen - counts.keys():  # a state emptied since the last scrape reads 0, not stale
+        JOBS.labels(*gone).set(0)
+    for labels, n in counts.items():
+        JOBS.labels(*labels).set(n)
+    _jobs_seen.update(counts)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from window_gate import db
 from window_gate.errors import DatabaseUnavailable, GateError, problems
 from window_gate.kit import gate
-from window_gate.metrics import metrics_endpoint
+from window_gate.metrics import metrics_endpoint, read_job_backlog
 
 router = APIRouter(tags=["operations"])
 
@@ -59,5 +59,7 @@ async def readyz(request: Request) -> Readiness:
     },
 )
 async def metrics(request: Request) -> Response:
-    """Request counts and latency by route, webhook items by type and outcome, window decisions by state."""
+    """Request counts and latency by route, webhook items by type and outcome, window decisions by state,
+    background jobs by entrypoint and state."""
+    await read_job_backlog(gate(request).engine)
     return await metrics_endpoint(request)

@@ -1,0 +1,161 @@
+"""The engine: pgqueuer's queue manager and scheduler in this process, restarted if they fail."""
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import orjson
+from pgqueuer import PgQueuer
+from pgqueuer.executors import DatabaseRetryEntrypointExecutor, EntrypointExecutor
+from pgqueuer.models import Job
+from pgqueuer.models import Schedule as Tick
+from sqlalchemy import column, delete, func, table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from window_gate import db
+from window_gate.config import Settings
+from window_gate.jobs.registry import Context, Registry, Retry, Schedule, Task
+
+log = logging.getLogger(__name__)
+# A claimed job whose claimant has not beaten its heartbeat for this long is claimed again: how soon the
+# jobs of a SIGKILLed process come back (pgqueuer beats at half of it).
+HEARTBEAT = timedelta(seconds=10)
+# Longest a worker sleeps between looks at the queue; enqueues and due times wake it sooner.
+POLL = timedelta(seconds=2)
+SHUTDOWN_GRACE_SECONDS = 5.0  # running jobs get this long to finish; then they go back to the queue
+STATEMENT_SECONDS = 600  # a job's statements are answering no one: a purge may take minutes
+RESTART_SECONDS = (1, 2, 5, 10, 30)
+LOG_RETENTION = timedelta(days=7)
+LOG = table("pgqueuer_log", column("created"))
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, url: str, registry: Registry, concurrency: int) -> AsyncIterator[None]:
+    """Run `registry`'s tasks and schedules in this process while inside; `concurrency`: most jobs at
+    once. Nothing connects before entry; everything opened is closed on exit, however it ends."""
+    engine = db.make_engine(url, max(concurrency, 1), STATEMENT_SECONDS)
+    everything = Registry().include(registry, _housekeeping())
+    stop = asyncio.Event()
+    supervisor = asyncio.create_task(_supervise(settings, url, everything, engine, concurrency, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await supervisor
+        finally:
+            await engine.dispose()
+
+
+async def _supervise(
+    settings: Settings,
+    url: str,
+    registry: Registry,
+    engine: AsyncEngine,
+    concurrency: int,
+    stop: asyncio.Event,
+) -> None:
+    failures = 0
+    while not stop.is_set():
+        pool = None
+        try:
+            pool = await asyncpg.create_pool(
+                url.replace("postgresql+asyncpg://", "postgresql://", 1),
+                min_size=1,
+                max_size=3,  # pgqueuer keeps one for LISTEN; dequeues, heartbeats and logs share the rest
+                command_timeout=30,
+                server_settings={"application_name": "window_gate jobs"},
+            )
+            pgq = _queuer(pool, settings, engine, registry)
+            await _run(pgq, concurrency, stop)
+            return
+        except Exception:
+            pause = RESTART_SECONDS[min(failures, len(RESTART_SECONDS) - 1)]
+            failures += 1
+            log.exception("the jobs engine stopped; starting again in %s s", pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+        finally:
+            if pool is not None:
+                await pool.close()
+
+
+async def _run(pgq: PgQueuer, concurrency: int, stop: asyncio.Event) -> None:
+    """Until `stop`: then no new claims, and the running jobs' grace; raises if pgqueuer fails."""
+    batch = max(concurrency // 2, 1)  # pgqueuer wants room for two batches in flight
+    work = asyncio.create_task(
+        pgq.run(
+            dequeue_timeout=POLL,
+            batch_size=batch,
+            max_concurrent_tasks=max(concurrency, 2 * batch),
+            heartbeat_timeout=HEARTBEAT,
+            log_aggregation_interval=timedelta(0),  # we read the queue itself, not its statistics
+        )
+    )
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((work, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            work.result()  # pgqueuer ended by itself: its error, for the supervisor
+            raise RuntimeError("pgqueuer stopped without being asked")
+        pgq.shutdown.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(work), SHUTDOWN_GRACE_SECONDS)
+    finally:
+        stopping.cancel()
+        if not work.done():
+            work.cancel()  # jobs still running are cancelled: _task turns that into a retry, now
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+
+
+def _queuer(pool: asyncpg.Pool, settings: Settings, engine: AsyncEngine, registry: Registry) -> PgQueuer:
+    pgq = PgQueuer.from_asyncpg_pool(pool)
+    for task in registry.tasks.values():
+        retried = functools.partial(
+            DatabaseRetryEntrypointExecutor,
+            max_attempts=task.retries,
+            initial_delay=task.backoff,
+            max_delay=task.max_backoff,
+        )
+        pgq.entrypoint(
+            task.name,
+            concurrency_limit=task.concurrency,
+            accepts_context=False,
+            on_failure="hold",  # dead jobs stay, status `failed`: seen in /metrics, re-queued by hand
+            executor_factory=retried if task.retries else EntrypointExecutor,
+        )(functools.partial(_task, task, settings, engine))
+    for schedule in registry.schedules.values():
+        pgq.schedule(schedule.name, schedule.cron, accepts_context=False)(
+            functools.partial(_tick, schedule, settings, engine)
+        )
+    return pgq
+
+
+async def _task(task: Task, settings: Settings, engine: AsyncEngine, job: Job) -> None:
+    payload = orjson.loads(job.payload) if job.payload else {}
+    try:
+        await task.run(Context(settings, engine, job.attempts), payload)
+    except asyncio.CancelledError:
+        # pgqueuer deletes a cancelled job; one cut off by our shutdown is not done: queued again at once.
+        raise Retry(timedelta(0), "interrupted by shutdown") from None
+
+
+async def _tick(schedule: Schedule, settings: Settings, engine: AsyncEngine, _: Tick) -> None:
+    await schedule.run(Context(settings, engine))
+
+
+def _housekeeping() -> Registry:
+    """The engine's own chore: pgqueuer logs every enqueue, claim and end, and never forgets them."""
+    registry = Registry()
+
+    @registry.every("jobs.purge_log", "17 * * * *")
+    async def purge_log(ctx: Context) -> None:
+        async with ctx.engine.begin() as conn:
+            await conn.execute(delete(LOG).where(LOG.c.created < func.now() - LOG_RETENTION))
+
+    return registry

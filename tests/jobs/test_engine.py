@@ -1,0 +1,200 @@
+"""The engine in this process, as `serve` runs it: retries then dead, due times, schedules once per tick
+across replicas, shutdown, and the chores it took over from app.py's loop."""
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import empty
+from tests.jobs import until
+from window_gate import db, jobs
+from window_gate.app import create_app
+from window_gate.config import Settings
+from window_gate.jobs import engine as job_engine
+from window_gate.kit import Gate
+from window_gate.webhook.jobs import purge
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.make_engine(database_url, 2, 5)
+    yield engine
+    await engine.dispose()
+
+
+async def states(engine: AsyncEngine) -> dict[tuple[str, str], int]:
+    async with engine.connect() as conn:
+        return {(e, s): n for e, s, n in await jobs.backlog(conn)}
+
+
+async def test_a_failing_job_is_retried_with_backoff_then_dead(
+    settings: Settings, database_url: str, engine: AsyncEngine
+) -> None:
+    registry, runs = jobs.Registry(), []
+
+    @registry.task("test.fails", retries=2, backoff=timedelta(seconds=0.3))
+    async def fails(ctx: jobs.Context, payload: jobs.Payload) -> None:
+        runs.append((ctx.attempt, time.monotonic()))
+        raise RuntimeError("the subscriber answered 500")
+
+    async with jobs.running(settings, database_url, registry, 4):
+        async with engine.begin() as conn:
+            await jobs.enqueue(conn, "test.fails", {"delivery": 1})
+
+        async def dead() -> bool:
+            return (await states(engine)).get(("test.fails", "failed")) == 1
+
+        await until(dead, 15)
+    assert [attempt for attempt, _ in runs] == [0, 1, 2]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(runs)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps  # 0.3 s, then doubled
+    assert await states(engine) == {("test.fails", "failed"): 1}  # kept, not deleted: seen in /metrics
+
+
+async def test_a_job_due_later_runs_at_its_time(
+    settings: Settings, database_url: str, engine: AsyncEngine
+) -> None:
+    registry, ran = jobs.Registry(), asyncio.Event()
+
+    @registry.task("test.due")
+    async def due(ctx: jobs.Context, payload: jobs.Payload) -> None:
+        ran.set()
+
+    async with jobs.running(settings, database_url, registry, 4):
+        await asyncio.sleep(0.5)  # the engine is idle, asleep on its poll
+        enqueued = time.monotonic()  # due 2 s after the transaction's now(), which is later than this
+        async with engine.begin() as conn:
+            await jobs.enqueue(conn, "test.due", after=timedelta(seconds=2))
+        assert await states(engine) == {("test.due", "scheduled"): 1}
+        await asyncio.wait_for(ran.wait(), 10)
+        late = time.monotonic() - enqueued - 2
+    assert 0 <= late < 1.0, late  # window.expiring needs it within 5 s
+
+
+async def test_a_schedule_runs_once_per_tick_across_replicas(settings: Settings, database_url: str) -> None:
+    registry, ticks = jobs.Registry(), []
+
+    @registry.every("test.tick", "* * * * * *")  # every second
+    async def tick(ctx: jobs.Context) -> None:
+        ticks.append(datetime.now(UTC))
+
+    async with (
+        jobs.running(settings, database_url, registry, 2),
+        jobs.running(settings, database_url, registry, 2),
+        jobs.running(settings, database_url, registry, 2),
+    ):
+        await asyncio.sleep(4.2)
+    seconds = [t.replace(microsecond=0) for t in ticks]
+    # pgqueuer's scheduler sleeps until the next tick plus a second's leeway: a run every other second or
+    # so, never twice in one second (three replicas each running it would be three a second).
+    assert 1 <= len(ticks) <= 5, ticks
+    assert len(set(seconds)) == len(seconds), ticks
+
+
+async def test_a_job_cut_off_by_shutdown_is_queued_again(
+    settings: Settings, database_url: str, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_engine, "SHUTDOWN_GRACE_SECONDS", 0.5)
+    registry, started, finished = jobs.Registry(), asyncio.Event(), []
+
+    @registry.task("test.long")
+    async def long(ctx: jobs.Context, payload: jobs.Payload) -> None:
+        started.set()
+        if ctx.attempt == 0:
+            await asyncio.sleep(60)  # longer than the grace
+        finished.append(ctx.attempt)
+
+    async with jobs.running(settings, database_url, registry, 2):
+        async with engine.begin() as conn:
+            await jobs.enqueue(conn, "test.long")
+        await asyncio.wait_for(started.wait(), 10)
+    assert await states(engine) == {("test.long", "queued"): 1}
+    async with jobs.running(settings, database_url, registry, 2):
+
+        async def done() -> bool:
+            return finished == [1]
+
+        await until(done, 10)
+    assert await states(engine) == {}
+
+
+async def test_a_stale_pending_send_becomes_unknown_through_the_schedule(
+    settings: Settings, upstream: httpx.AsyncBaseTransport
+) -> None:
+    """The app's lifespan runs the engine: a send left `pending` past 3 × graph timeout + 5 s (35 s here)
+    by a dead process reads `unknown` within the schedule's 10 s; a younger one stays pending."""
+    app = create_app(settings.model_copy(update={"graph_timeout_seconds": 10}), upstream)
+    async with LifespanManager(app):
+        await expire_through_the_app(app.state.gate)
+    await empty(database_url_of(settings), "messages", "api_keys")
+
+
+def database_url_of(settings: Settings) -> str:
+    assert settings.database_url
+    return settings.database_url
+
+
+async def expire_through_the_app(state: Gate) -> None:
+    message_id = uuid.uuid4()
+    async with state.engine.begin() as conn:
+        key = (
+            await conn.execute(
+                text(
+                    "INSERT INTO api_keys (name, key_hash, key_prefix, role) VALUES ('k', 'h', 'wg_', 'send') RETURNING id"
+                )
+            )
+        ).scalar_one()
+        fresh = uuid.uuid4()
+        for id_, age in ((message_id, timedelta(seconds=36)), (fresh, timedelta(0))):
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (id, api_key_id, request_hash, phone_number_id, recipient_input, type, "
+                    "body, \"window\", status, created_at) VALUES (:id, :key, 'x', '123', '+15551234567', 'text', "
+                    "'{}', '{}', 'pending', now() - CAST(:age AS interval))"
+                ),
+                {"id": id_, "key": key, "age": age},
+            )
+
+    async def status(id_: uuid.UUID) -> str:
+        async with state.engine.connect() as conn:
+            found: str = (
+                await conn.execute(text("SELECT status FROM messages WHERE id = :id"), {"id": id_})
+            ).scalar_one()
+            return found
+
+    async def expired() -> bool:
+        return await status(message_id) == "unknown"
+
+    await until(expired, 12, every=0.2)
+    assert await status(fresh) == "pending"  # not yet surely past Meta's answer
+
+
+async def test_the_purge_deletes_only_what_is_past_retention(settings: Settings, engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        for age in (timedelta(days=31), timedelta(days=29), timedelta(hours=1)):
+            await conn.execute(
+                text(
+                    "INSERT INTO webhook_deliveries (body, received_at) VALUES ('{}', now() - CAST(:age AS interval))"
+                ),
+                {"age": age},
+            )
+    await purge(jobs.Context(settings, engine))  # the `webhook.purge` schedule's handler, hourly
+    async with engine.connect() as conn:
+        left = (
+            await conn.execute(
+                text("SELECT count(*) FROM webhook_deliveries WHERE received_at > now() - interval '30 days'")
+            )
+        ).scalar_one()
+        total = (await conn.execute(text("SELECT count(*) FROM webhook_deliveries"))).scalar_one()
+        await conn.execute(text("DELETE FROM webhook_deliveries"))
+        await conn.commit()
+    assert (left, total) == (2, 2)
