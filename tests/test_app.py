@@ -57,7 +57,7 @@ async def test_sandbox_without_the_simulator_refuses_to_start_and_releases_every
     with pytest.raises(RuntimeError, match=r"create_app\(settings, window_gate\.sandbox\.in_process\)"):
         async with LifespanManager(create_app(settings)):
             pass
-    assert released == ["engine", "hot pool", "engine"]  # the chores' engine, the pool, the requests' engine
+    assert released == ["hot pool", "engine"]  # the pool, then the engine: reverse order of opening
 
 
 async def test_the_entry_points_factory_is_the_simulator_in_sandbox_mode_only(settings: Settings) -> None:
