@@ -175,3 +175,10 @@ def cli_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WINDOW_GATE_") or k == kept}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return env | {f"WINDOW_GATE_{k}": v for k, v in settings.items()}
+
+
+@pytest.fixture
+def emptied_afterwards(database_url: str) -> Iterator[str]:
+    """The test database, emptied after the test: these processes write outside the per-test cleanup."""
+    yield database_url
+    asyncio.run(empty(database_url))

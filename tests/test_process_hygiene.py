@@ -8,11 +8,9 @@ import pytest
 
 from tests.conftest import cli_env, free_port
 from tests.processes import descendants, still_running
-from tests.test_cli_e2e import emptied_afterwards, serve
+from tests.served import serve
 
 pytestmark = pytest.mark.slow  # `serve` as a process, stopped by signals
-
-__all__ = ["emptied_afterwards"]  # a fixture, used by name
 
 
 @pytest.mark.parametrize(

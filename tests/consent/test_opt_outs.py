@@ -10,8 +10,8 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import assert_problem, bearer, make_key
+from tests.consent.test_keywords import consent, post, preference
 from tests.factories import PN, delivery, inbound, signed
-from tests.test_consent_webhooks import consent, post, preference
 from window_gate.apikey.rules import Role
 from window_gate.app import create_app
 from window_gate.config import Settings, SettingsError, load_settings

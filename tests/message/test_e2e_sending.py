@@ -18,11 +18,10 @@ from pywa.errors import ReEngagementMessage
 
 from tests.conftest import cli_env, free_port
 from tests.factories import PN
-from tests.test_cli_e2e import KEY, WINDOW_GATE, emptied_afterwards, run_cli, serve
+from tests.served import KEY, WINDOW_GATE, run_cli, serve
 
 pytestmark = pytest.mark.slow  # `serve` and the simulator as processes
 
-__all__ = ["emptied_afterwards"]  # a fixture, used by name
 OPEN = "5511987654321"  # Meta's wa_id: 551187654321
 NEVER = "5511976543210"
 
