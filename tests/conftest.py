@@ -2,6 +2,7 @@
 else an embedded one. One fresh database per run, migrated once; tables emptied after each test."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -74,14 +75,24 @@ def database_url() -> Iterator[str]:
     admin = os.environ.get("WINDOW_GATE_TEST_DATABASE_URL", LOCAL_SERVER).replace("+asyncpg", "")
     if not _answers(admin):
         admin = db.embedded_url(Path(tempfile.mkdtemp(prefix="wg-test-pg-"))).replace("+asyncpg", "")
-    name = f"window_gate_test_{uuid.uuid4().hex[:8]}"
+    with scratch_database(admin, "window_gate_test") as url:
+        db.upgrade(url)
+        yield url
+
+
+@contextlib.contextmanager
+def scratch_database(server: str, prefix: str) -> Iterator[str]:
+    """A new empty database on this server (asyncpg URL), dropped afterwards."""
+    admin = server.replace("+asyncpg", "")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
     base, _, query = admin.partition("?")
     url = base.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
     url += f"?{query}" if query else ""
-    db.upgrade(url)
-    yield url
-    asyncio.run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)'))
+    try:
+        yield url
+    finally:
+        asyncio.run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 async def _admin(url: str, sql: str) -> None:

@@ -2,7 +2,6 @@
 of the one before it and upgrades again to exactly its own; at head, the models and the schema agree."""
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import asyncpg
@@ -10,6 +9,7 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 
+from tests.conftest import scratch_database
 from window_gate import db
 
 pytestmark = pytest.mark.slow  # every migration, down and up again
@@ -35,22 +35,8 @@ CATALOG = {
 @pytest.fixture
 def scratch_url(database_url: str) -> Iterator[str]:
     """An empty database beside the test run's, dropped afterwards."""
-    server = database_url.replace("+asyncpg", "")
-    name = f"window_gate_migrations_{uuid.uuid4().hex[:8]}"
-    base, _, query = database_url.partition("?")
-    asyncio.run(_execute(server, f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-    finally:
-        asyncio.run(_execute(server, f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
-async def _execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    with scratch_database(database_url, "window_gate_migrations") as url:
+        yield url
 
 
 def schema(url: str) -> Schema:
