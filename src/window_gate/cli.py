@@ -38,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     verbs.add_parser("migrate", help="apply pending database migrations")
 
     worker = verbs.add_parser("worker", help="run background jobs (as many processes as you like)")
-    worker.add_argument("--concurrency", type=int, help="most jobs at once (default: JOBS_CONCURRENCY)")
+    worker.add_argument(
+        "--concurrency", type=_concurrency, help="most jobs at once, 1–100 (default: JOBS_CONCURRENCY)"
+    )
 
     keys = verbs.add_parser("api-keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key; prints it once, on the last line")
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.verb == "serve":
         _serve(settings, url, args, migrate=not args.no_migrate)
     elif args.verb == "worker":
-        _work(settings, url, args.concurrency or settings.jobs_concurrency)
+        _work(settings, url, args.concurrency or settings.jobs_concurrency)  # never 0: _concurrency
     elif args.verb == "migrate":
         db.upgrade(url)
         print(f"database at revision {db.head_revision()}")
@@ -251,6 +253,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def _without_password(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _concurrency(value: str) -> int:
+    """`worker --concurrency`: the bounds of JOBS_CONCURRENCY, refused with argparse's one line."""
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number from 1 to 100")
+    return int(value)
 
 
 def _work(settings: Settings, url: str, concurrency: int) -> None:

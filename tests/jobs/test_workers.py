@@ -17,6 +17,7 @@ from tests.conftest import cli_env, empty
 from tests.jobs import until
 from tests.jobs.worker import create_runs_table
 from window_gate import db, jobs
+from window_gate.cli import main
 
 
 @pytest.fixture
@@ -143,3 +144,13 @@ async def test_the_worker_verb_runs_the_chores_and_stops_on_sigterm(
     finally:
         await conn.close()
         await empty(database_url, "messages", "api_keys")
+
+
+@pytest.mark.parametrize("concurrency", ["0", "101", "-3", "many"])
+def test_the_worker_verb_refuses_a_concurrency_out_of_bounds(
+    concurrency: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["worker", "--concurrency", concurrency])
+    assert stopped.value.code == 2  # argparse's usage error, before any setting or database is read
+    assert f"{concurrency!r} is not a number from 1 to 100" in capsys.readouterr().err
