@@ -20,8 +20,8 @@ HOT = {
     "window_gate.apikey.repository.BY_HASH",
     "window_gate.message.repository.FINISH",
     "window_gate.message.repository.INSERT_PENDING",
+    "window_gate.webhook.repository.INGEST",
     "window_gate.window.repository.LOOKUP",
-    "window_gate.window.repository.RECORD_DELIVERIES",
 }
 
 

@@ -9,19 +9,13 @@ import orjson
 from sqlalchemy import (
     Float,
     Row,
-    Text,
-    any_,
     bindparam,
-    case,
     cast,
     extract,
     func,
-    insert,
-    or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import HotPool, Statement
@@ -65,15 +59,7 @@ RETURNING message_id
 )
 
 
-# Core statements built once (SQLAlchemy then only keys its cache per call): status webhooks and replays
-# run them per message.
-_DETAIL = bindparam("detail", type_=Text)
-ADD_EVENT = insert(MessageEvent).values(
-    message_id=bindparam("message_id"),
-    status=bindparam("event_status"),
-    at=bindparam("at"),
-    detail=cast(_DETAIL, JSONB),
-)
+# Built once (SQLAlchemy then only keys its cache per call): replays run it per request.
 # `age` by the database's clock, the same for every replica.
 BY_IDEMPOTENCY_KEY = select(
     Message.id,
@@ -87,27 +73,6 @@ BY_IDEMPOTENCY_KEY = select(
     Message.window,
     cast(extract("epoch", func.clock_timestamp() - Message.created_at), Float).label("age"),
 ).where(Message.api_key_id == bindparam("api_key_id"), Message.idempotency_key == bindparam("key"))
-_GRAPH_MESSAGE_ID = bindparam("wamid", type_=Text)
-# Meta's statuses move a record forward (`replaces`: the statuses the new one may follow); `failed` is final
-# unless Meta later says it was delivered.
-APPLY_STATUS = (
-    update(Message)
-    .where(or_(Message.id == bindparam("by_id"), Message.graph_message_id == _GRAPH_MESSAGE_ID))
-    .values(
-        status=case(
-            (
-                Message.status == any_(bindparam("replaces", type_=ARRAY(Text))),
-                bindparam("new_status", type_=Text),
-            ),
-            else_=Message.status,
-        ),
-        graph_message_id=func.coalesce(Message.graph_message_id, _GRAPH_MESSAGE_ID),
-        error=func.coalesce(cast(bindparam("new_error", type_=Text), JSONB), Message.error),
-        pricing=func.coalesce(cast(bindparam("new_pricing", type_=Text), JSONB), Message.pricing),
-        updated_at=func.now(),
-    )
-    .returning(Message.id, Message.phone_number_id, Message.body["template"].label("template"))
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +133,6 @@ async def insert_pending(
     return Pending(row["access_token"]) if row else None
 
 
-async def add_event(conn: AsyncConnection, id: UUID, status: str, at: datetime, detail: object) -> None:
-    await conn.execute(
-        ADD_EVENT, {"message_id": id, "event_status": status, "at": at, "detail": _json(detail)}
-    )
-
-
 async def finish(
     conn: AsyncConnection | HotPool,
     id: UUID,
@@ -219,46 +178,6 @@ async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]
         MessageEvent.message_id == id
     )
     return row, list(await conn.execute(events.order_by(MessageEvent.id)))
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The record a status webhook moved."""
-
-    phone_number_id: str
-    template: dict[str, Any] | None  # the template object, when a template was sent
-
-
-async def apply_status(
-    conn: AsyncConnection,
-    *,
-    id: UUID | None,
-    graph_message_id: str,
-    status: str,
-    at: datetime,
-    error: object,
-    pricing: object,
-    detail: object,
-) -> Applied | None:
-    """A status webhook: found by our own id (biz_opaque_callback_data) or by wamid."""
-    replaces = ["pending", "unknown", "accepted"]
-    if status in ("delivered", "read", "failed"):
-        replaces.append("sent")
-    if status == "read":
-        replaces.append("delivered")
-    params = {
-        "by_id": id,
-        "wamid": graph_message_id,
-        "new_status": status,
-        "replaces": replaces,
-        "new_error": _json(error),
-        "new_pricing": _json(pricing),
-    }
-    found = (await conn.execute(APPLY_STATUS, params)).first()
-    if found is None:
-        return None
-    await add_event(conn, found.id, status, at, detail)
-    return Applied(found.phone_number_id, found.template)
 
 
 async def expire_pending(conn: AsyncConnection, seconds: float) -> int:

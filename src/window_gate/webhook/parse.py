@@ -119,8 +119,8 @@ class Delivery:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome) for metrics
 
     def has_more(self) -> bool:
-        """Anything besides customer messages: the part of ingest that needs a transaction."""
-        return bool(self.verdicts or self.consents or self.statuses or self.templates)
+        """Anything besides customer messages and statuses: the part of ingest that needs a transaction."""
+        return bool(self.verdicts or self.consents or self.templates)
 
     accounts: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, waba_id) seen
     templates: list[TemplateEvent] = field(default_factory=list)

@@ -1,11 +1,148 @@
-"""Every SQL statement about raw webhook deliveries."""
+"""Every SQL statement about webhook deliveries: the grouped statement that applies them, and the raw
+bodies kept."""
 
-from datetime import timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
 
+import orjson
 from sqlalchemy import delete, func, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from window_gate.db import HotPool, Statement
 from window_gate.models import InboundMessage, WebhookDelivery
+
+# Webhook ingest in one autocommit statement on the hot pool, for any number of deliveries arriving
+# together (webhook/service.py groups them): the raw bodies are kept; each message's customer is found by
+# its aliases, or made, or given the aliases it lacks (a BSUID next to a known wa_id); new message ids are
+# recorded and their windows move forward; each status moves its message forward and is appended to its
+# history. Left for the slow path (customer/service.py: link), as unresolved: customers to merge, aliases
+# two identities of the group both lack, and aliases a concurrent delivery took first. Aliases are added
+# under the advisory locks `link` takes, in one order; the statement's own conflicts (ON CONFLICT) catch
+# what a concurrent statement committed meanwhile, so two replicas never make two customers of one.
+# `up` is window/repository.py's `_upsert_facts` written out for the facts a message gives: change one,
+# change the other. The status rule is migration 0007's message_status_after.
+INGEST = Statement(
+    """
+WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
+  SELECT ord, body, CASE WHEN body IS NOT NULL THEN nextval(s.seq) END AS id
+  FROM unnest(CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(body, ord),
+    (SELECT pg_get_serial_sequence('webhook_deliveries', 'id')::regclass AS seq) s
+), raw AS (
+  INSERT INTO webhook_deliveries (id, body) SELECT id, body FROM d WHERE id IS NOT NULL
+), u AS (
+  SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:phone_number_ids AS text[]), CAST(:wa_ids AS text[]),
+    CAST(:user_ids AS text[]), CAST(:types AS text[]), CAST(:sent_at AS timestamptz[]),
+    CAST(:counts_from AS timestamptz[]), CAST(:referrals AS jsonb[]))
+    AS u(message_id, phone_number_id, wa_id, user_id, type, sent_at, counts_from, referral)
+), i AS MATERIALIZED (  -- each identity once: the customers its aliases name, the aliases nobody has
+  SELECT x.wa_id, x.user_id, aw.customer_id AS by_wa, au.customer_id AS by_user,
+    array_remove(ARRAY[CASE WHEN aw.alias IS NULL THEN x.wa_id END,
+                       CASE WHEN au.alias IS NULL THEN x.user_id END], NULL) AS missing
+  FROM (SELECT DISTINCT wa_id, user_id FROM u) x
+  LEFT JOIN customer_aliases aw ON aw.alias = x.wa_id
+  LEFT JOIN customer_aliases au ON au.alias = x.user_id
+), todo AS MATERIALIZED (  -- identities lacking aliases no other identity of the group lacks: made here
+  SELECT i.wa_id, i.user_id, i.missing, COALESCE(i.by_wa, i.by_user) AS known,
+    CASE WHEN i.by_wa IS NULL AND i.by_user IS NULL THEN nextval(s.seq) END AS new_id
+  FROM i, (SELECT pg_get_serial_sequence('customers', 'id')::regclass AS seq) s
+  WHERE cardinality(i.missing) > 0 AND NOT i.missing && ARRAY(
+    SELECT alias FROM i, unnest(i.missing) AS alias GROUP BY alias HAVING count(*) > 1)
+), locks AS MATERIALIZED (  -- customer/service.py: link takes the same locks, in the same order
+  SELECT count(*) AS n FROM (
+    SELECT pg_advisory_xact_lock(hashtext(alias))
+    FROM (SELECT DISTINCT unnest(missing) AS alias FROM todo ORDER BY 1) a) l
+), made AS (  -- not when a concurrent delivery made this customer first (its wa_id or BSUID taken)
+  INSERT INTO customers (id, wa_id, user_id)
+  SELECT new_id, wa_id, user_id FROM todo WHERE new_id IS NOT NULL AND (SELECT n FROM locks) >= 0
+  ORDER BY new_id
+  ON CONFLICT DO NOTHING
+  RETURNING id
+), added AS (
+  INSERT INTO customer_aliases (alias, customer_id, source)
+  SELECT a.alias, COALESCE(t.known, t.new_id), 'webhook'
+  FROM todo t CROSS JOIN LATERAL unnest(t.missing) AS a(alias)
+  WHERE (SELECT n FROM locks) >= 0 AND (t.known IS NOT NULL OR t.new_id IN (SELECT id FROM made))
+  ORDER BY a.alias
+  ON CONFLICT (alias) DO NOTHING
+  RETURNING alias
+), completed AS (  -- every alias it lacked is its own now
+  SELECT t.wa_id, t.user_id, t.known, COALESCE(t.known, t.new_id) AS customer_id
+  FROM todo t CROSS JOIN LATERAL unnest(t.missing) AS m(alias) LEFT JOIN added a ON a.alias = m.alias
+  GROUP BY t.wa_id, t.user_id, t.known, t.new_id
+  HAVING count(a.alias) = count(*)
+), filled AS (  -- ids a known customer lacked
+  UPDATE customers k SET wa_id = COALESCE(k.wa_id, c.wa_id), user_id = COALESCE(k.user_id, c.user_id)
+  FROM completed c
+  WHERE k.id = c.known AND (k.wa_id IS NULL AND c.wa_id IS NOT NULL OR k.user_id IS NULL AND c.user_id IS NOT NULL)
+), settled AS (
+  SELECT wa_id, user_id, COALESCE(by_wa, by_user) AS customer_id FROM i
+  WHERE cardinality(missing) = 0 AND (by_wa IS NULL OR by_user IS NULL OR by_wa = by_user)
+  UNION ALL
+  SELECT wa_id, user_id, customer_id FROM completed
+), r AS (
+  SELECT u.*, s.customer_id FROM u LEFT JOIN settled s
+    ON COALESCE(s.wa_id, '') = COALESCE(u.wa_id, '') AND COALESCE(s.user_id, '') = COALESCE(u.user_id, '')
+), m AS (  -- one row per message id, even when a delivery repeats one
+  SELECT DISTINCT ON (message_id) * FROM r WHERE customer_id IS NOT NULL ORDER BY message_id, counts_from
+), fresh AS (
+  INSERT INTO inbound_messages (message_id, phone_number_id, customer_id, type, sent_at)
+  SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
+  ON CONFLICT (message_id) DO NOTHING
+  RETURNING message_id
+), up AS (
+  INSERT INTO windows AS w (phone_number_id, customer_id, last_inbound_at, last_inbound_message_id, referral_at,
+                            referral)
+  SELECT phone_number_id, customer_id, max(counts_from), (array_agg(message_id ORDER BY counts_from DESC))[1],
+    max(counts_from) FILTER (WHERE referral IS NOT NULL),
+    (array_agg(referral ORDER BY counts_from DESC) FILTER (WHERE referral IS NOT NULL))[1]
+  FROM m WHERE message_id IN (SELECT message_id FROM fresh)
+  GROUP BY phone_number_id, customer_id ORDER BY phone_number_id, customer_id
+  ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
+    last_inbound_message_id = CASE WHEN EXCLUDED.last_inbound_at > COALESCE(w.last_inbound_at, '-infinity')
+      THEN EXCLUDED.last_inbound_message_id ELSE w.last_inbound_message_id END,
+    last_inbound_at = GREATEST(w.last_inbound_at, EXCLUDED.last_inbound_at),
+    referral = CASE WHEN EXCLUDED.referral_at > COALESCE(w.referral_at, '-infinity')
+      THEN EXCLUDED.referral ELSE w.referral END,
+    referral_at = GREATEST(w.referral_at, EXCLUDED.referral_at),
+    updated_at = now()
+), s AS (
+  SELECT * FROM unnest(CAST(:own_ids AS uuid[]), CAST(:wamids AS text[]), CAST(:statuses AS text[]),
+    CAST(:status_at AS timestamptz[]), CAST(:errors AS jsonb[]), CAST(:pricing AS jsonb[]),
+    CAST(:details AS jsonb[])) WITH ORDINALITY AS s(own_id, wamid, status, at, error, pricing, detail, ord)
+), sm AS MATERIALIZED (  -- each status's message: by the gate's own id (biz_opaque_callback_data), else Meta's
+  SELECT s.*, f.id AS message_id FROM s CROSS JOIN LATERAL (
+    (SELECT id FROM messages WHERE id = s.own_id) UNION ALL
+    (SELECT id FROM messages WHERE graph_message_id = s.wamid) LIMIT 1) f
+), locked AS MATERIALIZED (  -- in one order: two replicas' groups never deadlock
+  SELECT id FROM messages WHERE id IN (SELECT message_id FROM sm) ORDER BY id FOR UPDATE
+), moved AS (  -- several statuses of one message in one group: folded in arrival order
+  UPDATE messages o SET status = message_status_after(o.status, g.statuses),
+    graph_message_id = COALESCE(o.graph_message_id, g.wamid), error = COALESCE(g.error, o.error),
+    pricing = COALESCE(g.pricing, o.pricing), updated_at = now()
+  FROM (
+    SELECT message_id, array_agg(status ORDER BY ord) AS statuses, (array_agg(wamid ORDER BY ord))[1] AS wamid,
+      (array_agg(error ORDER BY ord DESC) FILTER (WHERE error IS NOT NULL))[1] AS error,
+      (array_agg(pricing ORDER BY ord DESC) FILTER (WHERE pricing IS NOT NULL))[1] AS pricing
+    FROM sm GROUP BY message_id
+  ) g
+  WHERE o.id = g.message_id AND o.id IN (SELECT id FROM locked)
+  RETURNING o.id, o.phone_number_id, o.body -> 'template' AS template
+), events AS (
+  INSERT INTO message_events (message_id, status, at, detail)
+  SELECT message_id, status, at, detail FROM sm ORDER BY ord
+)
+SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
+  (SELECT array_agg(r.message_id) FROM r JOIN fresh f USING (message_id)) AS fresh,
+  (SELECT array_agg(message_id) FROM r WHERE customer_id IS NULL) AS unresolved,
+  (SELECT array_agg(ord) FROM sm) AS found,
+  (SELECT json_agg(json_build_array(sm.ord, o.phone_number_id, o.template))
+   FROM sm JOIN moved o ON o.id = sm.message_id
+   WHERE sm.status = 'failed' AND jsonb_typeof(o.template) = 'object') AS failed_templates
+"""
+)
 
 
 async def store(conn: AsyncConnection, body: bytes, error: str | None = None) -> None:
@@ -21,3 +158,92 @@ async def purge(conn: AsyncConnection, days: int) -> None:
     cutoff = func.now() - timedelta(days=days)
     await conn.execute(delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff))
     await conn.execute(delete(InboundMessage).where(InboundMessage.received_at < cutoff))
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    message_id: str
+    phone_number_id: str
+    wa_id: str | None
+    user_id: str | None
+    type: str
+    sent_at: datetime
+    counts_from: datetime
+    referral: str | None  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    own_id: UUID | None  # the gate's own message id, from biz_opaque_callback_data
+    graph_message_id: str
+    status: str
+    at: datetime
+    error: str | None  # JSON text: Meta's first error
+    pricing: str | None  # JSON text
+    detail: str  # JSON text: the whole status, kept in the message's history
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    body: bytes | None  # the raw delivery, to keep (None: kept already)
+    inbound: Sequence[Inbound]
+    statuses: Sequence[Status] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    delivery_id: int | None  # the kept raw delivery
+    fresh: set[str]  # message ids not seen before
+    unresolved: set[str]  # message ids whose customer the slow path must create, link or merge
+    found: list[bool] = field(default_factory=list)  # per status: its message is the gate's
+    # A template the gate sent that Meta reports failed: (index of the status, phone_number_id, template).
+    failed_templates: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+
+
+async def record(hot: HotPool, group: Sequence[Received]) -> list[Recorded]:
+    """Keep and apply a group of deliveries in one statement (asyncpg); one answer each, in order."""
+    messages = [m for r in group for m in r.inbound]
+    statuses = [s for r in group for s in r.statuses]
+    (row,) = await INGEST.all(  # aggregates: one row
+        hot,
+        {
+            "bodies": [r.body for r in group],
+            "message_ids": [m.message_id for m in messages],
+            "phone_number_ids": [m.phone_number_id for m in messages],
+            "wa_ids": [m.wa_id for m in messages],
+            "user_ids": [m.user_id for m in messages],
+            "types": [m.type for m in messages],
+            "sent_at": [m.sent_at for m in messages],
+            "counts_from": [m.counts_from for m in messages],
+            "referrals": [m.referral for m in messages],
+            "own_ids": [s.own_id for s in statuses],
+            "wamids": [s.graph_message_id for s in statuses],
+            "statuses": [s.status for s in statuses],
+            "status_at": [s.at for s in statuses],
+            "errors": [s.error for s in statuses],
+            "pricing": [s.pricing for s in statuses],
+            "details": [s.detail for s in statuses],
+        },
+    )
+    fresh, unresolved = set(row["fresh"] or ()), set(row["unresolved"] or ())
+    found = set(row["found"] or ())  # statuses by their 1-based place in the group
+    failed: dict[int, tuple[str, dict[str, Any]]] = {
+        n: (pn, template) for n, pn, template in orjson.loads(row["failed_templates"] or "[]")
+    }
+    answers = []
+    first = 1  # this delivery's first status in the group
+    for delivery_id, received in zip(row["delivery_ids"], group, strict=True):
+        ids = {m.message_id for m in received.inbound}
+        places = range(first, first + len(received.statuses))
+        answers.append(
+            Recorded(
+                delivery_id,
+                ids & fresh,
+                ids & unresolved,
+                [n in found for n in places],
+                [(n - first, *failed[n]) for n in places if n in failed],
+            )
+        )
+        fresh -= ids  # a message id in two deliveries is fresh in the first only
+        first = places.stop
+    return answers

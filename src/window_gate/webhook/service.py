@@ -5,6 +5,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -19,9 +20,7 @@ from window_gate.customer import repository as customers
 from window_gate.customer import service as customer_service
 from window_gate.db import Coalescer, HotPool
 from window_gate.kit import Gate
-from window_gate.message import repository as messages
 from window_gate.message.service import OPAQUE_PREFIX
-from window_gate.message.status import MessageStatus
 from window_gate.template import repository as templates
 from window_gate.template import service as template_service
 from window_gate.webhook import repository
@@ -32,17 +31,19 @@ from window_gate.window.rule import Policy, inbound_time
 log = logging.getLogger(__name__)
 
 
-class DeliveryRecorder(Coalescer[windows.RawDelivery, windows.Recorded]):
+class DeliveryRecorder(Coalescer[repository.Received, repository.Recorded]):
     """Webhook deliveries arriving together: one statement and one commit (db.Coalescer). One per
     process, made by the lifespan."""
 
     def __init__(self, hot: HotPool) -> None:
-        super().__init__(functools.partial(windows.record_deliveries, hot))
+        super().__init__(functools.partial(repository.record, hot))
 
 
 async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
-    """Keep the delivery and apply it. The common case, messages from known customers, is one statement;
-    the rest (new customers, statuses, Meta's verdicts, consent, templates) follows in one transaction.
+    """Keep the delivery and apply it. What Meta mostly sends, messages (from known customers or new ones)
+    and statuses, is one statement shared with the deliveries arriving meanwhile; the rest (customers to
+    merge or link under contention, Meta's verdicts on windows, consent, templates) follows in one
+    transaction.
 
     A delivery that cannot be applied (malformed JSON, data PostgreSQL refuses) is kept with the reason,
     once: a retry cannot help. Any other failure (database down, deadlock) raises, so Meta delivers again.
@@ -55,7 +56,7 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     policy = gate.part(Policy)
     _keyword_consents(delivery, gate.part(Keywords), received_at, policy)
     inbound = [
-        windows.Inbound(
+        repository.Inbound(
             message_id=m.message_id,
             phone_number_id=m.phone_number_id,
             wa_id=m.wa_id,
@@ -63,24 +64,44 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
             type=m.type,
             sent_at=m.sent_at,
             counts_from=inbound_time(m.sent_at, received_at, policy),
-            referral=orjson.dumps(m.referral).decode() if m.referral else None,
+            referral=_json(m.referral),
         )
         for m in delivery.inbound
     ]
+    statuses = [
+        repository.Status(
+            own_id=_own_id(st.opaque),
+            graph_message_id=st.graph_message_id,
+            status=st.status,
+            at=st.at,
+            error=_json(st.errors[0] if st.errors else None),
+            pricing=_json(st.pricing),
+            detail=orjson.dumps(st.payload).decode(),
+        )
+        for st in delivery.statuses
+    ]
     try:
-        recorded = await gate.part(DeliveryRecorder)((body, inbound))
+        recorded = await gate.part(DeliveryRecorder)(repository.Received(body, inbound, statuses))
     except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
         await _keep_unapplied(gate, body, None, exc)
         return delivery
+    for st, found in zip(delivery.statuses, recorded.found, strict=True):
+        delivery.counts[f"status_{st.status}", "recorded" if found else "unknown_message"] += 1
     fresh = set(recorded.fresh)
     late = [m for m in inbound if m.message_id in recorded.unresolved]
+    lessons = [  # Meta's late word on a template the gate sent: paused, disabled, …
+        (phone_number_id, template, error["code"])
+        for index, phone_number_id, template in recorded.failed_templates
+        for error in delivery.statuses[index].errors
+        if isinstance(error.get("code"), int) and error["code"] in template_service.LEARNED_STATUS
+    ]
     known_accounts = templates.accounts_known(gate.engine.sync_engine, delivery.accounts)
     try:
-        if late or delivery.has_more() or not known_accounts:
+        if late or delivery.has_more() or lessons or not known_accounts:
             async with gate.engine.begin() as conn:
-                await _apply_rest(conn, delivery, late, received_at, policy)
+                await _apply_rest(conn, delivery, late, lessons, received_at, policy)
         if late:  # their customers exist now (committed above)
-            [again] = await windows.record_deliveries(gate.hot, [(None, late)])
+            [again] = await repository.record(gate.hot, [repository.Received(None, late)])
             if again.unresolved:
                 raise RuntimeError(f"customers of {sorted(again.unresolved)} unresolved; Meta will retry")
             fresh |= again.fresh
@@ -89,6 +110,10 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     for m in delivery.inbound:
         delivery.counts[m.type, "opened" if m.message_id in fresh else "duplicate"] += 1
     return delivery
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 # SQLSTATE classes of data PostgreSQL refuses whenever it is sent: data exception (NUL in text, bad
@@ -117,7 +142,8 @@ async def _keep_unapplied(gate: Gate, body: bytes, delivery_id: int | None, exc:
 async def _apply_rest(
     conn: AsyncConnection,
     delivery: Delivery,
-    late: list[windows.Inbound],
+    late: list[repository.Inbound],
+    lessons: list[tuple[str, dict[str, Any], int]],
     received_at: datetime,
     policy: Policy,
 ) -> None:
@@ -143,26 +169,8 @@ async def _apply_rest(
             for c in delivery.consents
         ],
     )
-    for st in delivery.statuses:
-        found = await messages.apply_status(
-            conn,
-            id=_own_id(st.opaque),
-            graph_message_id=st.graph_message_id,
-            status=st.status,
-            at=st.at,
-            error=st.errors[0] if st.errors else None,
-            pricing=st.pricing,
-            detail=st.payload,
-        )
-        delivery.counts[f"status_{st.status}", "recorded" if found else "unknown_message"] += 1
-        if found is not None and found.template is not None and st.status == MessageStatus.FAILED:
-            for (
-                error
-            ) in st.errors:  # Meta's late word on a template (paused, disabled, …) updates the registry
-                if isinstance(error.get("code"), int):
-                    await template_service.learn_from_meta_error(
-                        conn, found.phone_number_id, found.template, error["code"]
-                    )
+    for phone_number_id, template, code in lessons:
+        await template_service.learn_from_meta_error(conn, phone_number_id, template, code)
     await templates.record_accounts(conn, delivery.accounts)  # a statement only for pairs not seen yet
     for event in delivery.templates:
         await _apply_template(conn, event)
@@ -213,7 +221,7 @@ def count(delivery: Delivery) -> None:
 
 
 async def _customer_ids(
-    conn: AsyncConnection, events: Sequence[windows.Inbound | VerdictEvent | ConsentEvent]
+    conn: AsyncConnection, events: Sequence[repository.Inbound | VerdictEvent | ConsentEvent]
 ) -> dict[tuple[str | None, str | None], int]:
     """One lookup for every identity; only unknown or newly linked ones take the slow path."""
     pairs = {(e.wa_id, e.user_id) for e in events}

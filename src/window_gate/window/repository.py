@@ -24,62 +24,6 @@ from window_gate.db import HotPool, Statement
 from window_gate.models import TZ, Window
 from window_gate.window.rule import WindowFacts
 
-# The hot path of webhook ingest, one autocommit statement on asyncpg for any number of deliveries (those
-# arriving together are coalesced): the raw deliveries are kept, each message's customer is found by its
-# aliases, new message ids are recorded and their windows move forward. Messages whose customer is unknown
-# (or newly linked) come back unresolved, for the slow path. Its `up` is `_upsert_facts` (below) written
-# out for the facts a delivery gives: change one, change the other.
-RECORD_DELIVERIES = Statement(
-    """
-WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
-  SELECT ord, body, CASE WHEN body IS NOT NULL THEN nextval(s.seq) END AS id
-  FROM unnest(CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(body, ord),
-    (SELECT pg_get_serial_sequence('webhook_deliveries', 'id')::regclass AS seq) s
-), raw AS (
-  INSERT INTO webhook_deliveries (id, body) SELECT id, body FROM d WHERE id IS NOT NULL
-), u AS (
-  SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:phone_number_ids AS text[]), CAST(:wa_ids AS text[]),
-    CAST(:user_ids AS text[]), CAST(:types AS text[]), CAST(:sent_at AS timestamptz[]),
-    CAST(:counts_from AS timestamptz[]), CAST(:referrals AS jsonb[]))
-    AS u(message_id, phone_number_id, wa_id, user_id, type, sent_at, counts_from, referral)
-), r AS (
-  SELECT u.*, COALESCE(aw.customer_id, au.customer_id) AS customer_id,
-    (u.wa_id IS NULL OR aw.customer_id IS NOT NULL) AND (u.user_id IS NULL OR au.customer_id IS NOT NULL)
-      AND (aw.customer_id IS NULL OR au.customer_id IS NULL OR aw.customer_id = au.customer_id) AS resolved
-  FROM u
-  LEFT JOIN customer_aliases aw ON aw.alias = u.wa_id
-  LEFT JOIN customer_aliases au ON au.alias = u.user_id
-), m AS (  -- one row per message id, even when a delivery repeats one
-  SELECT DISTINCT ON (message_id) * FROM r WHERE resolved ORDER BY message_id, counts_from
-), fresh AS (
-  INSERT INTO inbound_messages (message_id, phone_number_id, customer_id, type, sent_at)
-  SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
-  ON CONFLICT (message_id) DO NOTHING
-  RETURNING message_id
-), up AS (
-  INSERT INTO windows AS w (phone_number_id, customer_id, last_inbound_at, last_inbound_message_id, referral_at,
-                            referral)
-  SELECT phone_number_id, customer_id, max(counts_from), (array_agg(message_id ORDER BY counts_from DESC))[1],
-    max(counts_from) FILTER (WHERE referral IS NOT NULL),
-    (array_agg(referral ORDER BY counts_from DESC) FILTER (WHERE referral IS NOT NULL))[1]
-  FROM m WHERE message_id IN (SELECT message_id FROM fresh)
-  GROUP BY phone_number_id, customer_id ORDER BY phone_number_id, customer_id
-  ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
-    last_inbound_message_id = CASE WHEN EXCLUDED.last_inbound_at > COALESCE(w.last_inbound_at, '-infinity')
-      THEN EXCLUDED.last_inbound_message_id ELSE w.last_inbound_message_id END,
-    last_inbound_at = GREATEST(w.last_inbound_at, EXCLUDED.last_inbound_at),
-    referral = CASE WHEN EXCLUDED.referral_at > COALESCE(w.referral_at, '-infinity')
-      THEN EXCLUDED.referral ELSE w.referral END,
-    referral_at = GREATEST(w.referral_at, EXCLUDED.referral_at),
-    updated_at = now()
-)
-SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
-  array_agg(r.message_id) FILTER (WHERE f.message_id IS NOT NULL) AS fresh,
-  array_agg(r.message_id) FILTER (WHERE NOT r.resolved) AS unresolved
-FROM r LEFT JOIN fresh f USING (message_id)
-"""
-)
-
 # One round trip (asyncpg, the hot path): the best-matching alias that has a window for this number,
 # else any customer it names.
 LOOKUP = Statement(
@@ -110,7 +54,8 @@ FACTS = (
 def _upsert_facts(columns: Sequence[InstrumentedAttribute[Any]], source: Select[Any]) -> Insert:
     """Window facts only ever move forward, so any order of (re)deliveries converges on the same row. In
     ON CONFLICT … SET every expression sees the row as it was, so the CASEs compare old with new; a fact
-    the source does not give is NULL there, which moves nothing."""
+    the source does not give is NULL there, which moves nothing. Webhook ingest writes the same upsert out
+    by hand for the facts a message gives (webhook/repository.py: INGEST): change one, change the other."""
     upsert = insert(Window).from_select([c.key for c in columns], source)
     new = upsert.excluded
     never = literal_column("'-infinity'", TZ)
@@ -139,25 +84,6 @@ def _upsert_facts(columns: Sequence[InstrumentedAttribute[Any]], source: Select[
 
 
 @dataclass(frozen=True, slots=True)
-class Inbound:
-    message_id: str
-    phone_number_id: str
-    wa_id: str | None
-    user_id: str | None
-    type: str
-    sent_at: datetime
-    counts_from: datetime
-    referral: str | None  # JSON text
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    delivery_id: int | None  # the kept raw delivery
-    fresh: set[str]  # message ids not seen before
-    unresolved: set[str]  # message ids whose customer must be created or linked first
-
-
-@dataclass(frozen=True, slots=True)
 class Verdict:
     phone_number_id: str
     customer_id: int
@@ -170,36 +96,6 @@ class Found:
     wa_id: str | None
     user_id: str | None
     facts: WindowFacts
-
-
-# The raw body (None: not to be kept again) and its messages.
-RawDelivery = tuple[bytes | None, Sequence[Inbound]]
-
-
-async def record_deliveries(hot: HotPool, deliveries: Sequence[RawDelivery]) -> list[Recorded]:
-    """Keep the raw deliveries and apply their messages, in one statement (asyncpg); one answer each."""
-    messages = [m for _, ms in deliveries for m in ms]
-    (row,) = await RECORD_DELIVERIES.all(  # an aggregate: one row
-        hot,
-        {
-            "bodies": [body for body, _ in deliveries],
-            "message_ids": [m.message_id for m in messages],
-            "phone_number_ids": [m.phone_number_id for m in messages],
-            "wa_ids": [m.wa_id for m in messages],
-            "user_ids": [m.user_id for m in messages],
-            "types": [m.type for m in messages],
-            "sent_at": [m.sent_at for m in messages],
-            "counts_from": [m.counts_from for m in messages],
-            "referrals": [m.referral for m in messages],
-        },
-    )
-    fresh, unresolved = set(row["fresh"] or ()), set(row["unresolved"] or ())
-    answers = []
-    for delivery_id, (_, ms) in zip(row["delivery_ids"], deliveries, strict=True):
-        ids = {m.message_id for m in ms}
-        answers.append(Recorded(delivery_id, ids & fresh, ids & unresolved))
-        fresh -= ids  # a message id in two deliveries is fresh in the first only
-    return answers
 
 
 async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) -> None:
