@@ -219,6 +219,17 @@ async def test_statuses_of_one_group_fold_in_arrival_order(
     assert (await client.get(f"/v1/messages/{b['id']}")).json()["error"]["code"] == 131026
 
 
+async def test_a_status_delivered_again_is_kept_once(gate: Gated, no_slow_path: list[str]) -> None:
+    """Meta delivers again what it thinks was lost: the history keeps each status once."""
+    client, _ = gate
+    [sent] = await sends(gate, 1)
+    sent_status, read = status_of(sent, "sent"), status_of(sent, "read")
+    for payload in (delivery(statuses=[sent_status, sent_status]), delivery(statuses=[sent_status, read])):
+        body, headers = signed(payload)
+        assert (await client.post(HOOK, content=body, headers=headers)).status_code == 200
+    assert await history(client, sent) == ("read", ["pending", "accepted", "sent", "read"])
+
+
 async def test_status_deliveries_arriving_together_share_a_statement(
     gate: Gated, app_state: tuple[httpx.AsyncClient, Gate], no_slow_path: list[str]
 ) -> None:
@@ -241,8 +252,12 @@ async def test_two_replicas_moving_the_same_messages_in_opposite_orders_do_not_d
     opposite orders, at once, all go through."""
     client, _ = gate
     sent = await sends(gate, 30)
-    forward = [delivery(statuses=[status_of(s, "delivered") for s in sent]) for _ in range(5)]
-    backward = [delivery(statuses=[status_of(s, "read") for s in reversed(sent)]) for _ in range(5)]
+
+    def at(k: int) -> dict[str, str]:  # a second apart: each a status of its own, none a redelivery
+        return {"timestamp": str(now() + k)}
+
+    forward = [delivery(statuses=[status_of(s, "delivered", **at(k)) for s in sent]) for k in range(5)]
+    backward = [delivery(statuses=[status_of(s, "read", **at(k)) for s in reversed(sent)]) for k in range(5)]
     async with other_gate(database_url, sandbox=True) as second:
         await asyncio.gather(post_all(client, forward), post_all(second, backward))
     for s in sent:

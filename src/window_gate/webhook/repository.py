@@ -130,9 +130,14 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
   ) g
   WHERE o.id = g.message_id AND o.id IN (SELECT id FROM locked)
   RETURNING o.id, o.phone_number_id, o.body -> 'template' AS template
-), events AS (
+), events AS (  -- each once: Meta delivers again what it thinks was lost
   INSERT INTO message_events (message_id, status, at, detail)
-  SELECT message_id, status, at, detail FROM sm ORDER BY ord
+  SELECT message_id, status, at, detail FROM (
+    SELECT DISTINCT ON (message_id, status, at) * FROM sm
+    WHERE NOT EXISTS (
+      SELECT FROM message_events e WHERE e.message_id = sm.message_id AND e.status = sm.status AND e.at = sm.at)
+    ORDER BY message_id, status, at, ord
+  ) once ORDER BY ord
 )
 SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
   (SELECT array_agg(r.message_id) FROM r JOIN fresh f USING (message_id)) AS fresh,
