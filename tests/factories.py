@@ -149,3 +149,24 @@ def fep_status(
     }
     out["pricing"] = {"billable": False, "pricing_model": "PMP", "category": "referral_conversion"}
     return out
+
+
+def sent_status(
+    wamid: str, opaque: str, wa_id: str, *, ts: float | None = None, state: str = "sent"
+) -> dict[str, Any]:
+    """Meta's status for a message the gate sent (`opaque`: its biz_opaque_callback_data); `sent` carries
+    the conversation and the pricing, as Meta's does."""
+    out = status(wa_id, ts=ts, state=state, code=None) | {"id": wamid, "biz_opaque_callback_data": opaque}
+    if state == "sent":
+        out["conversation"] = {
+            "id": uuid.uuid4().hex,
+            "expiration_timestamp": str(int(ts if ts is not None else time.time()) + 86_400),
+            "origin": {"type": "service"},
+        }
+        out["pricing"] = {
+            "billable": False,
+            "pricing_model": "PMP",
+            "category": "service",
+            "type": "free_customer_service",
+        }
+    return out
