@@ -253,11 +253,14 @@ async def test_two_replicas_moving_the_same_messages_in_opposite_orders_do_not_d
     client, _ = gate
     sent = await sends(gate, 30)
 
-    def at(k: int) -> dict[str, str]:  # a second apart: each a status of its own, none a redelivery
-        return {"timestamp": str(now() + k)}
-
-    forward = [delivery(statuses=[status_of(s, "delivered", **at(k)) for s in sent]) for k in range(5)]
-    backward = [delivery(statuses=[status_of(s, "read", **at(k)) for s in reversed(sent)]) for k in range(5)]
+    forward = [
+        delivery(statuses=[status_of(s, "delivered", timestamp=str(now() + k)) for s in sent])
+        for k in range(5)
+    ]
+    backward = [
+        delivery(statuses=[status_of(s, "read", timestamp=str(now() + k)) for s in reversed(sent)])
+        for k in range(5)
+    ]
     async with other_gate(database_url, sandbox=True) as second:
         await asyncio.gather(post_all(client, forward), post_all(second, backward))
     for s in sent:
