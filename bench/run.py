@@ -136,9 +136,12 @@ SEED_OWN = (
 )
 OWN = "SELECT id, graph_message_id, recipient_wa_id FROM messages WHERE graph_message_id LIKE 'wamid.own.%'"
 # Every own send has had its statuses: back to accepted, so that the next statuses move them forward again.
+# Rows locked in id order, as the service's ingest locks them: the warm-up's last statuses may still be
+# landing (in any other order the two deadlock).
 RESET_OWN = (
-    "UPDATE messages SET status = 'accepted', pricing = NULL, updated_at = created_at "
-    "WHERE graph_message_id LIKE 'wamid.own.%' AND status <> 'accepted'"
+    "UPDATE messages SET status = 'accepted', pricing = NULL, updated_at = created_at WHERE id IN ("
+    "SELECT id FROM messages WHERE graph_message_id LIKE 'wamid.own.%' AND status <> 'accepted' "
+    "ORDER BY id FOR UPDATE)"
 )
 OWN_BY_STATUS = (
     "SELECT string_agg(status || ' ' || n, ', ' ORDER BY n DESC) FROM "
