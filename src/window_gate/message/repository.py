@@ -184,7 +184,11 @@ async def expire_pending(conn: AsyncConnection, seconds: float) -> int:
     """Sends whose process died between recording and Meta's answer: outcome unknown, never re-sent."""
     expired = (
         update(Message)
-        .where(Message.status == "pending", Message.created_at < func.now() - timedelta(seconds=seconds))
+        .where(
+            Message.response.is_(None),  # always, while pending: what its index covers
+            Message.status == "pending",
+            Message.created_at < func.now() - timedelta(seconds=seconds),
+        )
         .values(status="unknown", updated_at=func.now())
         .returning(Message.id)
     )
