@@ -12,31 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import delivery, inbound, signed, status
 from tests.upstream import Gated, template_message
-from tests.webhook.test_webhooks import HOOK, now, other_gate, rows, window
+from tests.webhook.test_webhooks import HOOK, groups_of, now, other_gate, rows, window
 from window_gate import metrics
 from window_gate.customer import service as customer_service
 from window_gate.kit import Gate
 from window_gate.webhook import service
-from window_gate.webhook.service import DeliveryRecorder
 from window_gate.window import repository as windows
 
 
 def counter(kind: str, outcome: str) -> float:
     return float(metrics.WEBHOOK_MESSAGES.labels(kind, outcome)._value.get())
-
-
-def groups_of(state: Gate) -> list[int]:
-    """The size of every group the recorder writes from now on."""
-    sizes: list[int] = []
-    recorder = state.part(DeliveryRecorder)
-    run = recorder.run
-
-    async def counted(items: list[Any]) -> list[Any]:
-        sizes.append(len(items))
-        return await run(items)
-
-    recorder.run = counted
-    return sizes
 
 
 @pytest.fixture
@@ -297,3 +282,21 @@ async def test_a_link_racing_the_statement_waits_for_it_and_finds_its_customer(
         state.engine, "SELECT customer_id FROM customer_aliases WHERE alias = '16660000077'"
     ) == [(made,)]
     assert len(await rows(state.engine, "SELECT 1 FROM customers")) == 2
+
+
+async def test_a_status_postgresql_refuses_is_kept_unapplied_alone(
+    gate: Gated, app_state: tuple[httpx.AsyncClient, Gate]
+) -> None:
+    """A NUL in a status (jsonb refuses it) arriving with good ones: its delivery is kept with the reason
+    and moves nothing; the others of its group are applied."""
+    client, state = app_state
+    bad_one, *good = await sends(gate, 6)
+    sizes = groups_of(state)
+    bad = delivery(statuses=[status_of(bad_one, "delivered", note="a\u0000b")])
+    await post_all(client, [bad] + [delivery(statuses=[status_of(s, "delivered")]) for s in good])
+    assert max(sizes) > 1
+    assert await history(client, bad_one) == ("accepted", ["pending", "accepted"])
+    for s in good:
+        assert await history(client, s) == ("delivered", ["pending", "accepted", "delivered"])
+    kept = await rows(state.engine, "SELECT error FROM webhook_deliveries WHERE error IS NOT NULL")
+    assert len(kept) == 1 and kept[0][0].startswith("UntranslatableCharacterError")

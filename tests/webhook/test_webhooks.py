@@ -82,6 +82,20 @@ async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:
         return list(await conn.execute(text(sql), params))
 
 
+def groups_of(state: Gate) -> list[int]:
+    """The size of every group the delivery recorder writes from now on."""
+    sizes: list[int] = []
+    recorder = state.part(DeliveryRecorder)
+    run = recorder.run
+
+    async def counted(items: list[Any]) -> list[Any]:
+        sizes.append(len(items))
+        return await run(items)
+
+    recorder.run = counted
+    return sizes
+
+
 async def counts(engine: AsyncEngine) -> dict[str, int]:
     sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in WRITTEN_TABLES)
     return {name: n for name, n in await rows(engine, sql)}
@@ -775,15 +789,7 @@ async def test_concurrent_deliveries_share_statements_each_kept_and_applied(
     """Group commit: deliveries arriving while one is being written go in one statement; each is still
     kept once and applied, and one PostgreSQL refuses (NUL in a message id) is kept with its reason alone."""
     client, state = app_state
-    groups: list[int] = []
-    recorder = state.part(DeliveryRecorder)
-    run = recorder.run
-
-    async def counted(items: list[Any]) -> list[Any]:
-        groups.append(len(items))
-        return await run(items)
-
-    recorder.run = counted
+    groups = groups_of(state)
     customers = [f"55119876{i:05d}" for i in range(20)]
     bad = delivery([{**inbound(WA), "id": "wamid.\u0000nul"}])
     bodies = [signed(delivery([inbound(c, ts=now() - 60)])) for c in customers] + [signed(bad)]
