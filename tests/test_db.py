@@ -112,6 +112,36 @@ async def test_a_lone_call_goes_at_once() -> None:
     assert run.groups == [["a"], ["b"]]
 
 
+async def test_heavy_work_waiting_opens_a_second_lane_light_work_keeps_one() -> None:
+    """Items of weight 100 (a delivery of 100 statuses) go beside the group in flight; light ones wait
+    for it and go together."""
+    run = Recorder()
+    coalesce = Coalescer(run, lanes=2, weight=len, lane_weight=100)
+    first = asyncio.create_task(coalesce("a"))
+    await run.entered.wait()
+    light = [asyncio.create_task(coalesce(x)) for x in "bc"]
+    await asyncio.sleep(0)
+    assert run.groups == [["a"]]  # still one lane
+    heavy = asyncio.create_task(coalesce("h" * 99))  # 1 + 1 + 99 waiting: over the bar
+    await asyncio.sleep(0.01)
+    assert run.groups == [["a"], ["b", "c", "h" * 99]] and len(coalesce.draining) == 2
+    third = asyncio.create_task(coalesce("d" * 100))  # both lanes busy: it waits
+    await asyncio.sleep(0.01)
+    assert len(run.groups) == 2
+    run.gate.set()
+    assert await asyncio.gather(first, *light, heavy, third) == ["A", "B", "C", "H" * 99, "D" * 100]
+    assert run.groups[2:] == [["d" * 100]] and not coalesce.draining and coalesce.waiting_weight == 0
+
+
+async def test_a_call_arriving_as_a_lane_finishes_is_not_stranded() -> None:
+    run = Recorder()
+    run.gate.set()
+    coalesce = Coalescer(run, lanes=2)
+    for _ in range(3):  # each call finds the previous lane gone, however close behind it comes
+        assert await asyncio.gather(*(coalesce(x) for x in "ab")) == ["A", "B"]
+    assert not coalesce.draining
+
+
 async def test_groups_are_capped() -> None:
     run, coalesce, first = await one_in_flight(max_group=2)
     rest = [asyncio.create_task(coalesce(x)) for x in "bcde"]
@@ -161,8 +191,8 @@ async def test_shutdown_mid_group_fails_every_waiter() -> None:
     _, coalesce, first = await one_in_flight()
     second = asyncio.create_task(coalesce("b"))
     await asyncio.sleep(0)
-    assert coalesce.draining is not None
-    coalesce.draining.cancel()
+    (draining,) = coalesce.draining
+    draining.cancel()
     for call in (first, second):
         with pytest.raises(asyncio.CancelledError):
             await call

@@ -161,22 +161,37 @@ class Statement:
 
 
 class Coalescer(Generic[T, R]):
-    """Group commit: calls arriving while one is in flight wait for it, then go together as one call of
-    `run` (items in, one result per item out, in order). Under load, one statement and one durable commit
-    then serve many webhook deliveries (bench/); alone, a call goes at once. A failed group is run again
-    item by item, so each caller gets its own answer or its own error."""
+    """Group commit: calls arriving while a call is in flight wait for it, then go together as one call
+    of `run` (items in, one result per item out, in order). Under load, one statement and one durable
+    commit then serve many webhook deliveries (bench/); alone, a call goes at once. Work waiting that
+    weighs `lane_weight` or more opens another lane, up to `lanes` calls in flight: PostgreSQL then works
+    on one big group while the next is read (bench/: batches of statuses), while small items keep filling
+    one group. A failed group is run again item by item, so each caller gets its own answer or its own
+    error."""
 
-    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]], max_group: int = 64) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[list[R]]],
+        max_group: int = 64,
+        *,
+        lanes: int = 1,
+        weight: Callable[[T], int] = lambda _: 1,
+        lane_weight: int = 1,
+    ) -> None:
         self.run = run
         self.max_group = max_group
+        self.lanes, self.weight, self.lane_weight = lanes, weight, lane_weight
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self.draining: asyncio.Task[None] | None = None
+        self.waiting_weight = 0
+        self.draining: set[asyncio.Task[None]] = set()
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self.waiting.append((item, future))
-        if self.draining is None:  # a task of its own: a caller's cancellation must not strand the others
-            self.draining = asyncio.create_task(self._drain())
+        self.waiting_weight += self.weight(item)
+        if not self.draining or (len(self.draining) < self.lanes and self.waiting_weight >= self.lane_weight):
+            # A task of its own: a caller's cancellation must not strand the others.
+            self.draining.add(asyncio.create_task(self._drain()))
         return await future
 
     async def _drain(self) -> None:
@@ -184,16 +199,18 @@ class Coalescer(Generic[T, R]):
         try:
             while self.waiting:
                 group, self.waiting = self.waiting[: self.max_group], self.waiting[self.max_group :]
+                self.waiting_weight -= sum(self.weight(item) for item, _ in group)
                 outcomes = await self._outcomes([item for item, _ in group])
                 for (_, future), outcome in zip(group, outcomes, strict=True):
                     _settle(future, outcome)
+                group = []
         except BaseException as exc:  # cancelled (shut down): nobody may wait forever
             for _, future in group + self.waiting:
                 _settle(future, exc)
-            self.waiting = []
+            self.waiting, self.waiting_weight = [], 0
             raise
-        finally:
-            self.draining = None
+        finally:  # at once, not in a done callback: a call arriving meanwhile must find this lane gone
+            self.draining.discard(asyncio.current_task())
 
     async def _outcomes(self, items: list[T]) -> "list[R | BaseException]":
         try:

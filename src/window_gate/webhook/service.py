@@ -36,7 +36,19 @@ class DeliveryRecorder(Coalescer[repository.Received, repository.Recorded]):
     process, made by the lifespan."""
 
     def __init__(self, hot: HotPool) -> None:
-        super().__init__(functools.partial(repository.record, hot))
+        super().__init__(
+            functools.partial(repository.record, hot), lanes=2, weight=_events, lane_weight=LANE_EVENTS
+        )
+
+
+# A delivery of this many events waiting opens a second statement beside the one in flight: batches of
+# statuses are PostgreSQL-bound (bench/: 15,000 → 18,000 statuses/s in deliveries of 100), single events
+# go faster in fewer, larger groups.
+LANE_EVENTS = 100
+
+
+def _events(received: repository.Received) -> int:
+    return len(received.inbound) + len(received.statuses)
 
 
 async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
