@@ -27,6 +27,7 @@ class Meta:
         self.reply: Handler = self.accept
         self.delay = 0.0
         self.ids = itertools.count(1)
+        self.wa_id = WA  # what Meta answers for any recipient
 
     def accept(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -34,7 +35,7 @@ class Meta:
             200,
             json={
                 "messaging_product": "whatsapp",
-                "contacts": [{"input": body["to"], "wa_id": WA}],
+                "contacts": [{"input": body["to"], "wa_id": self.wa_id}],
                 "messages": [{"id": f"wamid.T{next(self.ids)}", "message_status": "accepted"}],
             },
         )

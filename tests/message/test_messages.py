@@ -68,6 +68,18 @@ async def test_alias_learnt_from_meta_answer(gate: Gated) -> None:
     assert r.json()["state"] == "open" and r.json()["customer"]["wa_id"] == WA
 
 
+async def test_argentine_number_without_the_9_learnt_from_meta_not_guessed(gate: Gated, meta: Meta) -> None:
+    client, _ = gate
+    mobile, written = "5491123456789", "+54 11 2345 6789"
+    await open_window(client, mobile)
+    r = await client.get(f"/v1/windows/{PN}/{written}")
+    assert r.json()["state"] == "never_opened"  # may be a landline: its 9 is not guessed
+    meta.wa_id = mobile  # Meta says whose account that spelling is
+    assert (await client.post("/v1/messages", json=template_message(written))).status_code == 201
+    r = await client.get(f"/v1/windows/{PN}/{written}")
+    assert r.json()["state"] == "open" and r.json()["customer"]["wa_id"] == mobile
+
+
 async def test_idempotency_replays_first_answer_and_conflicts_on_other_body(gate: Gated, meta: Meta) -> None:
     client, _ = gate
     await open_window(client)

@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 from window_gate.errors import InvalidRecipient
 
-# BSUIDs look like "US.13491208655302741918": a country code, a dot, an opaque id. Meta has not
-# published a grammar, so this one pattern is the whole rule (unsure, see whatsapp-platform.md §5).
-BSUID = re.compile(r"^[A-Z]{2}\.[0-9A-Za-z_-]{1,128}$")
+# BSUIDs look like "US.13491208655302741918": a country code, a dot, an opaque id; a parent BSUID (one id
+# across a business portfolio) puts "ENT." before the id. Meta has not published a grammar, so this one
+# pattern is the whole rule (unsure, see whatsapp-platform.md §5).
+BSUID = re.compile(r"^[A-Z]{2}\.(?:ENT\.)?[0-9A-Za-z_-]{1,128}$")
 SEPARATORS = re.compile(r"[\s().\-/]")
 MIN_DIGITS, MAX_DIGITS = 7, 15  # E.164 allows at most 15
 
@@ -26,8 +27,10 @@ QUIRKS: tuple[Quirk, ...] = (
     Quirk("BR mobile with the ninth digit", re.compile(r"^55(\d{2})([6-9]\d{7})$"), r"55\g<1>9\2"),
     Quirk("MX mobile without the 1", re.compile(r"^521(\d{10})$"), r"52\1"),
     Quirk("MX mobile with the 1", re.compile(r"^52(\d{10})$"), r"521\1"),
+    # Argentina one way only: a number written with the 9 is a mobile, and may have been stored without
+    # it. Written without the 9 it may be a landline: guessing the 9 could join it to a mobile account, so
+    # that spelling is learnt from Meta's answer instead (contacts[].input → wa_id, message/service.py).
     Quirk("AR mobile without the 9", re.compile(r"^549(\d{10})$"), r"54\1"),
-    Quirk("AR mobile with the 9", re.compile(r"^54(\d{10})$"), r"549\1"),
 )
 
 

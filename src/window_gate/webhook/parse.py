@@ -29,7 +29,14 @@ OPENS_WINDOW: dict[str, bool] = {
     "unsupported": True,
     "system": False,  # user_changed_number and friends: an identity event, not the customer writing
     "request_welcome": False,  # Meta's first-contact signal, not a message (unsure)
+    # Coexistence only: the customer edited (within 15 min) or deleted an earlier message. The earlier
+    # message opened the window already; Meta does not say an edit restarts it (unsure), so neither does.
+    "edit": False,
+    "revoke": False,
 }
+# System messages saying one person now goes by other ids (their old ids are the message's sender).
+IDENTITY_CHANGES = frozenset({"user_changed_number", "user_changed_user_id"})
+USER_ID_UPDATE = "user_id_update"  # a field of its own: a BSUID replaced by a new one
 RE_ENGAGEMENT = 131047  # Meta: more than 24 h since the customer last wrote
 MARKETING_STOPPED = 131050  # Meta: the customer stopped marketing messages
 MARKETING = "marketing"
@@ -96,6 +103,17 @@ class ConsentEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityEvent:
+    """Ids that name one person: a changed number or BSUID (old and new), or a parent BSUID beside the
+    BSUID. Linked, so that the window and the opt-outs follow the person."""
+
+    wa_id: str | None  # the current ones, kept on the customer when it has none
+    user_id: str | None
+    aliases: tuple[str, ...]  # every id, current and former
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateEvent:
     """Meta's word on one template: its status, quality rating or category (None: not in this event)."""
 
@@ -120,10 +138,11 @@ class Delivery:
 
     def has_more(self) -> bool:
         """Anything besides customer messages and statuses: the part of ingest that needs a transaction."""
-        return bool(self.verdicts or self.consents or self.templates)
+        return bool(self.verdicts or self.consents or self.templates or self.identities)
 
     accounts: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, waba_id) seen
     templates: list[TemplateEvent] = field(default_factory=list)
+    identities: list[IdentityEvent] = field(default_factory=list)
 
 
 def parse_delivery(body: bytes) -> Delivery:
@@ -148,6 +167,8 @@ def parse_delivery(body: bytes) -> Delivery:
                 _calls(value, out)
             elif change.get("field") == "user_preferences":
                 _preferences(value, out)
+            elif change.get("field") == USER_ID_UPDATE:
+                _user_id_updates(value, out)
             elif change.get("field") in TEMPLATE_FIELDS:
                 _template(str(change.get("field")), waba_id, value, out)
             else:
@@ -160,15 +181,24 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
     if not pn:
         out.counts["messages", "ignored"] += 1
         return
-    # contacts[] carries the wa_id ↔ BSUID pairing when Meta knows both.
+    # contacts[] carries the wa_id ↔ BSUID pairing when Meta knows both (and the parent BSUID).
     # str(): a well-signed delivery with odd types must still be acknowledged, never crash on hashing.
     contacts = _dicts(value.get("contacts"))
     wa_by_user = {str(c["user_id"]): str(c.get("wa_id") or "") for c in contacts if c.get("user_id")}
     user_by_wa = {str(c["wa_id"]): str(c.get("user_id") or "") for c in contacts if c.get("wa_id")}
+    for c in contacts:
+        _parent(c.get("wa_id"), c.get("user_id"), c.get("parent_user_id"), out)
     for m in _dicts(value.get("messages")):
         kind = str(m.get("type"))
-        wa_id, user_id = _identity(m.get("from"), m.get("from_user_id"), wa_by_user, user_by_wa)
+        parent = m.get("from_parent_user_id")
+        wa_id, user_id = _identity(m.get("from"), m.get("from_user_id") or parent, wa_by_user, user_by_wa)
+        _parent(wa_id, user_id, parent, out)
         sent_at = _timestamp(m.get("timestamp"))
+        if kind == "system" and _identity_change(wa_id, user_id, _dict(m.get("system")), out):
+            continue
+        if m.get("group_id"):  # a member writing in a group: not that member's one-to-one conversation
+            out.counts["group", "ignored"] += 1
+            continue
         if not OPENS_WINDOW.get(kind) or not m.get("id") or sent_at is None or not (wa_id or user_id):
             out.counts[kind, "ignored"] += 1
             continue
@@ -191,6 +221,9 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
                     s,
                 )
             )
+        if s.get("recipient_type") == "group":  # a send to a group says nothing of a member's window
+            out.counts["status", "ignored"] += 1
+            continue
         codes = [e.get("code") for e in _dicts(s.get("errors"))]  # a list: codes may be unhashable
         failed = s.get("status") == MessageStatus.FAILED
         closed = at if failed and RE_ENGAGEMENT in codes else None
@@ -205,6 +238,53 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
             out.counts["status", "closed_by_meta" if closed else "free_entry_point"] += 1
         else:
             out.counts["status", "ignored"] += 1
+
+
+def _parent(wa_id: object, user_id: object, parent: object, out: Delivery) -> None:
+    """A parent BSUID beside another id of the same person: one more alias of that customer."""
+    others = _ids(wa_id, user_id)
+    if (
+        parent
+        and others
+        and str(parent) not in others
+        and not any(parent in e.aliases for e in out.identities)
+    ):
+        out.identities.append(
+            IdentityEvent(_str(wa_id), _str(user_id), (*others, str(parent)), "parent_user_id")
+        )
+
+
+def _identity_change(wa_id: str | None, user_id: str | None, system: dict[str, Any], out: Delivery) -> bool:
+    """user_changed_number (new number, and the new BSUID it brings) or user_changed_user_id (new BSUID):
+    the sender's ids and the new ones name one person. Field names vary between Meta's pages and SDKs:
+    the new number is `wa_id` or `new_wa_id`; the former BSUID may also be `previous_user_id`."""
+    kind = str(system.get("type"))
+    if kind not in IDENTITY_CHANGES:
+        return False
+    new_wa, new_user = system.get("wa_id") or system.get("new_wa_id"), system.get("user_id")
+    ids = _ids(wa_id, user_id, system.get("previous_user_id"), new_wa, new_user, system.get("parent_user_id"))
+    if len(ids) > 1:
+        out.identities.append(IdentityEvent(_str(new_wa) or wa_id, _str(new_user), ids, kind))
+    out.counts[kind, "linked" if len(ids) > 1 else "ignored"] += 1
+    return True
+
+
+def _user_id_updates(value: dict[str, Any], out: Delivery) -> None:
+    """`user_id_update`: a customer's BSUID replaced ({wa_id, user_id: {previous, current}})."""
+    for u in _dicts(value.get(USER_ID_UPDATE)):
+        change = _dict(u.get("user_id"))
+        ids = _ids(u.get("wa_id"), change.get("previous"), change.get("current"))
+        if change.get("current") and len(ids) > 1:
+            out.identities.append(
+                IdentityEvent(_str(u.get("wa_id")), _str(change["current"]), ids, USER_ID_UPDATE)
+            )
+            out.counts[USER_ID_UPDATE, "linked"] += 1
+        else:
+            out.counts[USER_ID_UPDATE, "ignored"] += 1
+
+
+def _ids(*ids: object) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(i) for i in ids if i))
 
 
 def _calls(value: dict[str, Any], out: Delivery) -> None:

@@ -24,7 +24,14 @@ from window_gate.message.service import OPAQUE_PREFIX
 from window_gate.template import repository as templates
 from window_gate.template import service as template_service
 from window_gate.webhook import repository
-from window_gate.webhook.parse import ConsentEvent, Delivery, TemplateEvent, VerdictEvent, parse_delivery
+from window_gate.webhook.parse import (
+    ConsentEvent,
+    Delivery,
+    IdentityEvent,
+    TemplateEvent,
+    VerdictEvent,
+    parse_delivery,
+)
 from window_gate.window import repository as windows
 from window_gate.window.rule import Policy, inbound_time
 
@@ -159,6 +166,7 @@ async def _apply_rest(
     received_at: datetime,
     policy: Policy,
 ) -> None:
+    await _link_identities(conn, delivery.identities)
     ids = await _customer_ids(conn, [*late, *delivery.verdicts, *delivery.consents])
     await windows.record_verdicts(
         conn,
@@ -230,6 +238,18 @@ def count(delivery: Delivery) -> None:
     """Metrics only once the transaction committed."""
     for (kind, outcome), n in delivery.counts.items():
         metrics.WEBHOOK_MESSAGES.labels(kind, outcome).inc(n)
+
+
+async def _link_identities(conn: AsyncConnection, identities: Sequence[IdentityEvent]) -> None:
+    """Ids Meta says are one person become one customer (merged if each had its own), before anything
+    else of the delivery is applied to them."""
+    for event in identities:
+        known = await customers.resolve(conn, list(event.aliases))
+        if len(known) == len(event.aliases) and len(set(known.values())) == 1:
+            continue  # linked already: the common case for a parent BSUID
+        await customer_service.link(
+            conn, event.wa_id, event.user_id, event.source, event.aliases, also_move=windows.move_windows
+        )
 
 
 async def _customer_ids(
