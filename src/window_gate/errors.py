@@ -6,13 +6,15 @@
     │   │          raised itself, 500 internal_error: what should not happen
     │   ├── ValidationFailed ············ 422 validation_error
     │   ├── PayloadTooLarge ············· 413 payload_too_large
-    │   ├── InvalidRecipient ············ 422 invalid_recipient: not a phone number or BSUID, or Meta's 131026
+    │   ├── InvalidRecipient ············ 422 invalid_recipient: not a phone number or BSUID (or one Meta refuses)
+    │   ├── Undeliverable ··············· 422 undeliverable: Meta cannot reach the customer (131026): not re-sent
     │   ├── Unauthorized ················ 401 unauthorized
     │   ├── Forbidden ··················· 403 forbidden
     │   ├── NotFound ···················· 404 not_found
     │   ├── DatabaseUnavailable ········· 503 database_unavailable: nothing was decided (fail closed)
     │   ├── WindowClosed ················ 409 window_closed
     │   ├── OptedOut ···················· 409 opted_out
+    │   ├── MarketingLimited ············ 429 marketing_limited: Meta holds marketing to this customer; Retry-After
     │   ├── TemplateNotFound ············ 422 template_not_found
     │   ├── TemplateNotApproved ········· 422 template_not_approved
     │   ├── TemplateParametersInvalid ··· 422 template_parameters_invalid
@@ -20,6 +22,7 @@
     │   ├── IdempotencyConflict ········· 409 idempotency_conflict
     │   ├── RateLimited ················· 429 rate_limited, with Retry-After
     │   ├── UpstreamError ··············· 502 upstream_error: Meta refused or failed it, or was unreachable
+    │   ├── UpstreamConfiguration ······· 502 upstream_configuration: the account, number or token needs fixing
     │   ├── UpstreamTimeout ············· 504 upstream_timeout: a send's outcome is unknown; never re-sent
     │   ├── VerificationFailed ·········· 403 verification_failed (webhook/endpoints.py: only it raises it)
     │   └── NotMigrated ················· 503 not_migrated (health/endpoints.py: only it raises it)
@@ -105,6 +108,10 @@ class InvalidRecipient(GateError):
     code, status, title = "invalid_recipient", 422, "Not a phone number or BSUID"
 
 
+class Undeliverable(GateError):
+    code, status, title = "undeliverable", 422, "Meta cannot deliver to this customer"
+
+
 class Unauthorized(GateError):
     code, status, title = "unauthorized", 401, "Missing or invalid credentials"
 
@@ -131,6 +138,17 @@ class WindowClosed(GateError):
 
 class OptedOut(GateError):
     code, status, title = "opted_out", 409, "Customer stopped marketing messages"
+
+
+class MarketingLimited(GateError):
+    """Meta refused a marketing message to this customer for now (131049: the per-user marketing limit;
+    130472: a marketing experiment). Other customers are not concerned: only this one waits."""
+
+    code, status, title = "marketing_limited", 429, "Meta holds marketing messages to this customer"
+
+    def __init__(self, detail: str, retry_after: int = 86_400, **context: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **context)
+        self.headers["Retry-After"] = str(retry_after)
 
 
 class TemplateNotFound(GateError):
@@ -165,6 +183,17 @@ class UpstreamError(GateError):
     code, status, title = "upstream_error", 502, "Meta refused or failed the request"
 
 
+class UpstreamConfiguration(GateError):
+    """Meta refused because of how the business is set up (token, number registration, account locked or
+    restricted): no retry can help until someone fixes it."""
+
+    code, status, title = (
+        "upstream_configuration",
+        502,
+        "Meta refused: the account, number or token needs fixing",
+    )
+
+
 class UpstreamTimeout(GateError):
     code, status, title = "upstream_timeout", 504, "No answer from Meta: outcome unknown, not re-sent"
 
@@ -187,6 +216,7 @@ class GraphError(GraphFailure):
         details: str | None = None,
         fbtrace_id: str | None = None,
         raw: dict[str, Any] | None = None,
+        regain_seconds: int | None = None,
     ) -> None:
         super().__init__(f"({code}) {message}")
         self.http_status = http_status
@@ -197,6 +227,7 @@ class GraphError(GraphFailure):
         self.details = details
         self.fbtrace_id = fbtrace_id
         self.raw = raw or {}
+        self.regain_seconds = regain_seconds  # Meta's estimate of when a throttled caller may call again
 
 
 class GraphUnreachable(GraphFailure):

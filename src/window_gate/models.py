@@ -203,6 +203,21 @@ class Consent(Base):
     changed_at: Mapped[datetime] = mapped_column(TZ)
 
 
+class MarketingHold(Base):
+    """Meta refused marketing messages to this customer from this number (131049, 130472) until `until`:
+    meanwhile the gate refuses that customer's marketing templates itself, before anything is paid."""
+
+    __tablename__ = "marketing_holds"
+
+    phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    code: Mapped[int] = mapped_column(Integer)  # Meta's error code
+    since: Mapped[datetime] = mapped_column(TZ)
+    until: Mapped[datetime] = mapped_column(TZ)
+
+
 class MessageTemplate(Base):
     """A message template as Meta last described it: synced from the Graph API, kept current by template
     webhooks and by Meta's answers to sends. Meta's id is the key; senders name (name, language) of a WABA."""
@@ -219,6 +234,8 @@ class MessageTemplate(Base):
     previous_category: Mapped[str | None] = mapped_column(Text)
     parameter_format: Mapped[str] = mapped_column(Text, server_default=text("'POSITIONAL'"))
     components: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)  # None: known from a webhook only
+    # Meta said the components changed (message_template_components_update): not checked until a sync.
+    components_stale_since: Mapped[datetime | None] = mapped_column(TZ)
     quality: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
     meta_error_code: Mapped[int | None] = mapped_column(Integer)

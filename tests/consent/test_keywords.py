@@ -57,3 +57,11 @@ async def test_failed_status_131050_records_marketing_opt_out(
 ) -> None:
     await post(client, delivery(statuses=[status("5511999990002", code=131050)]))
     assert await consent(engine, "5511999990002") == (True, "meta_131050")
+
+
+async def test_user_preferences_signup_is_an_opt_in(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    """A customer who signed up through a link wants marketing again, whatever an older stop said."""
+    now = time.time()
+    await post(client, preference("5511999990002", "stop", now - 60))
+    await post(client, preference("5511999990002", "signup", now))
+    assert await consent(engine, "5511999990002") == (False, "user_preferences")

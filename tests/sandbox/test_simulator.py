@@ -219,6 +219,7 @@ async def test_free_form_after_25h_fails_with_131047(sim: Sim) -> None:
                 "details": "Message failed to send because more than 24 hours have passed since the customer "
                 "last replied to this number."
             },
+            "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
         }
     ]
 
@@ -595,3 +596,34 @@ async def test_the_journal_is_compacted_as_it_grows(
         await sim.inbound()
     assert len((tmp_path / "simulator.jsonl").read_bytes().splitlines()) <= 1 + 10 + 4 * 2
     assert (await open_sim(data_dir=tmp_path)).state.window_open(PN, CUSTOMER_WA_ID, None)
+
+
+@pytest.mark.parametrize("code", [131049, 131026, 131056, 130472])
+async def test_injected_meta_error_is_answered_at_once_in_metas_shape(sim: Sim, code: int) -> None:
+    r = await sim.client.post("/sandbox/faults", json={"errors": [{"code": code, "rate": 1}]})
+    assert r.json()["errors"] == [{"code": code, "rate": 1, "in_status": False}]
+    error = meta_error(await sim.send(template()), 400, code)
+    assert error["error_data"]["details"]
+    stats = sim.state.stats()
+    assert (stats["accepted"], stats["errors"], stats["faults"]) == (0, {str(code): 1}, {str(code): 1})
+    await sim.client.delete("/sandbox/faults")
+    assert (await sim.send(template())).status_code == 200
+
+
+async def test_injected_meta_error_in_status_accepts_then_fails_with_href(sim: Sim) -> None:
+    faults = {"errors": [{"code": 131049, "rate": 1, "in_status": True}]}
+    assert (await sim.client.post("/sandbox/faults", json=faults)).status_code == 200
+    r = await sim.send(template("spring_sale", "en", "Ana"))
+    assert r.status_code == 200 and r.json()["messages"][0]["id"].startswith("wamid.SANDBOX")
+    await sim.state.idle()
+    [failed] = sim.receiver.statuses()
+    [error] = failed["errors"]
+    assert failed["status"] == "failed" and error["code"] == 131049
+    assert error["href"] == "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
+    assert error["title"] and error["error_data"]["details"]
+
+
+async def test_an_error_fault_the_simulator_does_not_know_is_refused(sim: Sim) -> None:
+    r = await sim.client.post("/sandbox/faults", json={"errors": [{"code": 999999, "rate": 1}]})
+    assert r.status_code == 422
+    assert (await sim.send(template())).status_code == 200

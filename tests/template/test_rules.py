@@ -512,3 +512,58 @@ def test_build_without_known_components_puts_values_in_the_body() -> None:
     image = {"type": "image", "image": {"link": "x"}}
     assert build_components(None, None, [], image) == [sent("header", image)]
     assert build_components(None, None, []) == []
+
+
+# --- Meta's limits on text parameters (whatsapp-platform.md §8) -------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("Ana\nSilva", "a newline"),
+        ("Ana\r\nSilva", "a newline"),
+        ("Ana\tSilva", "a tab"),
+        ("Ana     Silva", "more than 4 consecutive spaces"),
+    ],
+)
+def test_text_parameter_meta_refuses_is_named(value: str, why: str) -> None:
+    [mismatch] = check_parameters(ORDER, "POSITIONAL", [sent("body", txt("#1"), txt(value))])
+    assert (mismatch.component, mismatch.parameter) == ("body", "{{2}}")
+    assert mismatch.detail == f"body {{{{2}}}}: Meta refuses {why} in a text parameter"
+
+
+def test_four_spaces_and_other_whitespace_pass() -> None:
+    assert check_parameters(ORDER, "POSITIONAL", [sent("body", txt("Ana    Silva"), txt("#1 "))]) == []
+
+
+def test_header_text_parameter_over_60_characters_is_refused() -> None:
+    header = sent("header", txt("x" * 61, "first_name"))
+    [mismatch] = check_parameters(
+        NAMED, "NAMED", [header, sent("body", txt("Ana", "first_name"), txt("1", "code"))]
+    )
+    assert (mismatch.component, mismatch.parameter) == ("header", "{{first_name}}")
+    assert mismatch.detail == "header {{first_name}}: 61 characters; Meta allows 60 in a header parameter"
+    header = sent("header", txt("x" * 60, "first_name"))
+    assert (
+        check_parameters(NAMED, "NAMED", [header, sent("body", txt("Ana", "first_name"), txt("1", "code"))])
+        == []
+    )
+
+
+def test_body_over_1024_characters_once_filled_in_names_the_longest_parameter() -> None:
+    fixed = len("Hi , your order  has shipped.")
+    fits = [sent("body", txt("A" * 24), txt("B" * (1024 - fixed - 24)))]
+    assert check_parameters(ORDER, "POSITIONAL", fits) == []
+    [mismatch] = check_parameters(
+        ORDER, "POSITIONAL", [sent("body", txt("A" * 25), txt("B" * (1024 - fixed - 24)))]
+    )
+    assert (mismatch.component, mismatch.parameter) == ("body", "{{2}}")
+    assert mismatch.detail == (
+        f"body: 1025 characters once its parameters are filled in; Meta allows 1024 (the longest parameter, "
+        f"{{{{2}}}}, has {1024 - fixed - 24})"
+    )
+
+
+def test_named_body_and_fallback_values_count_once_filled_in() -> None:
+    header = sent("header", txt("Ana", "first_name"))
+    date = {"type": "date_time", "parameter_name": "code", "date_time": {"fallback_value": "x" * 1100}}
+    [mismatch] = check_parameters(NAMED, "NAMED", [header, sent("body", txt("Ana", "first_name"), date)])
+    assert (mismatch.component, mismatch.parameter) == ("body", "{{code}}")

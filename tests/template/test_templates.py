@@ -184,6 +184,7 @@ async def test_sync_pulls_every_template_across_pages(
         "previous_category": None,
         "parameter_format": "POSITIONAL",
         "components": [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} has shipped."}],
+        "components_stale_since": None,
         "quality": None,
         "reason": None,
         "meta_error_code": None,
@@ -927,3 +928,64 @@ async def test_sandbox_loop_sync_then_send_by_name(
         assert r.json()["graph_message_id"].startswith("wamid.SANDBOX")
     stats = simulator_state(simulator).stats()
     assert (stats["accepted"], stats["errors"]) == (3, {})
+
+
+# --- round two of Meta's template webhooks --------------------------------------------------------------
+async def test_reinstated_template_is_sendable_again(gate: Gated) -> None:
+    client, engine = gate
+    await sync(client)
+    ids = {
+        "message_template_id": int(ORDER_UPDATE),
+        "message_template_name": "order_update",
+        "message_template_language": "en",
+    }
+    await post_webhook(client, template_change("message_template_status_update", event="DISABLED", **ids))
+    assert (await refusal(engine, tpl("order_update", "en", body_of("Ana", "#1"))))["template_status"] == (
+        "DISABLED"
+    )
+    await post_webhook(
+        client, template_change("message_template_status_update", event="REINSTATED", reason="NONE", **ids)
+    )
+    assert (await row(engine, ORDER_UPDATE))["status"] == "APPROVED"
+    assert (await check(engine, tpl("order_update", "en", body_of("Ana", "#1")))).checked
+
+
+async def test_components_update_stops_parameter_checks_until_the_next_sync(gate: Gated) -> None:
+    client, engine = gate
+    await sync(client)
+    one_parameter = tpl("order_update", "en", body_of("Ana"))  # the registry's body has two
+    assert (await refusal(engine, one_parameter))["code"] == "template_parameters_invalid"
+    await post_webhook(
+        client,
+        template_change(
+            "message_template_components_update",
+            message_template_id=int(ORDER_UPDATE),
+            message_template_name="order_update",
+            message_template_language="en",
+            message_template_element="Hi {{1}}, your order has shipped.",
+        ),
+    )
+    stored = await row(engine, ORDER_UPDATE)
+    assert stored["components_stale_since"] is not None and stored["components"] is not None
+    info = await check(engine, one_parameter)  # Meta judges until the new components are synced
+    assert (info.checked, info.status, info.category) == (True, "APPROVED", "UTILITY")
+    listed = (await client.get("/v1/templates", params={"name": "order_update", "language": "en"})).json()
+    assert listed["templates"][0]["components_stale_since"] is not None
+    await sync(client)  # the simulator still lists two parameters: checked against them again
+    assert (await row(engine, ORDER_UPDATE))["components_stale_since"] is None
+    assert (await refusal(engine, one_parameter))["code"] == "template_parameters_invalid"
+
+
+async def test_text_parameter_meta_would_refuse_is_refused_before_sending(gate: Gated, meta: Meta) -> None:
+    client, engine = gate
+    await sync(client)
+    message = {
+        "phone_number_id": PN,
+        "to": CUSTOMER,
+        "type": "template",
+        "template": tpl("order_update", "en", body_of("Ana", "#1\n#2")),
+    }
+    r = await client.post("/v1/messages", json=message)
+    problem = assert_problem(r, 422, "template_parameters_invalid")
+    assert (problem["component"], problem["parameter"]) == ("body", "{{2}}")
+    assert meta.requests == [] and await count(engine, "messages") == 0

@@ -1,15 +1,15 @@
-"""Every SQL statement about consent (marketing opt-outs)."""
+"""Every SQL statement about consent (marketing opt-outs) and Meta's holds on a customer's marketing."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Text, and_, any_, func, literal, select, tuple_
+from sqlalchemy import BigInteger, Boolean, Integer, Text, and_, any_, func, literal, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import AnyRow
-from window_gate.models import TZ, Consent, Customer, CustomerAlias
+from window_gate.models import TZ, Consent, Customer, CustomerAlias, MarketingHold
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +115,67 @@ async def opted_out(
     if after is not None:
         query = query.where(tuple_(Consent.phone_number_id, Consent.customer_id) > after)
     return (await conn.execute(query)).all()
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    phone_number_id: str
+    customer_id: int
+    code: int
+    since: datetime
+    until: datetime
+
+
+async def record_holds(conn: AsyncConnection, holds: Sequence[Hold]) -> None:
+    """One hold per (number, customer): the one that lasts longest wins, whatever the arrival order."""
+    if not holds:
+        return
+    u = (
+        func.unnest(
+            literal([h.phone_number_id for h in holds], ARRAY(Text)),
+            literal([h.customer_id for h in holds], ARRAY(BigInteger)),
+            literal([h.code for h in holds], ARRAY(Integer)),
+            literal([h.since for h in holds], ARRAY(TZ)),
+            literal([h.until for h in holds], ARRAY(TZ)),
+        )
+        .table_valued("phone_number_id", "customer_id", "code", "since", "until")
+        .render_derived(name="u")
+    )
+    key = (u.c.phone_number_id, u.c.customer_id)
+    longest = select(*u.c).ext(distinct_on(*key)).order_by(*key, u.c.until.desc())
+    upsert = insert(MarketingHold).from_select(list(u.c.keys()), longest)
+    await conn.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[MarketingHold.phone_number_id, MarketingHold.customer_id],
+            set_={
+                "code": upsert.excluded.code,
+                "since": upsert.excluded.since,
+                "until": upsert.excluded.until,
+            },
+            where=upsert.excluded.until > MarketingHold.until,
+        )
+    )
+
+
+async def current_hold(
+    conn: AsyncConnection, phone_number_id: str, aliases: Sequence[str], now: datetime
+) -> AnyRow | None:
+    """The hold still running on the customer these spellings name (the longest), with its wa_id and
+    user_id."""
+    query = (
+        select(MarketingHold.code, MarketingHold.since, MarketingHold.until, Customer.wa_id, Customer.user_id)
+        .select_from(CustomerAlias)
+        .join(
+            MarketingHold,
+            and_(
+                MarketingHold.customer_id == CustomerAlias.customer_id,
+                MarketingHold.phone_number_id == phone_number_id,
+                MarketingHold.until > now,
+            ),
+        )
+        .join(Customer, Customer.id == MarketingHold.customer_id)
+        .where(CustomerAlias.alias == any_(literal(list(aliases), ARRAY(Text))))
+        .order_by(MarketingHold.until.desc())
+        .limit(1)
+    )
+    return (await conn.execute(query)).first()

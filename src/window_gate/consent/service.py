@@ -1,9 +1,11 @@
-"""Marketing opt-outs: the send path's check, and the caller's own statements."""
+"""Marketing opt-outs: the send path's check, and the caller's own statements; Meta's holds on one
+customer's marketing (131049, 130472), remembered so that the gate refuses before anything is paid."""
 
 import base64
 import binascii
+import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -16,10 +18,12 @@ from window_gate.consent.schemas import ConsentCustomer, OptOutOut, OptOutPage
 from window_gate.customer import repository as customers
 from window_gate.customer import service as customer_service
 from window_gate.customer.identity import CustomerRef
-from window_gate.errors import OptedOut, ValidationFailed
+from window_gate.errors import MarketingLimited, OptedOut, ValidationFailed
+from window_gate.graph.reactions import MARKETING_HOLDS, RETRY_AFTER_SECONDS
 from window_gate.window.repository import move_windows
 
 API = "api"
+DAY = 86_400
 
 
 def now() -> datetime:
@@ -43,6 +47,44 @@ async def check_marketing(conn: AsyncConnection, phone_number_id: str, aliases: 
             hint="only the customer resumes marketing: WhatsApp settings, an opt-in keyword, or "
             "DELETE /v1/opt-outs/{phone_number_id}/{customer} when they asked you elsewhere",
         )
+
+
+async def check_hold(
+    conn: AsyncConnection, phone_number_id: str, aliases: Sequence[str], at: datetime
+) -> None:
+    """Raise MarketingLimited while Meta's hold on this customer's marketing from this number runs at `at`
+    (call it for MARKETING templates only, as `check_marketing`)."""
+    row = await repository.current_hold(conn, phone_number_id, aliases, at)
+    if row is None:
+        return
+    retry_after = max(1, math.ceil((row.until - at).total_seconds()))
+    raise MarketingLimited(
+        f"Meta refused a marketing message to this customer ({row.code}) at {row.since.isoformat()}: no "
+        f"marketing messages to them from this number before {row.until.isoformat()}; nothing was sent",
+        retry_after=retry_after,
+        phone_number_id=phone_number_id,
+        customer={"wa_id": row.wa_id, "user_id": row.user_id},
+        retry_not_before=row.until.isoformat(),
+        hold={"code": row.code, "since": row.since.isoformat(), "until": row.until.isoformat()},
+        hint="other customers are not concerned; utility and authentication templates still pass",
+    )
+
+
+def hold(phone_number_id: str, customer_id: int, code: int, at: datetime) -> repository.Hold | None:
+    """Meta's refusal `code` at `at` as a hold on the customer's marketing, if it is one."""
+    if code not in MARKETING_HOLDS:
+        return None
+    until = at + timedelta(seconds=RETRY_AFTER_SECONDS.get(code, DAY))
+    return repository.Hold(phone_number_id, customer_id, code, at, until)
+
+
+async def remember_hold(
+    conn: AsyncConnection, phone_number_id: str, customer_id: int, code: int, at: datetime
+) -> None:
+    """Record Meta's refusal `code` (a synchronous answer) as a hold, if it is one."""
+    held = hold(phone_number_id, customer_id, code, at)
+    if held is not None:
+        await repository.record_holds(conn, [held])
 
 
 async def state(conn: AsyncConnection, phone_number_id: str, ref: CustomerRef) -> OptOutOut | None:

@@ -33,7 +33,28 @@ def graph_error(response: httpx.Response) -> GraphError:
         details=(data or {}).get("details"),
         fbtrace_id=error.get("fbtrace_id"),
         raw={"error": error} if error else {},
+        regain_seconds=regain_seconds(response.headers.get("x-business-use-case-usage")),
     )
+
+
+def regain_seconds(usage: str | None) -> int | None:
+    """The longest `estimated_time_to_regain_access` (minutes) of Meta's X-Business-Use-Case-Usage header,
+    `{"<business id>": [{"type": …, "call_count": …, "estimated_time_to_regain_access": 5}, …]}`, in seconds;
+    None when the header is absent, unreadable or names no wait."""
+    try:
+        entries = orjson.loads(usage) if usage else None
+    except orjson.JSONDecodeError:
+        return None
+    minutes = [
+        wait
+        for uses in (entries.values() if isinstance(entries, dict) else ())
+        for use in (uses if isinstance(uses, list) else ())
+        if isinstance(use, dict)
+        and isinstance(wait := use.get("estimated_time_to_regain_access"), int)
+        and not isinstance(wait, bool)
+        and wait > 0
+    ]
+    return max(minutes) * 60 if minutes else None
 
 
 class GraphClient:

@@ -16,12 +16,15 @@ from window_gate.errors import (
     GateError,
     IdempotencyConflict,
     InvalidRecipient,
+    MarketingLimited,
     NotFound,
     OptedOut,
     RateLimited,
     TemplateNotApproved,
     TemplateNotFound,
     TemplateParametersInvalid,
+    Undeliverable,
+    UpstreamConfiguration,
     UpstreamError,
     UpstreamTimeout,
     ValidationFailed,
@@ -65,10 +68,13 @@ IdempotencyKey = Annotated[
         TemplateNotApproved,
         TemplateParametersInvalid,
         OptedOut,
+        Undeliverable,
         BudgetExceeded,
         IdempotencyConflict,
+        MarketingLimited,
         RateLimited,
         UpstreamError,
+        UpstreamConfiguration,
         UpstreamTimeout,
     ),
 )
@@ -93,9 +99,13 @@ async def send_message(
         TemplateNotFound,
         TemplateNotApproved,
         TemplateParametersInvalid,
+        OptedOut,
+        MarketingLimited,
+        Undeliverable,
         IdempotencyConflict,
         RateLimited,
         UpstreamError,
+        UpstreamConfiguration,
         UpstreamTimeout,
     ),
 )
@@ -162,6 +172,13 @@ META_SHAPES: dict[str, tuple[int, int, str]] = {
     "template_parameters_invalid": (400, 132000, "Number of parameters does not match the expected number"),
     "opted_out": (400, 131050, "User has stopped marketing messages"),
     "budget_exceeded": (400, 131042, "Business eligibility payment issue"),
+    "marketing_limited": (
+        400,
+        131049,
+        "This message was not delivered to maintain healthy ecosystem engagement",
+    ),
+    "undeliverable": (400, 131026, "Message undeliverable"),
+    "upstream_configuration": (400, 131005, "Access denied"),
 }
 INVALID_PARAMETER = (400, 100, "Invalid parameter")
 META_PASSED_ON = {400: "Meta's own 4xx error", 502: "Meta's own 5xx error"}
@@ -243,7 +260,8 @@ def as_meta_error(err: GateError) -> Response:
     problem = err.problem()
     meta_error = problem.get("meta_error")
     if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words, passed on unchanged
-        status = 400 if err.status < 500 else 502
+        # A refusal only the business can fix stays a 4xx, as at Meta: a 5xx would invite a client to retry.
+        status = 400 if err.status < 500 or isinstance(err, UpstreamConfiguration) else 502
         return JSONResponse(meta_error, status_code=status, headers=err.headers)
     status, code, message = META_SHAPES.get(err.code, INVALID_PARAMETER)
     error = {

@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -28,13 +28,14 @@ from window_gate.errors import (
     GraphFailure,
     GraphUnreachable,
     IdempotencyConflict,
+    MarketingLimited,
     UpstreamError,
     UpstreamTimeout,
     ValidationFailed,
     WindowClosed,
     replay,
 )
-from window_gate.graph.reactions import RE_ENGAGEMENT, gate_error
+from window_gate.graph.reactions import MARKETING_HOLDS, RE_ENGAGEMENT, gate_error
 from window_gate.kit import Gate
 from window_gate.message import repository
 from window_gate.message.schemas import RecipientOut, SendOut
@@ -161,6 +162,7 @@ async def decide(gate: Gate, request: Request) -> Decision:
             template = await templates.check_send(conn, request.phone_number_id, request.body[TEMPLATE])
             if template.category == MARKETING:
                 await consent.check_marketing(conn, request.phone_number_id, request.ref.aliases())
+                await consent.check_hold(conn, request.phone_number_id, request.ref.aliases(), now)
     elif not window.can_send_free_form:
         raise WindowClosed(
             f"free-form messages need an open window; it is {window.state.value}: send an approved template",
@@ -272,6 +274,10 @@ async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
     """Meta refused the send, was silent or out of reach: the gate's error for it, once recorded."""
     status, err, error = verdict(exc)
     err.context["id"] = str(attempt.id)
+    if isinstance(err, MarketingLimited):  # which customer to leave alone, and until when
+        err.context["customer"] = attempt.decision.window.customer.model_dump(mode="json")
+        until = window_service.now() + timedelta(seconds=int(err.context["retry_after"]))
+        err.context["retry_not_before"] = until.isoformat()
     outcome = Outcome(
         status,
         err.status,
@@ -334,14 +340,17 @@ async def _write_refused(attempt: Attempt, outcome: Outcome) -> None:
                 at=decision.at,
             )
         code = outcome.refusal.code if outcome.refusal is not None else None
-        if code == RE_ENGAGEMENT:
-            customer = decision.window.customer
+        customer = decision.window.customer
+        if code in (RE_ENGAGEMENT, *MARKETING_HOLDS) and (customer.wa_id or customer.user_id):
             customer_id = await customers.link(
                 conn, customer.wa_id, customer.user_id, "send", also_move=windows.move_windows
             )
-            await windows.record_verdicts(
-                conn, [windows.Verdict(request.phone_number_id, customer_id, outcome.at, None)]
-            )
+            if code == RE_ENGAGEMENT:
+                await windows.record_verdicts(
+                    conn, [windows.Verdict(request.phone_number_id, customer_id, outcome.at, None)]
+                )
+            else:
+                await consent.remember_hold(conn, request.phone_number_id, customer_id, code, outcome.at)
         if code and request.kind == TEMPLATE:
             await templates.learn_from_meta_error(conn, request.phone_number_id, request.body[TEMPLATE], code)
 

@@ -19,12 +19,32 @@ ERRORS: dict[int, tuple[int, str, str]] = {
     100: (400, "Invalid parameter", "Invalid parameter"),
     190: (401, "Invalid OAuth access token - Cannot parse access token", ""),
     130429: (400, "Rate limit hit", "Cloud API message throughput has been reached."),
+    130472: (
+        400,
+        "User's number is part of an experiment",
+        "The customer is in a marketing experiment group.",
+    ),
     131000: (500, "Something went wrong", "Something went wrong. Please retry later."),
     131047: (
         400,
         "Re-engagement message",
         "Message failed to send because more than 24 hours have passed since the customer last replied "
         "to this number.",
+    ),
+    131026: (
+        400,
+        "Message undeliverable",
+        "The customer cannot receive it: not a WhatsApp number, an old app, or new terms not accepted.",
+    ),
+    131049: (
+        400,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
+        "The customer has had enough marketing messages for now; try again in 24 hours at the earliest.",
+    ),
+    131056: (
+        400,
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Too many messages from this number to this customer in a short time.",
     ),
     132000: (400, "Number of parameters does not match the expected number of params", ""),
     132001: (404, "Template name does not exist in the translation", ""),
@@ -36,6 +56,8 @@ ERRORS: dict[int, tuple[int, str, str]] = {
     ),
 }
 RE_ENGAGEMENT = 131047
+# The documentation link Meta puts in the errors of its status webhooks (`errors[].href`).
+ERROR_CODES_HREF = "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
 FREE_FORM_TYPES = frozenset(
     {
         "text",
@@ -80,6 +102,7 @@ class MetaError(Exception):
             "title": self.title,
             "message": self.title,
             "error_data": {"details": self.details},
+            "href": ERROR_CODES_HREF,
         }
 
 

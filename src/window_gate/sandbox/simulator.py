@@ -20,6 +20,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from window_gate.sandbox.meta import (
+    ERRORS,
+    RE_ENGAGEMENT,
     MetaError,
     envelope,
     new_wamid,
@@ -29,7 +31,14 @@ from window_gate.sandbox.meta import (
     wa_id_for,
 )
 from window_gate.sandbox.meta import Send as SendBody
-from window_gate.sandbox.state import Fault, Faults, SentMessage, SimulatorConfig, SimulatorState
+from window_gate.sandbox.state import (
+    ErrorFault,
+    Fault,
+    Faults,
+    SentMessage,
+    SimulatorConfig,
+    SimulatorState,
+)
 from window_gate.sandbox.templates import Template, check_send, page
 
 GRAPH_TAG, SANDBOX_TAG = "graph (simulated)", "sandbox controls"
@@ -134,7 +143,7 @@ async def send_message(request: Request, version: str, phone_number_id: str) -> 
     """Meta's send: validated like Meta (code 100), throttled per number (130429), templates checked
     (132000/132001/132015/132016). Accepted sends answer a `wamid.SANDBOX…` id and post signed status
     webhooks: sent → delivered → read, or a `failed` status with 131047 for free-form outside the
-    simulator's own view of the window."""
+    simulator's own view of the window (or with an injected error: `POST /sandbox/faults`)."""
     state = _state(request)
     state.sends[phone_number_id] += 1
     try:
@@ -148,10 +157,15 @@ async def send_message(request: Request, version: str, phone_number_id: str) -> 
         template = check_send(state.config.templates, send.template) if send.type == "template" else None
         if not state.take_throughput(phone_number_id):
             raise MetaError(130429)
+        error = state.faults.draw_error() if fault is None else None
+        if error is not None:
+            state.faulted[str(error.code)] += 1
+            if not error.in_status:
+                raise MetaError(error.code)
     except MetaError as exc:
         state.errors[exc.code] += 1
         raise
-    answer = _accept(state, phone_number_id, send, template)
+    answer = _accept(state, phone_number_id, send, template, error.code if error else None)
     if fault == "timeout":  # the message did go out; the answer comes too late for the caller
         await asyncio.sleep(state.faults.timeout_seconds)
     if fault == "drop":  # the message did go out; the answer is lost on the way, as behind a proxy
@@ -171,7 +185,9 @@ async def _apply_faults(state: SimulatorState) -> Fault | None:
     return fault
 
 
-def _accept(state: SimulatorState, pn: str, send: SendBody, template: Template | None) -> dict[str, Any]:
+def _accept(
+    state: SimulatorState, pn: str, send: SendBody, template: Template | None, failure: int | None = None
+) -> dict[str, Any]:
     wa_id = send.wa_id or (state.wa_by_user.get(send.user_id) if send.user_id else None)
     message = SentMessage(
         id=new_wamid(wa_id),
@@ -188,7 +204,7 @@ def _accept(state: SimulatorState, pn: str, send: SendBody, template: Template |
     state.accepted_message(message)
     state.accepted[pn] += 1
     category = template.category.lower() if template else "service"
-    state.spawn(_deliver(state, message, category, send.callback))
+    state.spawn(_deliver(state, message, category, send.callback, failure))
     contact = {"input": send.input} | ({"wa_id": wa_id} if wa_id else {})
     contact |= {"user_id": send.user_id} if send.user_id else {}
     return {
@@ -198,12 +214,17 @@ def _accept(state: SimulatorState, pn: str, send: SendBody, template: Template |
     }
 
 
-async def _deliver(state: SimulatorState, message: SentMessage, category: str, callback: str | None) -> None:
-    """The status webhooks of one accepted message, in order, each after its configured delay."""
+async def _deliver(
+    state: SimulatorState, message: SentMessage, category: str, callback: str | None, failure: int | None
+) -> None:
+    """The status webhooks of one accepted message, in order, each after its configured delay; one
+    `failed` status with Meta's error instead when it cannot be delivered."""
     delays = state.config.status_delays
-    if category == "service" and not message.window_open:
+    if failure is None and category == "service" and not message.window_open:
+        failure = RE_ENGAGEMENT
+    if failure is not None:
         await asyncio.sleep(delays[0])
-        await _post_status(state, message, "failed", callback, errors=[MetaError(131047).as_status_error()])
+        await _post_status(state, message, "failed", callback, errors=[MetaError(failure).as_status_error()])
         return
     price = pricing(category, message.window_open)
     for status, delay in zip(("sent", "delivered", "read"), delays, strict=True):
@@ -312,6 +333,22 @@ class ClockIn(BaseModel):
     )
 
 
+class ErrorFaultIn(BaseModel):
+    code: int = Field(description="One of the Meta error codes the simulator knows", examples=[131049])
+    rate: float = Field(ge=0, le=1, description="Share of the sends that passed Meta's checks", examples=[1])
+    in_status: bool = Field(
+        False,
+        description="Accept the send, then fail it in its status webhook (Meta's usual way for 131026, "
+        "131049); false: answer the error at once",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> "ErrorFaultIn":
+        if self.code not in ERRORS:
+            raise ValueError(f"code {self.code} is not one of {sorted(ERRORS)}")
+        return self
+
+
 class FaultsIn(BaseModel):
     latency_ms: float = Field(
         0, ge=0, le=600_000, description="Added before every Graph answer", examples=[250]
@@ -321,6 +358,11 @@ class FaultsIn(BaseModel):
     timeout_seconds: float = Field(30, ge=0, le=600, description="How late a timed-out answer comes")
     drop_answer_rate: float = Field(0, ge=0, le=1, description="Share of sends accepted but answered 502")
     seed: int | None = Field(None, description="Replay the same fault sequence", examples=[42])
+    errors: list[ErrorFaultIn] = Field(
+        default_factory=list,
+        description="Meta's errors for a share of the sends that pass Meta's checks, tried in order",
+        examples=[[{"code": 131049, "rate": 1, "in_status": True}]],
+    )
 
 
 @controls.post("/inbound", summary="Simulate a customer message", status_code=200)
@@ -375,9 +417,11 @@ async def messages(request: Request, limit: Annotated[int, Query(ge=1, le=10_000
 @controls.post("/faults", summary="Inject faults", status_code=200)
 async def set_faults(request: Request, body: FaultsIn) -> Response:
     """Replace the fault settings for Graph sends: latency, 5xx, timeouts (accepted, answered after
-    `timeout_seconds`) and dropped answers (accepted, answered 502): the last two DID send."""
+    `timeout_seconds`) and dropped answers (accepted, answered 502): the last two DID send. `errors`:
+    Meta's own refusals (131026, 131049, 131056, 130472, …) at once or in a failed status webhook."""
     state = _state(request)
-    state.faults = Faults(**body.model_dump())
+    errors = tuple(ErrorFault(e.code, e.rate, e.in_status) for e in body.errors)
+    state.faults = Faults(**body.model_dump(exclude={"errors"}), errors=errors)
     state.faults.rng.seed(body.seed)
     return _json(state.faults.public())
 

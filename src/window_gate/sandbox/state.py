@@ -56,6 +56,16 @@ class SimulatorConfig:
     save_delay: float = 1.0  # accepted messages and statuses are written within this, not one by one
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorFault:
+    """Meta's error `code` for a share of sends: answered at once, or (`in_status`) the send is accepted and
+    its status webhook fails with it, as Meta mostly reports 131026 and 131049."""
+
+    code: int
+    rate: float
+    in_status: bool = False
+
+
 @dataclass(slots=True)
 class Faults:
     latency_ms: float = 0
@@ -64,6 +74,7 @@ class Faults:
     timeout_seconds: float = 30  # longer than any sane client timeout
     drop_answer_rate: float = 0
     seed: int | None = None
+    errors: tuple[ErrorFault, ...] = ()
     rng: random.Random = field(default_factory=random.Random)
 
     def draw(self) -> Fault | None:
@@ -78,6 +89,13 @@ class Faults:
                 return fault
         return None
 
+    def draw_error(self) -> ErrorFault | None:
+        """At most one of Meta's errors per send that passed Meta's checks, in the order given."""
+        for fault in self.errors:
+            if fault.rate and self.rng.random() < fault.rate:
+                return fault
+        return None
+
     def public(self) -> dict[str, Any]:
         return {
             "latency_ms": self.latency_ms,
@@ -86,6 +104,7 @@ class Faults:
             "timeout_seconds": self.timeout_seconds,
             "drop_answer_rate": self.drop_answer_rate,
             "seed": self.seed,
+            "errors": [{"code": e.code, "rate": e.rate, "in_status": e.in_status} for e in self.errors],
         }
 
 

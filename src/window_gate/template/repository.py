@@ -196,6 +196,7 @@ async def replace_account(conn: AsyncConnection, waba_id: str, templates: Sequen
                 "reason": new.reason,
                 "meta_error_code": null(),
                 "meta_error_at": null(),
+                "components_stale_since": null(),
                 "synced_at": func.now(),
                 "updated_at": func.now(),
             },
@@ -269,6 +270,16 @@ async def apply_status(
     if category is not None:
         changes["category"] = category
     await conn.execute(_update(template_id).values(changes))
+
+
+async def mark_components_stale(conn: AsyncConnection, template_id: str) -> None:
+    """Meta changed the template's components: the stored ones are kept (sends by name still place their
+    values with them) but not checked against until the next sync replaces them."""
+    await conn.execute(
+        _update(template_id)
+        .where(MessageTemplate.components_stale_since.is_(None))
+        .values(components_stale_since=func.now())
+    )
 
 
 async def apply_quality(conn: AsyncConnection, template_id: str, quality: str) -> None:

@@ -32,6 +32,16 @@ BUTTON_SUB_TYPES = {
 }
 NO_PARAMETER_BUTTONS = frozenset({"PHONE_NUMBER", "VOICE_CALL"})
 MAX_BUTTON_INDEX = 9
+# What Meta refuses in a text parameter (whatsapp-platform.md §8: reported as 132018, 132000 or 100) and
+# how long a text may be (132005 for a body too long once filled in). One row each: a changed limit is a
+# one-line change.
+FORBIDDEN_IN_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"[\r\n]"), "a newline"),
+    (re.compile(r"\t"), "a tab"),
+    (re.compile(r" {5}"), "more than 4 consecutive spaces"),
+)
+MAX_PARAMETER_CHARACTERS = {"header": 60}  # one text parameter of that component
+MAX_FILLED_CHARACTERS = {"body": 1024}  # that component's text once its parameters are filled in
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +159,42 @@ def _text(component: str, text: object, given: Mapping[str, Any] | None, named: 
         return [Mismatch(component, "parameters", f"{component}: parameters must be a list")]
     if text is None and parameters:
         return [Mismatch(component, component, f"the template has no {component} with parameters")]
-    return _named(component, expected, parameters) if named else _positional(component, expected, parameters)
+    out = (_named if named else _positional)(component, expected, parameters)
+    limit = MAX_FILLED_CHARACTERS.get(component)
+    if out or limit is None or not isinstance(text, str):
+        return out
+    values = _values(expected, parameters, named)
+    filled = (NAMED_PLACEHOLDER if named else POSITIONAL_PLACEHOLDER).sub(
+        lambda m: values.get(m.group(1) if named else str(int(m.group(1))), m.group(0)), text
+    )
+    if len(filled) <= limit:
+        return []
+    longest = max(values, key=lambda name: len(values[name]), default=None)
+    which = f" (the longest parameter, {label(longest)}, has {len(values[longest])})" if longest else ""
+    return [
+        Mismatch(
+            component,
+            label(longest) if longest else component,
+            f"{component}: {len(filled)} characters once its parameters are filled in; Meta allows "
+            f"{limit}{which}",
+        )
+    ]
+
+
+def _values(expected: list[str], parameters: list[Any], named: bool) -> dict[str, str]:
+    """Each placeholder's text as Meta fills it in (a currency's or date's fallback_value)."""
+    out: dict[str, str] = {}
+    for position, parameter in enumerate(parameters):
+        if not isinstance(parameter, Mapping):
+            continue
+        name = parameter.get("parameter_name") if named else expected[position]
+        kind = parameter.get("type")
+        value = parameter.get(kind) if isinstance(kind, str) else None
+        if isinstance(value, Mapping):
+            value = value.get("fallback_value")
+        if isinstance(name, str) and isinstance(value, str):
+            out[name] = value
+    return out
 
 
 def _positional(component: str, expected: list[str], parameters: list[Any]) -> list[Mismatch]:
@@ -177,7 +222,7 @@ def _positional(component: str, expected: list[str], parameters: list[Any]) -> l
                     "parameter_name",
                 )
             )
-        elif (problem := _value(parameter)) is not None:
+        elif (problem := _value(parameter, component)) is not None:
             out.append(Mismatch(component, where, f"{component} {where}: {problem}"))
     return out
 
@@ -207,7 +252,7 @@ def _named(component: str, expected: list[str], parameters: list[Any]) -> list[M
             out.append(Mismatch(component, label(name), f"{component} {label(name)}: given twice"))
         else:
             seen.add(name)
-            if (problem := _value(parameter)) is not None:
+            if (problem := _value(parameter, component)) is not None:
                 out.append(Mismatch(component, label(name), f"{component} {label(name)}: {problem}"))
     out += [
         Mismatch(component, label(name), f"{component}: {label(name)} is missing")
@@ -217,7 +262,7 @@ def _named(component: str, expected: list[str], parameters: list[Any]) -> list[M
     return out
 
 
-def _value(parameter: object) -> str | None:
+def _value(parameter: object, component: str) -> str | None:
     """What is wrong with one text-like parameter's value, or None."""
     if not isinstance(parameter, Mapping):
         return "each parameter must be an object such as {type: text, text: ...}"
@@ -226,7 +271,15 @@ def _value(parameter: object) -> str | None:
     if kind not in TEXT_PARAMETER_TYPES:
         return f"type must be one of {', '.join(TEXT_PARAMETER_TYPES)}, not {kind!r}"
     if kind == "text":
-        return None if isinstance(value, str) and value.strip() else "text must be a non-empty string"
+        if not (isinstance(value, str) and value.strip()):
+            return "text must be a non-empty string"
+        for pattern, what in FORBIDDEN_IN_TEXT:
+            if pattern.search(value):
+                return f"Meta refuses {what} in a text parameter"
+        limit = MAX_PARAMETER_CHARACTERS.get(component)
+        if limit is not None and len(value) > limit:
+            return f"{len(value)} characters; Meta allows {limit} in a {component} parameter"
+        return None
     if not isinstance(value, Mapping) or not isinstance(value.get("fallback_value"), str):
         return f"{kind} needs an object with fallback_value"
     if kind == "currency" and not (isinstance(value.get("code"), str) and _integer(value.get("amount_1000"))):

@@ -59,6 +59,12 @@ class TemplateOut(BaseModel):
         "a status webhook so far: its parameters are checked once a sync brings them",
         examples=[EXAMPLE_COMPONENTS],
     )
+    components_stale_since: datetime | None = Field(
+        None,
+        description="When Meta said the components changed (message_template_components_update): its "
+        "parameters are not checked until the next sync brings the new ones; null when current",
+        examples=[None],
+    )
     last_meta_error: MetaErrorOut | None = Field(
         description="Meta's latest template error answered to a send through the gate, until the next sync "
         "or status webhook"

@@ -91,7 +91,7 @@ async def check_send(conn: AsyncConnection, phone_number_id: str, template: dict
     waba_id, row = await sendable(conn, phone_number_id, name, language)
     if row is None:
         return TemplateInfo(name, language, None, waba_id, None, None, checked=False)
-    if row.components is not None:
+    if row.components is not None and row.components_stale_since is None:  # stale: Meta judges until a sync
         mismatches = rules.check_parameters(row.components, row.parameter_format, template.get("components"))
         if mismatches:
             first = mismatches[0]
@@ -366,6 +366,7 @@ def out(row: Row[Any]) -> TemplateOut:
         reason=row.reason,
         parameter_format=row.parameter_format,
         components=row.components,
+        components_stale_since=row.components_stale_since,
         last_meta_error=error,
         synced_at=row.synced_at,
         updated_at=row.updated_at,

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from window_gate.consent.rules import comparable
+from window_gate.graph.reactions import MARKETING_HOLDS
 from window_gate.message.status import MessageStatus
 
 # Which user-sent `messages[].type` open or renew the customer service window (whatsapp-platform.md §1).
@@ -42,15 +43,18 @@ MARKETING_STOPPED = 131050  # Meta: the customer stopped marketing messages
 MARKETING = "marketing"
 # user_preferences categories → the gate's consent categories.
 PREFERENCE_CATEGORIES = {"marketing_messages": MARKETING}
+# user_preferences values → opted out? `signup`: the customer opted in through a signup link.
+PREFERENCE_VALUES = {"stop": True, "resume": False, "signup": False}
 REFERRAL_CONVERSION = "referral_conversion"  # conversation origin inside a free-entry-point window
 TEMPLATE_STATUS = "message_template_status_update"
 TEMPLATE_QUALITY = "message_template_quality_update"
 # Meta documents the first name; the second matches its sibling fields' naming.
 TEMPLATE_CATEGORY = ("template_category_update", "message_template_category_update")
-TEMPLATE_FIELDS = frozenset({TEMPLATE_STATUS, TEMPLATE_QUALITY, *TEMPLATE_CATEGORY})
+TEMPLATE_COMPONENTS = "message_template_components_update"
+TEMPLATE_FIELDS = frozenset({TEMPLATE_STATUS, TEMPLATE_QUALITY, *TEMPLATE_CATEGORY, TEMPLATE_COMPONENTS})
 # Status events that end a state without naming the status they return to: an unarchived or unlocked
 # template is approved again in the common case (unsure); the next sync corrects it if not.
-RESTORED = {"UNARCHIVED": "APPROVED", "UNLOCKED": "APPROVED"}
+RESTORED = {"UNARCHIVED": "APPROVED", "UNLOCKED": "APPROVED", "REINSTATED": "APPROVED"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,17 @@ class IdentityEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldEvent:
+    """Meta refused a marketing message to this customer for a while (131049, 130472, in a failed status)."""
+
+    phone_number_id: str
+    wa_id: str | None
+    user_id: str | None
+    code: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateEvent:
     """Meta's word on one template: its status, quality rating or category (None: not in this event)."""
 
@@ -126,6 +141,7 @@ class TemplateEvent:
     category: str | None = None
     previous_category: str | None = None
     quality: str | None = None
+    components_changed: bool = False  # the stored components are stale until the next sync
 
 
 @dataclass(slots=True)
@@ -138,11 +154,12 @@ class Delivery:
 
     def has_more(self) -> bool:
         """Anything besides customer messages and statuses: the part of ingest that needs a transaction."""
-        return bool(self.verdicts or self.consents or self.templates or self.identities)
+        return bool(self.verdicts or self.consents or self.templates or self.identities or self.holds)
 
     accounts: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, waba_id) seen
     templates: list[TemplateEvent] = field(default_factory=list)
     identities: list[IdentityEvent] = field(default_factory=list)
+    holds: list[HoldEvent] = field(default_factory=list)
 
 
 def parse_delivery(body: bytes) -> Delivery:
@@ -229,6 +246,9 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
         closed = at if failed and RE_ENGAGEMENT in codes else None
         if failed and MARKETING_STOPPED in codes and at and (wa_id or user_id):
             out.consents.append(ConsentEvent(pn, wa_id, user_id, MARKETING, True, at, "meta_131050"))
+        for code in (c for c in codes if isinstance(c, int) and c in MARKETING_HOLDS):
+            if failed and at and (wa_id or user_id):
+                out.holds.append(HoldEvent(pn, wa_id, user_id, code, at))
         conversation = _dict(s.get("conversation"))
         fep_until = None
         if _dict(conversation.get("origin")).get("type") == REFERRAL_CONVERSION:
@@ -306,8 +326,8 @@ def _preferences(value: dict[str, Any], out: Delivery) -> None:
         category = PREFERENCE_CATEGORIES.get(str(p.get("category")))
         at = _timestamp(p.get("timestamp"))
         wa_id, user_id = p.get("wa_id"), p.get("user_id")
-        if pn and category and at and p.get("value") in ("stop", "resume") and (wa_id or user_id):
-            opted_out = p["value"] == "stop"
+        opted_out = PREFERENCE_VALUES.get(str(p.get("value")))
+        if pn and category and at and opted_out is not None and (wa_id or user_id):
             out.consents.append(
                 ConsentEvent(pn, _str(wa_id), _str(user_id), category, opted_out, at, "user_preferences")
             )
@@ -353,6 +373,8 @@ def _template(kind: str, waba_id: str | None, value: dict[str, Any], out: Delive
             reason=reason or _str(info.get("description") or info.get("title")),
             category=_upper(value.get("message_template_category")),
         )
+    elif template_id and kind == TEMPLATE_COMPONENTS:
+        event = TemplateEvent(waba_id, template_id, name, language, components_changed=True)
     elif template_id and kind == TEMPLATE_QUALITY and value.get("new_quality_score"):
         quality = _upper(value.get("new_quality_score"))
         event = TemplateEvent(waba_id, template_id, name, language, quality=quality)

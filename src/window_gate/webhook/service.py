@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
 from window_gate.consent import repository as consent
+from window_gate.consent import service as consent_service
 from window_gate.consent.rules import MARKETING, Keywords
 from window_gate.customer import repository as customers
 from window_gate.customer import service as customer_service
@@ -27,6 +28,7 @@ from window_gate.webhook import repository
 from window_gate.webhook.parse import (
     ConsentEvent,
     Delivery,
+    HoldEvent,
     IdentityEvent,
     TemplateEvent,
     VerdictEvent,
@@ -167,7 +169,7 @@ async def _apply_rest(
     policy: Policy,
 ) -> None:
     await _link_identities(conn, delivery.identities)
-    ids = await _customer_ids(conn, [*late, *delivery.verdicts, *delivery.consents])
+    ids = await _customer_ids(conn, [*late, *delivery.verdicts, *delivery.consents, *delivery.holds])
     await windows.record_verdicts(
         conn,
         [
@@ -189,6 +191,13 @@ async def _apply_rest(
             for c in delivery.consents
         ],
     )
+    holds = (
+        consent_service.hold(
+            h.phone_number_id, ids[h.wa_id, h.user_id], h.code, inbound_time(h.at, received_at, policy)
+        )
+        for h in delivery.holds
+    )
+    await consent.record_holds(conn, [h for h in holds if h is not None])
     for phone_number_id, template, code in lessons:
         await template_service.learn_from_meta_error(conn, phone_number_id, template, code)
     await templates.record_accounts(conn, delivery.accounts)  # a statement only for pairs not seen yet
@@ -213,6 +222,8 @@ async def _apply_template(conn: AsyncConnection, event: TemplateEvent) -> None:
         await templates.apply_quality(conn, event.template_id, event.quality)
     elif event.category is not None:
         await templates.apply_category(conn, event.template_id, event.category, event.previous_category)
+    elif event.components_changed:
+        await templates.mark_components_stale(conn, event.template_id)
 
 
 def _keyword_consents(delivery: Delivery, keywords: Keywords, received_at: datetime, policy: Policy) -> None:
@@ -253,7 +264,7 @@ async def _link_identities(conn: AsyncConnection, identities: Sequence[IdentityE
 
 
 async def _customer_ids(
-    conn: AsyncConnection, events: Sequence[repository.Inbound | VerdictEvent | ConsentEvent]
+    conn: AsyncConnection, events: Sequence[repository.Inbound | VerdictEvent | ConsentEvent | HoldEvent]
 ) -> dict[tuple[str | None, str | None], int]:
     """One lookup for every identity; only unknown or newly linked ones take the slow path."""
     pairs = {(e.wa_id, e.user_id) for e in events}
