@@ -13,6 +13,7 @@
     │   ├── DatabaseUnavailable ········· 503 database_unavailable: nothing was decided (fail closed)
     │   ├── WindowClosed ················ 409 window_closed
     │   ├── OptedOut ···················· 409 opted_out
+    │   ├── MarketingUnavailable ········ 409 marketing_unavailable: Meta does not deliver marketing there
     │   ├── TemplateNotFound ············ 422 template_not_found
     │   ├── TemplateNotApproved ········· 422 template_not_approved
     │   ├── TemplateParametersInvalid ··· 422 template_parameters_invalid
@@ -131,6 +132,10 @@ class WindowClosed(GateError):
 
 class OptedOut(GateError):
     code, status, title = "opted_out", 409, "Customer stopped marketing messages"
+
+
+class MarketingUnavailable(GateError):
+    code, status, title = "marketing_unavailable", 409, "Marketing templates are not delivered there"
 
 
 class TemplateNotFound(GateError):
