@@ -75,7 +75,14 @@ class Settings(BaseSettings):
         None, description="CSV of which messages Meta charges, with effective dates; unset → the bundled one"
     )
     pricing_apply_unsure: bool = Field(
-        False, description="Apply matrix rows marked unsure (the reported 2026-10-01 pricing changes)"
+        True,
+        description="Apply matrix rows marked unsure (the 2026-10-01 pricing changes, reported by several "
+        "providers); false prices by the documented rows only",
+    )
+    marketing_restrictions: bool = Field(
+        True,
+        description="Refuse marketing templates to countries Meta does not deliver them to, per the bundled "
+        "marketing_restrictions.csv (US numbers since 2025-04-01)",
     )
     waba_ids: str = Field(
         "",

@@ -15,6 +15,7 @@
     │   ├── WindowClosed ················ 409 window_closed
     │   ├── OptedOut ···················· 409 opted_out
     │   ├── MarketingLimited ············ 429 marketing_limited: Meta holds marketing to this customer; Retry-After
+    │   ├── MarketingUnavailable ········ 409 marketing_unavailable: Meta does not deliver marketing there
     │   ├── TemplateNotFound ············ 422 template_not_found
     │   ├── TemplateNotApproved ········· 422 template_not_approved
     │   ├── TemplateParametersInvalid ··· 422 template_parameters_invalid
@@ -149,6 +150,10 @@ class MarketingLimited(GateError):
     def __init__(self, detail: str, retry_after: int = 86_400, **context: Any) -> None:
         super().__init__(detail, retry_after=retry_after, **context)
         self.headers["Retry-After"] = str(retry_after)
+
+
+class MarketingUnavailable(GateError):
+    code, status, title = "marketing_unavailable", 409, "Marketing templates are not delivered there"
 
 
 class TemplateNotFound(GateError):

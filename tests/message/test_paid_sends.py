@@ -81,6 +81,65 @@ async def test_marketing_refused_to_opted_out_customer_utility_still_passes(sync
     ).status_code == 201
 
 
+US = "+1 415 555 0100"
+
+
+async def test_marketing_template_to_a_us_number_refused_before_it_costs_anything(
+    synced: Gated, simulator: FastAPI
+) -> None:
+    client, engine = synced
+    refused = await client.post("/v1/messages", json=template("spring_sale", "en", "Ana", to=US))
+    problem = assert_problem(refused, 409, "marketing_unavailable")
+    assert (problem["country"], problem["effective_from"]) == ("US", "2025-04-01")
+    assert sends(simulator) == 0 and await count(engine, "messages") == 0
+    # Utility still reaches US numbers; Canada shares +1 but not the restriction.
+    utility = await client.post("/v1/messages", json=template("order_update", "en", "Ana", "#1", to=US))
+    assert utility.status_code == 201, utility.text
+    canada = await client.post(
+        "/v1/messages", json=template("spring_sale", "en", "Ana", to="+1 416 555 0100")
+    )
+    assert canada.status_code == 201, canada.text
+    assert sends(simulator) == 2
+
+
+async def test_us_marketing_refusal_has_metas_shape_through_the_graph_pass_through(
+    synced: Gated, simulator: FastAPI
+) -> None:
+    client, _ = synced
+    body = {k: v for k, v in template("spring_sale", "en", "Ana", to=US).items() if k != "phone_number_id"}
+    r = await client.post(f"/graph/v25.0/{PN}/messages", json={"messaging_product": "whatsapp", **body})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == 131049 and error["window_gate"]["code"] == "marketing_unavailable"
+    assert sends(simulator) == 0
+
+
+async def test_us_marketing_passes_with_the_restrictions_switched_off(
+    synced: Gated, settings: Settings, simulator: FastAPI
+) -> None:
+    client, _ = synced
+    unrestricted = settings.model_copy(update={"marketing_restrictions": False})
+    app = create_app(unrestricted, httpx.ASGITransport(app=simulator))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://gate", headers=client.headers
+        ) as other,
+    ):
+        sent = await other.post("/v1/messages", json=template("spring_sale", "en", "Ana", to=US))
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["pricing_estimate"]["market"] == "North America"
+
+
+async def test_utility_template_inside_the_window_is_billed_since_october_2026(synced: Gated) -> None:
+    client, _ = synced
+    await open_window(client, BR)
+    sent = await client.post("/v1/messages", json=template("order_update", "en", "Ana", "#2"))
+    estimate = sent.json()["pricing_estimate"]
+    assert estimate["inside_csw"] is True and estimate["billable"] is True
+    assert Decimal(estimate["amount"]) == Decimal("0.007") and estimate["unsure"] is True
+
+
 async def test_send_records_a_cost_estimate(synced: Gated) -> None:
     client, engine = synced
     paid = (await client.post("/v1/messages", json=template("spring_sale", "en", "Ana"))).json()

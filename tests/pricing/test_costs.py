@@ -20,7 +20,7 @@ from tests.factories import PN
 from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
 from window_gate.errors import BudgetExceeded
-from window_gate.pricing import service
+from window_gate.pricing import repository, service
 
 OTHER_PN = "999000111222333"
 INSERT = text(
@@ -340,3 +340,27 @@ async def test_cli_budgets_set(gate: tuple[httpx.AsyncClient, AsyncEngine], data
     assert missing.returncode == 1 and "no API key" in missing.stderr
     euros = await asyncio.to_thread(run, "phone_number", PN, "--limit", "1", "--currency", "EUR")
     assert euros.returncode == 1 and "rate card's currency, USD" in euros.stderr
+
+
+async def test_the_free_tier_count_stops_at_the_tier(engine: AsyncEngine) -> None:
+    """A busy number's month is counted only as far as the free tier needs (`paid_after:N`)."""
+    key = await key_id(engine, "tier")
+    for day in (2, 3, 4):
+        await seed(engine, key, day, "service", "Brazil", "0")
+    await seed(engine, key, 5, "service", "Brazil", "0", month=10)  # another month
+    start, end = service.month_bounds(datetime(2026, 11, 20, tzinfo=UTC))
+    async with engine.connect() as conn:
+        assert await repository.sent_this_month(conn, PN, "service", start, end, 1000) == 3
+        assert await repository.sent_this_month(conn, PN, "service", start, end, 2) == 2
+
+
+async def test_reported_cost_of_a_split_market_at_its_former_regions_rate(
+    gate: tuple[httpx.AsyncClient, AsyncEngine],
+) -> None:
+    """Meta billed a Bangladesh service message; the EXAMPLE card predates the split and has no Service
+    rate: the report prices it at Rest of Asia Pacific's utility rate, not Other's."""
+    client, engine = gate
+    key = await key_id(engine, "dhaka")
+    await seed(engine, key, 2, "service", "Bangladesh", "0.0113", pricing=REGULAR | {"category": "service"})
+    report = await costs(client, "market")
+    assert money(report["totals"]["reported_amount"]) == Decimal("0.0113")

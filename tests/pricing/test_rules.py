@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -22,12 +23,22 @@ from window_gate.pricing.rules import (
     RateCard,
     Tables,
     estimate,
+    marketing_restriction,
     message_category,
     parse_markets,
     parse_matrix,
     parse_rate_card,
+    parse_restrictions,
 )
-from window_gate.pricing.tables import EXAMPLE_RATE_CARD, MARKETS, MATRIX, bundled, configured, load_tables
+from window_gate.pricing.tables import (
+    EXAMPLE_RATE_CARD,
+    MARKETS,
+    MATRIX,
+    RESTRICTIONS,
+    bundled,
+    configured,
+    load_tables,
+)
 from window_gate.window.rule import WindowState
 from window_gate.window.schemas import CustomerOut, FreeEntryPointOut, WindowOut
 
@@ -51,6 +62,7 @@ def tables(*, apply_unsure: bool = False, card: str = CARD) -> Tables:
         card=RateCard.of([parse_rate_card(card, "card.csv")]),
         matrix=parse_matrix(bundled(MATRIX), MATRIX, apply_unsure=apply_unsure),
         markets=parse_markets(bundled(MARKETS), MARKETS),
+        restrictions=parse_restrictions(bundled(RESTRICTIONS), RESTRICTIONS),
     )
 
 
@@ -127,7 +139,7 @@ def test_utility_inside_window_free_until_the_reported_october_2026_row_is_switc
         ).billable
 
     before, after = datetime(2026, 9, 30, 23, 59, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)
-    assert not utility_in_window(tables(), after)  # unsure rows are off by default
+    assert not utility_in_window(tables(), after)  # unsure rows are off when the setting is
     assert not utility_in_window(tables(apply_unsure=True), before)
     assert utility_in_window(tables(apply_unsure=True), after)
     est = estimate(
@@ -169,6 +181,40 @@ def test_reported_service_tier_first_thousand_a_month_free() -> None:
     ).amount == Decimal(0)  # the free entry point stays free
 
 
+def test_october_2026_rows_apply_by_default_and_the_setting_turns_them_off() -> None:
+    def utility_in_window(t: Tables) -> bool:
+        return estimate(
+            t, category="UTILITY", recipient=BRAZIL, inside_csw=True, inside_fep=False, at=NOV_2026
+        ).billable
+
+    assert utility_in_window(configured(load_settings(sandbox=True)))
+    assert not utility_in_window(configured(load_settings(sandbox=True, pricing_apply_unsure=False)))
+
+
+def test_service_priced_from_the_cards_service_column_else_the_utility_rate() -> None:
+    def service(card: str, recipient: str) -> Decimal | None:
+        est = estimate(
+            tables(apply_unsure=True, card=card),
+            category=None,
+            recipient=recipient,
+            inside_csw=True,
+            inside_fep=False,
+            at=NOV_2026,
+            sent_this_month=1000,
+        )
+        assert est.billable and est.amount == (est.rate or 0)
+        return est.rate
+
+    assert service(CARD, "+999 555 0100") == Decimal("0.0040")  # Other has a Service rate
+    assert service(CARD, BRAZIL) == Decimal("0.0068")  # n/a: Brazil's utility rate
+    no_column = CARD.replace(',"Authentication-\nInternational",Service', ',"Authentication-\nInternational"')
+    no_column = "\n".join(
+        line.rpartition(",")[0] if line.count(",") == 6 else line for line in no_column.splitlines()
+    )
+    assert "Service" not in no_column
+    assert service(no_column, "+999 555 0100") == Decimal("0.0077")  # no column: Other's utility rate
+
+
 def test_template_category_names() -> None:
     assert message_category("MARKETING") is Category.MARKETING
     assert message_category("utility") is Category.UTILITY
@@ -205,15 +251,158 @@ def test_template_category_names() -> None:
     ],
 )
 def test_market_from_calling_code(recipient: str, market: str) -> None:
-    assert tables().markets.lookup(recipient).name == market
+    assert tables().markets.lookup(recipient, SEP_2026).name == market
+
+
+SEP_2026, OCT_2026 = date(2026, 9, 30), date(2026, 10, 1)
+SPLIT_OUT = [
+    ("+880 1712 345678", "Bangladesh", "Rest of Asia Pacific"),
+    ("+964 770 123 4567", "Iraq", "Rest of Middle East"),
+    ("+977 984 1234567", "Nepal", "Rest of Asia Pacific"),
+    ("+94 71 234 5678", "Sri Lanka", "Rest of Asia Pacific"),
+    ("+7 701 123 4567", "Kazakhstan", OTHER),
+    ("+7 601 123 4567", "Kazakhstan", OTHER),
+    ("+965 5012 3456", "Kuwait", "Rest of Middle East"),
+    ("+212 612 345678", "Morocco", "Rest of Africa"),
+    ("+968 9212 3456", "Oman", "Rest of Middle East"),
+    ("+380 50 123 4567", "Ukraine", "Rest of Central & Eastern Europe"),
+]
+
+
+@pytest.mark.parametrize(("recipient", "market", "region"), SPLIT_OUT)
+def test_nine_markets_stand_alone_from_october_2026(recipient: str, market: str, region: str) -> None:
+    markets = tables().markets
+    assert markets.lookup(recipient, SEP_2026).name == region
+    assert markets.lookup(recipient, OCT_2026).name == market
+    assert markets.lookup(recipient).name == market  # no day: the newest rows
+    assert markets.fallbacks(market) == (region,)
+
+
+def test_a_split_market_pays_its_former_regions_rate_until_the_card_names_it() -> None:
+    card = CARD.replace("Other,$US", "Rest of Asia Pacific,$US,0.0730,0.0113,0.0113,n/a,n/a\nOther,$US")
+    before = estimate(
+        tables(card=card),
+        category="UTILITY",
+        recipient="+880 1712 345678",
+        inside_csw=False,
+        inside_fep=False,
+        at=datetime(2026, 9, 30, 12, tzinfo=UTC),
+    )
+    after = estimate(
+        tables(card=card),
+        category="UTILITY",
+        recipient="+880 1712 345678",
+        inside_csw=False,
+        inside_fep=False,
+        at=NOV_2026,
+    )
+    assert (before.market, before.amount) == ("Rest of Asia Pacific", Decimal("0.0113"))
+    assert (after.market, after.amount) == ("Bangladesh", Decimal("0.0113"))  # not Other's 0.0077
+    named = card.replace("Other,$US", "Bangladesh,$US,0.0700,0.0050,0.0050,0.0900,n/a\nOther,$US")
+    assert estimate(
+        tables(card=named),
+        category="UTILITY",
+        recipient="+880 1712 345678",
+        inside_csw=False,
+        inside_fep=False,
+        at=NOV_2026,
+    ).amount == Decimal("0.0050")
 
 
 def test_every_market_of_the_table_is_in_the_example_card_and_back() -> None:
     t = load_tables(None, None, False)
     card_markets = {m for m, _ in t.card.editions[0].rates}
-    table_markets = {m.name for m in t.markets.by_calling_code.values()}
-    assert table_markets <= card_markets and card_markets - table_markets == set()
+    table_markets = {m.name for rows in t.markets.by_calling_code.values() for m in rows}
+    priced = {m for m in table_markets if m in card_markets or set(t.markets.fallbacks(m)) & card_markets}
+    assert priced == table_markets and card_markets - table_markets == set()
     assert t.card.sources == [EXAMPLE_RATE_CARD] and "EXAMPLE" in bundled(EXAMPLE_RATE_CARD).splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("recipient", "iso2"),
+    [
+        ("+1 415 555 0100", "US"),
+        ("+1 212 555 0100", "US"),
+        ("+1 416 555 0100", "CA"),  # Toronto
+        ("+1 604 555 0100", "CA"),  # Vancouver
+        ("+1 876 555 0100", "JM"),
+        ("+1 787 555 0100", "PR"),
+        ("CA.13491208655302741918", "CA"),
+    ],
+)
+def test_plus_one_numbers_resolve_to_their_country_by_area_code(recipient: str, iso2: str) -> None:
+    market = tables().markets.lookup(recipient)
+    assert market.iso2 == iso2
+    assert market.name in ("North America", "Rest of Latin America")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("880,BD,Bangladesh,Bangladesh,2026-10-01", "880,BD,Bangladesh,Bangladesh,2026-13-01"),
+        ("880,BD,Bangladesh,Bangladesh,2026-10-01", "880,BD,Bangladesh,Bangladesh,"),
+    ],
+)
+def test_malformed_market_row_names_the_line(edit: tuple[str, str]) -> None:
+    bad = bundled(MARKETS).replace(*edit)
+    line = next(i for i, row in enumerate(bad.splitlines(), 1) if row == edit[1])
+    with pytest.raises(PricingDataError, match=rf"m\.csv, line {line}: "):
+        parse_markets(bad, "m.csv")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where Meta does not deliver marketing templates
+
+US = "+1 415 555 0100"
+
+
+@pytest.mark.parametrize(
+    ("recipient", "at", "restricted"),
+    [
+        (US, datetime(2025, 3, 31, 23, 59, tzinfo=UTC), False),  # the day before the row
+        (US, datetime(2025, 4, 1, tzinfo=UTC), True),
+        (US, NOV_2026, True),
+        ("14155550100", NOV_2026, True),
+        ("US.13491208655302741918", NOV_2026, True),  # a BSUID carries its country
+        ("+1 416 555 0100", NOV_2026, False),  # Canada shares +1, not the restriction
+        ("+1 787 555 0100", NOV_2026, False),  # Puerto Rico: its own row in markets.csv
+        (BRAZIL, NOV_2026, False),
+    ],
+)
+def test_marketing_to_us_numbers_restricted_from_april_2025(
+    recipient: str, at: datetime, restricted: bool
+) -> None:
+    found = marketing_restriction(tables(), recipient, at)
+    assert (found is not None) == restricted
+    if found is not None:
+        market, row = found
+        assert (market.iso2, row.country, row.effective_from) == ("US", "US", date(2025, 4, 1))
+
+
+def test_marketing_restrictions_end_on_their_last_day_and_the_setting_turns_them_off() -> None:
+    ended = bundled(RESTRICTIONS).replace("2025-04-01,,US", "2025-04-01,2026-06-30,US")
+    t = tables()
+    t = Tables(t.card, t.matrix, t.markets, parse_restrictions(ended, RESTRICTIONS))
+    assert marketing_restriction(t, US, datetime(2026, 6, 30, 23, tzinfo=UTC)) is not None
+    assert marketing_restriction(t, US, datetime(2026, 7, 1, tzinfo=UTC)) is None
+    assert marketing_restriction(configured(load_settings(sandbox=True)), US, NOV_2026) is not None
+    off = configured(load_settings(sandbox=True, marketing_restrictions=False))
+    assert marketing_restriction(off, US, NOV_2026) is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("2025-04-01,,US", "2025-04-31,,US"), "day is out of range"),
+        (("2025-04-01,,US", "2025-04-01,,USA"), "'USA' is not a two-letter code"),
+        (("2025-04-01,,US", "2025-04-01,2025-03-01,US"), "effective_to is before effective_from"),
+    ],
+)
+def test_malformed_restriction_names_the_line(edit: tuple[str, str], message: str) -> None:
+    bad = bundled(RESTRICTIONS).replace(*edit)
+    line = next(i for i, row in enumerate(bad.splitlines(), 1) if row.startswith(edit[1]))
+    with pytest.raises(PricingDataError, match=rf"r\.csv, line {line}: .*{message}"):
+        parse_restrictions(bad, "r.csv")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -338,6 +527,16 @@ def test_window_flags_err_towards_paid() -> None:
     assert service.window_flags(window(WindowState.OPEN, first_reply), now) == (True, True)
     running = first_reply.model_copy(update={"active": True, "started_at": referral})
     assert service.window_flags(window(WindowState.EXPIRED, running), now) == (False, True)
+
+
+def test_months_are_utc_unless_a_time_zone_is_given() -> None:
+    at = datetime(2026, 11, 1, 1, tzinfo=UTC)  # still October in São Paulo (UTC−3, no summer time)
+    sao_paulo = ZoneInfo("America/Sao_Paulo")
+    assert service.month_of(at) == date(2026, 11, 1)
+    assert service.month_of(at, sao_paulo) == date(2026, 10, 1)
+    assert service.month_bounds(at) == (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    start, end = service.month_bounds(at, sao_paulo)
+    assert (start, end) == (datetime(2026, 10, 1, 3, tzinfo=UTC), datetime(2026, 11, 1, 3, tzinfo=UTC))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,7 @@ async def test_free_form_inside_the_window_is_sent_delivered_read(sim: Sim) -> N
             "category": "service",
             "type": "free_customer_service",
         }
+        assert "conversation" not in s  # Graph v24+: only inside a free-entry-point window
     delivery = sim.receiver.payloads[-1]
     assert delivery["object"] == "whatsapp_business_account" and delivery["entry"][0]["id"] == WABA
     change = delivery["entry"][0]["changes"][0]
@@ -236,6 +237,64 @@ async def test_template_passes_outside_the_window(sim: Sim) -> None:
         "category": "utility",
         "type": "regular",
     }
+
+
+REFERRAL = {
+    "source_url": "https://fb.me/3cr4Wqqkv",
+    "source_id": "120211111111111111",
+    "source_type": "ad",
+    "headline": "Spring sale",
+    "body": "20% off",
+    "media_type": "image",
+    "ctwa_clid": "ARAkxyz",
+}
+FREE_ENTRY_POINT = {
+    "billable": False,
+    "pricing_model": "PMP",
+    "category": "referral_conversion",
+    "type": "free_entry_point",
+}
+
+
+async def test_reply_to_an_ad_click_starts_a_free_entry_point_priced_as_meta_does(sim: Sim) -> None:
+    await sim.inbound(referral=REFERRAL)
+    await sim.client.post("/sandbox/clock", json={"advance_seconds": 3600})
+    replied = sim.state.now()
+    await sim.send(template("spring_sale", "en", "Ana"))
+    await sim.state.idle()
+    statuses = sim.receiver.statuses()
+    assert [s["status"] for s in statuses] == ["sent", "delivered", "read"]
+    assert all(s["pricing"] == FREE_ENTRY_POINT for s in statuses)
+    assert all(s["conversation"]["origin"] == {"type": "referral_conversion"} for s in statuses)
+    assert len({s["conversation"]["id"] for s in statuses}) == 1
+    ends = int(statuses[0]["conversation"]["expiration_timestamp"])  # on `sent` only
+    assert abs(ends - (replied + timedelta(hours=72)).timestamp()) < 2
+    assert "expiration_timestamp" not in statuses[1]["conversation"]
+
+    # 25 h on the service window has closed, the free one runs: a template is still free, same window.
+    await sim.client.post("/sandbox/clock", json={"advance_seconds": 25 * 3600})
+    await sim.send(template("spring_sale", "en", "Ana"))
+    await sim.state.idle()
+    later = sim.receiver.statuses()[3:]
+    assert later[0]["pricing"] == FREE_ENTRY_POINT
+    assert later[0]["conversation"]["id"] == statuses[0]["conversation"]["id"]
+    # Past its 72 h: paid again, no conversation object.
+    await sim.client.post("/sandbox/clock", json={"advance_seconds": 48 * 3600})
+    await sim.send(template("spring_sale", "en", "Ana"))
+    await sim.state.idle()
+    last = sim.receiver.statuses()[6:]
+    assert last[0]["pricing"]["type"] == "regular" and "conversation" not in last[0]
+
+
+async def test_no_free_entry_point_without_an_ad_click_or_after_24h(sim: Sim) -> None:
+    await sim.inbound()  # no referral
+    await sim.send(template("spring_sale", "en", "Ana"))
+    await sim.inbound("+1 415 555 0100", referral=REFERRAL, ago_seconds=25 * 3600)  # replied too late
+    await sim.send(template("spring_sale", "en", "Ana", to="+1 415 555 0100"))
+    await sim.state.idle()
+    sent = [s for s in sim.receiver.statuses() if s["status"] == "sent"]
+    assert [s["pricing"]["category"] for s in sent] == ["marketing", "marketing"]
+    assert all(s["pricing"]["type"] == "regular" and "conversation" not in s for s in sent)
 
 
 async def test_reset_forgets_the_window(sim: Sim) -> None:
@@ -433,6 +492,27 @@ async def test_simulator_inbound_opens_the_gates_window(
     assert sim.state.stats()["webhooks"] == {"posted": 4, "failed": 0}
 
 
+async def test_simulators_free_entry_point_reaches_the_gates_window(
+    open_sim: OpenSim, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    async def into_the_gate(request: httpx.Request) -> httpx.Response:
+        headers = {k: request.headers[k] for k in ("content-type", "x-hub-signature-256")}
+        answer = await client.post(request.url.path, content=request.content, headers=headers)
+        return httpx.Response(answer.status_code, content=answer.content)
+
+    sim = await open_sim(
+        webhook_url="http://gate/webhooks/whatsapp", webhook_transport=httpx.MockTransport(into_the_gate)
+    )
+    await sim.inbound(referral=REFERRAL)
+    await sim.send(template("spring_sale", "en", "Ana"))
+    await sim.state.idle()
+    window = (await client.get(f"/v1/windows/{PN}/{CUSTOMER}", headers=admin_headers)).json()
+    fep = window["free_entry_point"]
+    assert fep["active"] is True
+    ends = datetime.fromisoformat(fep["expires_at"]).timestamp()
+    assert abs(ends - (sim.state.now() + timedelta(hours=72)).timestamp()) < 5
+
+
 @pytest.mark.parametrize(
     ("flags", "kept_in"),
     [
@@ -480,6 +560,19 @@ async def test_idle_is_bounded(sim: Sim) -> None:
 
 
 # --- what survives a restart (Meta does not forget) ---------------------------------------------------------
+async def test_a_restarted_simulator_keeps_its_free_entry_points(open_sim: OpenSim, tmp_path: Path) -> None:
+    sim = await open_sim(data_dir=tmp_path)
+    await sim.inbound(referral=REFERRAL)
+    await sim.send(template("spring_sale", "en", "Ana"))
+    await sim.state.idle()
+    [conversation] = {s["conversation"]["id"] for s in sim.receiver.statuses()}
+    restarted = await open_sim(data_dir=tmp_path)  # no clean stop
+    await restarted.send(template("spring_sale", "en", "Ana"))
+    await restarted.state.idle()
+    statuses = restarted.receiver.statuses()
+    assert statuses[0]["pricing"] == FREE_ENTRY_POINT and statuses[0]["conversation"]["id"] == conversation
+
+
 async def test_a_restarted_simulator_keeps_its_windows(open_sim: OpenSim, tmp_path: Path) -> None:
     bsuid = "US.13491208655302741918"
     sim = await open_sim(data_dir=tmp_path)

@@ -17,6 +17,7 @@ from window_gate.errors import (
     IdempotencyConflict,
     InvalidRecipient,
     MarketingLimited,
+    MarketingUnavailable,
     NotFound,
     OptedOut,
     RateLimited,
@@ -69,6 +70,7 @@ IdempotencyKey = Annotated[
         TemplateParametersInvalid,
         OptedOut,
         Undeliverable,
+        MarketingUnavailable,
         BudgetExceeded,
         IdempotencyConflict,
         MarketingLimited,
@@ -102,6 +104,7 @@ async def send_message(
         OptedOut,
         MarketingLimited,
         Undeliverable,
+        MarketingUnavailable,
         IdempotencyConflict,
         RateLimited,
         UpstreamError,
@@ -120,7 +123,8 @@ async def send_template(
     header's placeholders, then the body's) or by name (an object, NAMED templates), a media header, and
     button values by index. The registry's components place them; the built message then goes through
     `POST /v1/messages` unchanged (checked, recorded before it leaves, idempotent) and the answer is the
-    same. Refusals: 422 `template_not_found`, `template_not_approved`, `template_parameters_invalid`."""
+    same. Refusals: 422 `template_not_found`, `template_not_approved`, `template_parameters_invalid`;
+    409 `marketing_unavailable` (a marketing template to a country Meta does not deliver marketing to)."""
     caller.require_number(body.phone_number_id)
     state = gate(request)
     async with state.engine.connect() as conn:
@@ -171,6 +175,12 @@ META_SHAPES: dict[str, tuple[int, int, str]] = {
     "template_not_approved": (400, 132015, "Template is paused"),
     "template_parameters_invalid": (400, 132000, "Number of parameters does not match the expected number"),
     "opted_out": (400, 131050, "User has stopped marketing messages"),
+    # What Meta's failed status says of a marketing template to a US number since 2025-04-01.
+    "marketing_unavailable": (
+        400,
+        131049,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
+    ),
     "budget_exceeded": (400, 131042, "Business eligibility payment issue"),
     "marketing_limited": (
         400,

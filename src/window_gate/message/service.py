@@ -150,17 +150,21 @@ def checked(caller: Caller, body: dict[str, Any], idempotency_key: str | None) -
 
 
 async def decide(gate: Gate, request: Request) -> Decision:
-    """The window, the template and consent checks, and the price; a refusal raises here, before any
-    write."""
+    """The window, the template, marketing delivery and consent checks, and the price; a refusal raises
+    here, before any write."""
     now = window_service.now()
     [window] = await window_service.check(
         gate.hot, request.phone_number_id, [request.ref], gate.part(Policy), now
     )
     template: TemplateInfo | None = None
+    tables = gate.part(Tables)
+    recipient = window.customer.wa_id or window.customer.user_id or request.to
     if request.kind == TEMPLATE:
         async with gate.engine.connect() as conn:
             template = await templates.check_send(conn, request.phone_number_id, request.body[TEMPLATE])
+            # The registry's word only: a template it does not know is not refused on a guess.
             if template.category == MARKETING:
+                pricing.check_marketing_delivered(tables, recipient=recipient, at=now)
                 await consent.check_marketing(conn, request.phone_number_id, request.ref.aliases())
                 await consent.check_hold(conn, request.phone_number_id, request.ref.aliases(), now)
     elif not window.can_send_free_form:
@@ -171,11 +175,11 @@ async def decide(gate: Gate, request: Request) -> Decision:
         )
     estimate = await pricing.estimate_send(
         gate.autocommit,
-        gate.part(Tables),
+        tables,
         phone_number_id=request.phone_number_id,
         # An unknown template category is priced as the dearest (marketing), so budgets err on the safe side.
         category=(template.category or MARKETING) if template else None,
-        recipient=window.customer.wa_id or window.customer.user_id or request.to,
+        recipient=recipient,
         window=window,
         at=now,
     )

@@ -43,13 +43,19 @@ class Standing:
 
 # The statements of every paid send, built once (SQLAlchemy then only keys its cache per call).
 # Sends of one category from one number this calendar month that left (or may have): the `paid_after:N`
-# cells of the billability matrix count these.
-SENT_THIS_MONTH = select(func.count()).where(
-    Message.phone_number_id == bindparam("phone_number_id"),
-    Message.pricing_category == bindparam("category"),
-    Message.created_at >= bindparam("month_start"),
-    Message.created_at < bindparam("month_end"),
-    or_(Message.graph_message_id.is_not(None), Message.status.in_(("pending", "unknown"))),
+# cells of the billability matrix count these, up to N (a busy number's month is not counted whole on
+# every reply).
+SENT_THIS_MONTH = select(func.count()).select_from(
+    select(literal(1))
+    .where(
+        Message.phone_number_id == bindparam("phone_number_id"),
+        Message.pricing_category == bindparam("category"),
+        Message.created_at >= bindparam("month_start"),
+        Message.created_at < bindparam("month_end"),
+        or_(Message.graph_message_id.is_not(None), Message.status.in_(("pending", "unknown"))),
+    )
+    .limit(bindparam("cap"))
+    .subquery()
 )
 ENSURE_SPEND = insert(BudgetSpend).on_conflict_do_nothing(
     index_elements=[BudgetSpend.scope, BudgetSpend.scope_id, BudgetSpend.month]
@@ -94,13 +100,20 @@ RELEASE = (
 
 
 async def sent_this_month(
-    conn: AsyncConnection, phone_number_id: str, category: str, month_start: datetime, month_end: datetime
+    conn: AsyncConnection,
+    phone_number_id: str,
+    category: str,
+    month_start: datetime,
+    month_end: datetime,
+    cap: int,
 ) -> int:
+    """How many, counting no further than `cap`."""
     params = {
         "phone_number_id": phone_number_id,
         "category": category,
         "month_start": month_start,
         "month_end": month_end,
+        "cap": cap,
     }
     return int((await conn.execute(SENT_THIS_MONTH, params)).scalar_one())
 

@@ -7,6 +7,7 @@ Pricing changes at quarter starts and some of it is only reported, not documente
 
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -67,47 +68,89 @@ class Market:
     name: str
     calling_code: str | None = None
     country: str | None = None
+    iso2: str | None = None  # the recipient's country as the gate resolves it (US vs Canada by area code)
+    effective_from: date = date.min
+
+
+def _in_force(rows: tuple[Market, ...], on: date | None) -> Market:
+    """The newest row not after `on` (None: the newest); before the first row the first answers."""
+    if on is None:
+        return rows[-1]
+    return next((m for m in reversed(rows) if m.effective_from <= on), rows[0])
 
 
 @dataclass(frozen=True, slots=True)
 class Markets:
-    by_calling_code: dict[str, Market]
-    by_iso2: dict[str, Market]
+    by_calling_code: dict[str, tuple[Market, ...]]  # each code's rows, oldest first
+    by_iso2: dict[str, tuple[Market, ...]]
     longest: int
+    former: dict[str, str]  # a market Meta split out of a region → that region
 
-    def lookup(self, recipient: str) -> Market:
-        """A wa_id or phone number in any spelling, or a BSUID ("US.1349…"); unknown → "Other"."""
+    def lookup(self, recipient: str, on: date | None = None) -> Market:
+        """A wa_id or phone number in any spelling, or a BSUID ("US.1349…"), by the rows in force on `on`
+        (None: the newest rows); unknown → "Other"."""
         text = recipient.strip()
         bsuid = re.fullmatch(r"([A-Za-z]{2})\.\S+", text)
         if bsuid:
-            return self.by_iso2.get(bsuid.group(1).upper(), Market(OTHER))
+            rows = self.by_iso2.get(bsuid.group(1).upper())
+            return _in_force(rows, on) if rows else Market(OTHER)
         digits = re.sub(r"\D", "", text)
         digits = digits[2:] if digits.startswith("00") else digits  # international prefix "00"
         for size in range(min(self.longest, len(digits)), 0, -1):
             found = self.by_calling_code.get(digits[:size])
             if found is not None:
-                return found
+                return _in_force(found, on)
         return Market(OTHER)
+
+    def fallbacks(self, name: str) -> tuple[str, ...]:
+        """The regions a market was split out of, nearest first: a rate card from before the split prices
+        it at its former region's rate."""
+        chain: list[str] = []
+        while (name := self.former.get(name, "")) and name not in chain:
+            chain.append(name)
+        return tuple(chain)
+
+
+MARKET_COLUMNS = ["calling_code", "iso2", "country", "market", "effective_from"]
 
 
 def parse_markets(text: str, source: str = "markets.csv") -> Markets:
-    """calling_code,iso2,country,market rows; '#' lines are comments."""
-    by_code: dict[str, Market] = {}
-    by_iso2: dict[str, Market] = {}
-    for line, row in _rows(text, source, ["calling_code", "iso2", "country", "market"]):
-        code, iso2, country, name = (row[k] for k in ("calling_code", "iso2", "country", "market"))
+    """calling_code,iso2,country,market,effective_from rows ('#' lines are comments). A code's newest row
+    not after a day applies on that day; an empty effective_from means from the start."""
+    by_code: dict[str, list[Market]] = {}
+    by_iso2: dict[str, dict[date, Market]] = {}
+    for line, row in _rows(text, source, MARKET_COLUMNS):
+        code, iso2, country, name, since = (row[k] for k in MARKET_COLUMNS)
         if not code.isdigit() or not re.fullmatch(r"[A-Z]{2}", iso2) or not name:
             raise PricingDataError(f"{source}, line {line}: want digits, a two-letter code and a market")
-        market = Market(name, code, country)
-        previous = by_code.setdefault(code, market)
-        if previous.name != name:
+        try:
+            effective = date.fromisoformat(since) if since else date.min
+        except ValueError:
             raise PricingDataError(
-                f"{source}, line {line}: calling code {code} is already market {previous.name!r}"
+                f"{source}, line {line}: effective_from {since!r} is not YYYY-MM-DD"
+            ) from None
+        rows = by_code.setdefault(code, [])
+        if any(m.effective_from == effective for m in rows):
+            raise PricingDataError(
+                f"{source}, line {line}: calling code {code} already has a row from {since or 'the start'}"
             )
-        by_iso2.setdefault(iso2, market)
+        market = Market(name, code, country, iso2, effective)
+        rows.append(market)
+        by_iso2.setdefault(iso2, {}).setdefault(effective, market)
     if not by_code:
         raise PricingDataError(f"{source}: no markets")
-    return Markets(by_code, by_iso2, max(len(c) for c in by_code))
+    ordered = {code: tuple(sorted(rows, key=lambda m: m.effective_from)) for code, rows in by_code.items()}
+    former: dict[str, str] = {}
+    for history in ordered.values():
+        for before, after in itertools.pairwise(history):
+            if before.name != after.name:
+                former.setdefault(after.name, before.name)
+    return Markets(
+        ordered,
+        {iso2: tuple(rows[d] for d in sorted(rows)) for iso2, rows in by_iso2.items()},
+        max(len(c) for c in ordered),
+        former,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -244,11 +287,20 @@ class RateCard:
         # Before the oldest edition the oldest answers: estimates need some rate, never a refusal.
         return next((e for e in reversed(self.editions) if e.effective_from <= on), self.editions[0])
 
-    def rate(self, market: str, category: Category, on: date) -> Decimal | None:
-        """The list rate; a market the card does not name pays the "Other" row."""
+    def rate(
+        self, market: str, category: Category, on: date, fallbacks: Sequence[str] = ()
+    ) -> Decimal | None:
+        """The list rate. A market the card does not name pays the first of `fallbacks` it names (the
+        region Meta split the market out of, for a card from before the split), else the "Other" row.
+        `service` without a rate in the card (no Service column, or n/a) pays the utility rate: that is
+        how Meta is reported to bill service messages from 2026-10-01."""
         edition = self.edition(on)
-        key = (market, category) if (market, category) in edition.rates else (OTHER, category)
-        return edition.rates.get(key)
+        # Marketing is a required column, so every market row of a card has that key.
+        row = next((m for m in (market, *fallbacks) if (m, Category.MARKETING) in edition.rates), OTHER)
+        rate = edition.rates.get((row, category))
+        if rate is None and category is Category.SERVICE:
+            rate = edition.rates.get((row, Category.UTILITY))
+        return rate
 
     @property
     def sources(self) -> list[str]:
@@ -418,6 +470,47 @@ def _rows(text: str, source: str, columns: list[str]) -> Iterator[tuple[int, dic
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Where Meta does not deliver marketing templates
+
+
+@dataclass(frozen=True, slots=True)
+class Restriction:
+    """Meta does not deliver marketing templates to recipients in `country` from `effective_from` to
+    `effective_to` (the last day, inclusive; None while it lasts)."""
+
+    effective_from: date
+    effective_to: date | None
+    country: str
+    note: str
+
+    def applies(self, country: str | None, on: date) -> bool:
+        in_force = self.effective_from <= on and (self.effective_to is None or on <= self.effective_to)
+        return country == self.country and in_force
+
+
+RESTRICTION_COLUMNS = ["effective_from", "effective_to", "country", "note"]
+
+
+def parse_restrictions(text: str, source: str = "marketing_restrictions.csv") -> tuple[Restriction, ...]:
+    """effective_from,effective_to,country,note rows; country is a two-letter code as markets.csv has it."""
+    rows: list[Restriction] = []
+    for line, raw in _rows(text, source, RESTRICTION_COLUMNS):
+        try:
+            since = date.fromisoformat(raw["effective_from"])
+            until = date.fromisoformat(raw["effective_to"]) if raw["effective_to"] else None
+        except ValueError as exc:
+            raise PricingDataError(f"{source}, line {line}: {exc}") from None
+        if not re.fullmatch(r"[A-Z]{2}", raw["country"]):
+            raise PricingDataError(
+                f"{source}, line {line}: country {raw['country']!r} is not a two-letter code"
+            )
+        if until is not None and until < since:
+            raise PricingDataError(f"{source}, line {line}: effective_to is before effective_from")
+        rows.append(Restriction(since, until, raw["country"], raw["note"]))
+    return tuple(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Estimates
 
 
@@ -428,6 +521,7 @@ class Tables:
     card: RateCard
     matrix: Matrix
     markets: Markets
+    restrictions: tuple[Restriction, ...] = ()  # empty: marketing_restrictions.csv switched off
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +571,19 @@ class Estimate:
         }
 
 
+def marketing_restriction(tables: Tables, recipient: str, at: datetime) -> tuple[Market, Restriction] | None:
+    """The restriction that stops a marketing template to `recipient` on the day of `at`, with the
+    recipient's market (its country), or None when Meta delivers it."""
+    on = utc_day(at)
+    market = tables.markets.lookup(recipient, on)
+    return next(((market, r) for r in tables.restrictions if r.applies(market.iso2, on)), None)
+
+
+def list_rate(tables: Tables, market: str, category: Category, on: date) -> Decimal | None:
+    """The card's rate for a market by name, as of `on` (see `RateCard.rate`)."""
+    return tables.card.rate(market, category, on, tables.markets.fallbacks(market))
+
+
 def utc_day(at: datetime) -> date:
     """The day rates and rules are looked up for (Meta changes them at midnight; UTC here, unsure)."""
     return at.astimezone(UTC).date() if at.tzinfo else at.date()
@@ -496,15 +603,15 @@ def estimate(
     AUTHENTICATION) or None for free-form; `recipient` a wa_id, phone number or BSUID.
     `sent_this_month`: earlier sends of this category from this number this month, for `paid_after:N`."""
     kind = message_category(category)
-    market = tables.markets.lookup(recipient).name
     on = utc_day(at)
+    market = tables.markets.lookup(recipient, on).name
     row = tables.matrix.row(kind, on)
     where = place(inside_csw=inside_csw, inside_fep=inside_fep)
     charge = row.cells[where]
     billable = charge.kind == "paid" or (
         charge.kind == "paid_after" and sent_this_month >= charge.free_per_month
     )
-    rate = tables.card.rate(market, kind, on)
+    rate = list_rate(tables, market, kind, on)
     amount = rate if billable and rate is not None else Decimal(0)
     reason = f"{kind.value} {where.value.replace('_', ' ')}: {charge} (since {row.effective_from}"
     reason += ", unsure)" if row.unsure else ")"

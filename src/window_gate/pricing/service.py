@@ -8,7 +8,7 @@ leaves, so concurrent sends from any number of replicas cannot pass it together.
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -17,7 +17,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from window_gate.apikey.rules import Caller
-from window_gate.errors import BudgetExceeded, Forbidden, NotFound, ValidationFailed
+from window_gate.errors import BudgetExceeded, Forbidden, MarketingUnavailable, NotFound, ValidationFailed
 from window_gate.pricing import repository
 from window_gate.pricing.rules import (
     OTHER,
@@ -25,6 +25,8 @@ from window_gate.pricing.rules import (
     Estimate,
     Tables,
     estimate,
+    list_rate,
+    marketing_restriction,
     message_category,
     place,
     utc_day,
@@ -46,18 +48,25 @@ MICRO = Decimal("0.000001")  # the precision money is stored with (Numeric(18, 6
 OTHER_KEYS = "other_keys"  # the costs group of the keys a limited key does not reach
 
 
-def month_of(at: datetime) -> date:
-    """Budgets and free tiers count calendar months in UTC."""
-    utc = at.astimezone(UTC)
-    return date(utc.year, utc.month, 1)
+def month_of(at: datetime, zone: tzinfo = UTC) -> date:
+    """Budgets and free tiers count calendar months in UTC. Meta counts its free tier in the business
+    account's time zone; `zone` is there for a number whose time zone is configured (none can be yet)."""
+    local = at.astimezone(zone)
+    return date(local.year, local.month, 1)
+
+
+def month_bounds(at: datetime, zone: tzinfo = UTC) -> tuple[datetime, datetime]:
+    """The first instant of the month of `at` in `zone`, and of the next month."""
+    month = month_of(at, zone)
+    return _midnight(month, zone), _midnight(_next_month(month), zone)
 
 
 def _next_month(month: date) -> date:
     return date(month.year + month.month // 12, month.month % 12 + 1, 1)
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), UTC)
+def _midnight(day: date, zone: tzinfo = UTC) -> datetime:
+    return datetime.combine(day, time(), zone)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,10 +105,10 @@ async def estimate_send(
     cell = tables.matrix.row(kind, utc_day(at)).cells[place(inside_csw=inside_csw, inside_fep=inside_fep)]
     sent = 0
     if cell.kind == "paid_after":
-        month = month_of(at)
+        start, end = month_bounds(at)
         async with engine.connect() as conn:
             sent = await repository.sent_this_month(
-                conn, phone_number_id, kind.value, _midnight(month), _midnight(_next_month(month))
+                conn, phone_number_id, kind.value, start, end, cell.free_per_month
             )
     return estimate(
         tables,
@@ -109,6 +118,23 @@ async def estimate_send(
         inside_fep=inside_fep,
         at=at,
         sent_this_month=sent,
+    )
+
+
+def check_marketing_delivered(tables: Tables, *, recipient: str, at: datetime) -> None:
+    """Raise MarketingUnavailable (409) when Meta does not deliver marketing templates to the recipient's
+    country on this day (marketing_restrictions.csv): refused before it is recorded or costs anything."""
+    found = marketing_restriction(tables, recipient, at)
+    if found is None:
+        return
+    market, restriction = found
+    raise MarketingUnavailable(
+        f"Meta does not deliver marketing templates to {market.country or restriction.country} numbers "
+        f"(since {restriction.effective_from}); nothing was sent",
+        country=restriction.country,
+        effective_from=restriction.effective_from.isoformat(),
+        effective_to=restriction.effective_to.isoformat() if restriction.effective_to else None,
+        hint="utility and authentication templates, and free-form replies inside the window, still reach them",
     )
 
 
@@ -373,5 +399,5 @@ def _reported_amount(tables: Tables, row: Row[Any]) -> Decimal:
     category = REPORTED_CATEGORIES.get(str(row.reported_category or "").lower())
     if category is None:
         return Decimal(0)
-    rate = tables.card.rate(row.market or OTHER, category, row.day)
+    rate = list_rate(tables, row.market or OTHER, category, row.day)
     return (rate or Decimal(0)) * int(row.reported)

@@ -15,12 +15,14 @@ from window_gate.pricing.rules import (
     parse_markets,
     parse_matrix,
     parse_rate_card,
+    parse_restrictions,
 )
 
 log = logging.getLogger(__name__)
 EXAMPLE_RATE_CARD = "rate_card_EXAMPLE_USD.csv"
 MATRIX = "billability.csv"
 MARKETS = "markets.csv"
+RESTRICTIONS = "marketing_restrictions.csv"
 
 
 def bundled(name: str) -> str:
@@ -60,15 +62,19 @@ def load_matrix(path: str | None, apply_unsure: bool) -> Matrix:
 
 
 @functools.cache
-def load_tables(rate_card: str | None, matrix: str | None, apply_unsure: bool) -> Tables:
-    """Everything `estimate` reads, as the settings name it (files are read once per process).
-    Raises PricingDataError naming the file and line of the first problem."""
+def load_tables(
+    rate_card: str | None, matrix: str | None, apply_unsure: bool, restrictions: bool = True
+) -> Tables:
+    """Everything `estimate` reads, as the settings name it (files are read once per process);
+    `restrictions` False leaves the marketing restrictions out. Raises PricingDataError naming the file
+    and line of the first problem."""
     if not rate_card:
         log.warning("no WINDOW_GATE_RATE_CARD: cost estimates use the bundled EXAMPLE rates, not Meta's")
     return Tables(
         card=load_card(rate_card),
         matrix=load_matrix(matrix, apply_unsure),
         markets=parse_markets(bundled(MARKETS), MARKETS),
+        restrictions=parse_restrictions(bundled(RESTRICTIONS), RESTRICTIONS) if restrictions else (),
     )
 
 
@@ -86,7 +92,12 @@ def configured(settings: Settings) -> Tables:
             read()
         except PricingDataError as exc:
             raise SettingsError(f"WINDOW_GATE_{name.upper()}: {exc}") from None
-    return load_tables(settings.rate_card, settings.billability_matrix, settings.pricing_apply_unsure)
+    return load_tables(
+        settings.rate_card,
+        settings.billability_matrix,
+        settings.pricing_apply_unsure,
+        settings.marketing_restrictions,
+    )
 
 
 def _read(path: str) -> str:

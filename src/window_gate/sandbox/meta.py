@@ -198,8 +198,16 @@ def envelope(waba_id: str, phone_number_id: str, display_phone_number: str, **va
     }
 
 
-def pricing(category: str, window_open: bool) -> dict[str, Any]:
-    """Per-message pricing (PMP): service replies and utility templates inside the window are free."""
+def pricing(category: str, window_open: bool, free_entry_point: bool = False) -> dict[str, Any]:
+    """Per-message pricing (PMP): everything inside a free-entry-point window is free and reported as a
+    `referral_conversion`; otherwise service replies and utility templates inside the window are free."""
+    if free_entry_point:
+        return {
+            "billable": False,
+            "pricing_model": "PMP",
+            "category": "referral_conversion",
+            "type": "free_entry_point",
+        }
     free = category == "service" or (category == "utility" and window_open)
     return {
         "billable": not free,

@@ -204,7 +204,13 @@ def _accept(
     state.accepted_message(message)
     state.accepted[pn] += 1
     category = template.category.lower() if template else "service"
-    state.spawn(_deliver(state, message, category, send.callback, failure))
+    # Free-form outside the window fails whatever the entry point: it starts no free window either.
+    fep = (
+        state.free_entry_point(pn, wa_id, send.user_id)
+        if category != "service" or message.window_open
+        else None
+    )
+    state.spawn(_deliver(state, message, category, send.callback, failure, fep))
     contact = {"input": send.input} | ({"wa_id": wa_id} if wa_id else {})
     contact |= {"user_id": send.user_id} if send.user_id else {}
     return {
@@ -215,10 +221,17 @@ def _accept(
 
 
 async def _deliver(
-    state: SimulatorState, message: SentMessage, category: str, callback: str | None, failure: int | None
+    state: SimulatorState,
+    message: SentMessage,
+    category: str,
+    callback: str | None,
+    failure: int | None,
+    fep: tuple[str, datetime] | None = None,
 ) -> None:
     """The status webhooks of one accepted message, in order, each after its configured delay; one
-    `failed` status with Meta's error instead when it cannot be delivered."""
+    `failed` status with Meta's error instead when it cannot be delivered. Inside a free-entry-point
+    window (`fep`: conversation id, end) they carry Meta's `conversation` object (its end on `sent` only)
+    and free `referral_conversion` pricing."""
     delays = state.config.status_delays
     if failure is None and category == "service" and not message.window_open:
         failure = RE_ENGAGEMENT
@@ -226,10 +239,17 @@ async def _deliver(
         await asyncio.sleep(delays[0])
         await _post_status(state, message, "failed", callback, errors=[MetaError(failure).as_status_error()])
         return
-    price = pricing(category, message.window_open)
+    price = pricing(category, message.window_open, free_entry_point=fep is not None)
     for status, delay in zip(("sent", "delivered", "read"), delays, strict=True):
         await asyncio.sleep(delay)
-        await _post_status(state, message, status, callback, pricing=price)
+        extra: dict[str, Any] = {"pricing": price}
+        if fep is not None:
+            conversation_id, ends = fep
+            conversation: dict[str, Any] = {"id": conversation_id, "origin": {"type": "referral_conversion"}}
+            if status == "sent":
+                conversation["expiration_timestamp"] = unix(ends)
+            extra["conversation"] = conversation
+        await _post_status(state, message, status, callback, **extra)
 
 
 async def _post_status(
@@ -390,7 +410,7 @@ async def inbound(request: Request, body: InboundIn) -> Response:
         messages=[message],
     )
     if body.type != "system":  # an identity event, not the customer writing
-        state.record_inbound(body.phone_number_id, wa_id, body.user_id, at)
+        state.record_inbound(body.phone_number_id, wa_id, body.user_id, at, referral=bool(body.referral))
     status = await state.post_webhook(payload)
     webhook = {
         "url": config.webhook_url,

@@ -8,6 +8,7 @@ process and start afresh. One simulator per data folder.
 """
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -47,6 +48,7 @@ class SimulatorConfig:
     throughput_per_second: int = 80  # per phone number, sliding one-second window (Meta's default)
     status_delays: tuple[float, float, float] = (0.05, 0.05, 0.05)  # before sent, delivered, read
     window: timedelta = timedelta(hours=24)
+    free_entry_point: timedelta = timedelta(hours=72)  # from the first reply within 24 h of an ad click
     webhook_retry_delays: tuple[float, ...] = (0.2, 1.0, 3.0)  # then the webhook is given up (and logged)
     clock: Callable[[], datetime] = _utcnow  # the simulator's "now"; POST /sandbox/clock shifts it
     monotonic: Callable[[], float] = time.monotonic  # throughput is measured in real seconds
@@ -162,6 +164,8 @@ class SimulatorState:
     def _clear(self) -> None:
         self.offset = timedelta(0)
         self.last_inbound: dict[tuple[str, str], datetime] = {}
+        self.referrals: dict[tuple[str, str], datetime] = {}  # the latest Click-to-WhatsApp ad message
+        self.fep_started: dict[tuple[str, str], datetime] = {}  # the reply that started its free window
         self.wa_by_user: dict[str, str] = {}  # BSUID → wa_id, learnt from inbound messages carrying both
         self.recent_sends: defaultdict[str, deque[float]] = defaultdict(deque)
         self.faults = Faults()
@@ -185,7 +189,12 @@ class SimulatorState:
         return [k for k in (f"wa:{wa_id}" if wa_id else "", f"user:{user_id}" if user_id else "") if k]
 
     def record_inbound(
-        self, phone_number_id: str, wa_id: str | None, user_id: str | None, at: datetime
+        self,
+        phone_number_id: str,
+        wa_id: str | None,
+        user_id: str | None,
+        at: datetime,
+        referral: bool = False,
     ) -> None:
         if wa_id and user_id:
             self.wa_by_user[user_id] = wa_id
@@ -193,7 +202,14 @@ class SimulatorState:
         for key in self.keys(wa_id, user_id):
             self._inbound(phone_number_id, key, at)
             self._journal({"inbound": [phone_number_id, key, at.isoformat()]})
+            if referral:
+                self._referral(phone_number_id, key, at)
+                self._journal({"referral": [phone_number_id, key, at.isoformat()]})
         self._flush()  # before the gate hears of it: the simulator must not forget what it opened
+
+    def _referral(self, phone_number_id: str, key: str, at: datetime) -> None:
+        seen = self.referrals.get((phone_number_id, key))
+        self.referrals[phone_number_id, key] = max(at, seen) if seen else at
 
     def _inbound(self, phone_number_id: str, key: str, at: datetime) -> None:
         seen = self.last_inbound.get((phone_number_id, key))
@@ -203,6 +219,31 @@ class SimulatorState:
         now = self.now()
         seen = [self.last_inbound.get((phone_number_id, k)) for k in self.keys(wa_id, user_id)]
         return any(at is not None and now - at < self.config.window for at in seen)
+
+    def free_entry_point(
+        self, phone_number_id: str, wa_id: str | None, user_id: str | None
+    ) -> tuple[str, datetime] | None:
+        """(conversation id, end) of the free-entry-point window a send now leaves in, or None. The
+        business's first reply within the 24 h after a Click-to-WhatsApp ad message starts one."""
+        now, keys = self.now(), self.keys(wa_id, user_id)
+        for key in keys:
+            started = self.fep_started.get((phone_number_id, key))
+            if started is not None and now < started + self.config.free_entry_point:
+                return self._fep(phone_number_id, key, started)
+        for key in keys:
+            referral = self.referrals.get((phone_number_id, key))
+            started = self.fep_started.get((phone_number_id, key))
+            if referral is None or now - referral >= self.config.window:
+                continue
+            if started is None or started < referral:
+                self.fep_started[phone_number_id, key] = now
+                self._journal({"fep": [phone_number_id, key, now.isoformat()]}, now=True)
+                return self._fep(phone_number_id, key, now)
+        return None
+
+    def _fep(self, phone_number_id: str, key: str, started: datetime) -> tuple[str, datetime]:
+        seed = f"{phone_number_id}|{key}|{started.isoformat()}".encode()
+        return hashlib.sha256(seed).hexdigest()[:32], started + self.config.free_entry_point
 
     def take_throughput(self, phone_number_id: str) -> bool:
         """One accepted message against the number's sliding one-second budget; False when it is spent."""
@@ -297,6 +338,7 @@ class SimulatorState:
         # A send journals four lines (message, sent, delivered, read) but only the last 10,000 messages
         # are kept: compact once the file holds several times what a snapshot would.
         live = len(self.last_inbound) + len(self.wa_by_user) + len(self.messages)
+        live += len(self.referrals) + len(self.fep_started)
         if self.journal.lines > COMPACT_MIN_LINES + 4 * live:
             self.journal.rewrite(self._snapshot())
 
@@ -304,6 +346,8 @@ class SimulatorState:
         records: list[Record] = [{"offset": self.offset.total_seconds()}]
         records += [{"user": [user, wa]} for user, wa in self.wa_by_user.items()]
         records += [{"inbound": [pn, k, at.isoformat()]} for (pn, k), at in self.last_inbound.items()]
+        records += [{"referral": [pn, k, at.isoformat()]} for (pn, k), at in self.referrals.items()]
+        records += [{"fep": [pn, k, at.isoformat()]} for (pn, k), at in self.fep_started.items()]
         return records + [{"message": m} for m in self.messages]
 
     def _replay(self, records: list[Record]) -> None:
@@ -314,6 +358,12 @@ class SimulatorState:
                 if "inbound" in record:
                     pn, key, at = record["inbound"]
                     self._inbound(str(pn), str(key), datetime.fromisoformat(at))
+                elif "referral" in record:
+                    pn, key, at = record["referral"]
+                    self._referral(str(pn), str(key), datetime.fromisoformat(at))
+                elif "fep" in record:
+                    pn, key, at = record["fep"]
+                    self.fep_started[str(pn), str(key)] = datetime.fromisoformat(at)
                 elif "user" in record:
                     user, wa = record["user"]
                     self.wa_by_user[str(user)] = str(wa)
