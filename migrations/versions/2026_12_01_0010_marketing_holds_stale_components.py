@@ -1,7 +1,7 @@
 """marketing holds (Meta's 131049 / 130472 remembered per number and customer); stale template components
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01 11:00:00
 
 `marketing_holds`: while a hold runs the gate refuses that customer's marketing templates itself.
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

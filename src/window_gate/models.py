@@ -131,6 +131,49 @@ class PhoneNumber(Base):
     access_token: Mapped[str | None] = mapped_column(Text)
     waba_id: Mapped[str | None] = mapped_column(Text)  # its WhatsApp Business Account, learnt from webhooks
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    # Digits, learnt from webhooks' metadata: Meta names the number only this way in quality updates.
+    display_phone_number: Mapped[str | None] = mapped_column(Text)
+    # Meta's latest phone_number_quality_update: its event (FLAGGED, UNFLAGGED, UPGRADE, …), the messaging
+    # limit it names (TIER_250 … TIER_UNLIMITED) and when Meta sent it.
+    quality_event: Mapped[str | None] = mapped_column(Text)
+    messaging_limit_tier: Mapped[str | None] = mapped_column(Text)
+    quality_updated_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class BusinessAccount(Base):
+    """What Meta's account_update webhooks said of a WhatsApp Business Account, each fact as of the latest
+    event that set it (`*_at`: when Meta sent it)."""
+
+    __tablename__ = "business_accounts"
+
+    waba_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    # [{"type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expires_at": ISO 8601 | null}], from ACCOUNT_RESTRICTION
+    restrictions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    restrictions_at: Mapped[datetime | None] = mapped_column(TZ)
+    ban_state: Mapped[str | None] = mapped_column(Text)  # DISABLED_UPDATE: DISABLE, SCHEDULE_FOR_DISABLE, …
+    ban_date: Mapped[str | None] = mapped_column(Text)  # as Meta wrote it ("April 17, 2025")
+    ban_at: Mapped[datetime | None] = mapped_column(TZ)
+    # VOLUME_BASED_PRICING_TIER_UPDATE: Meta's volume_tier_info by "PRICING_CATEGORY/region", newest each.
+    volume_tiers: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # AUTH_INTL_PRICE_ELIGIBILITY_UPDATE: Meta's auth_international_rate_eligibility as it came.
+    auth_international: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    auth_international_at: Mapped[datetime | None] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class MessageEcho(Base):
+    """A message the business sent from the WhatsApp Business app (coexistence), as Meta echoed it
+    (smb_message_echoes). Recorded, never a window fact: business messages do not open the window."""
+
+    __tablename__ = "message_echoes"
+
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    phone_number_id: Mapped[str] = mapped_column(Text)
+    recipient: Mapped[str | None] = mapped_column(Text)  # Meta's `to`: the customer as the business typed it
+    recipient_user_id: Mapped[str | None] = mapped_column(Text)  # `to_user_id` (BSUID), when Meta gives it
+    type: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[datetime] = mapped_column(TZ)
+    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
 
 
 class Message(Base):

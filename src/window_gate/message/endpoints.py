@@ -140,9 +140,9 @@ async def send_template(
     responses=problems(*AUTH_PROBLEMS, NotFound),
 )
 async def get_message(request: Request, caller: Reader, message_id: UUID) -> MessageOut:
-    """Status history (pending, accepted, sent, delivered, read, failed with Meta's error, unknown) and
-    Meta's pricing from status webhooks. Any key that may use the message's phone number sees it,
-    whichever key sent it; for any other key it does not exist (404)."""
+    """Status history (pending, accepted or held_for_quality_assessment, sent, delivered, read, failed
+    with Meta's error, unknown) and Meta's pricing from status webhooks. Any key that may use the
+    message's phone number sees it, whichever key sent it; for any other key it does not exist (404)."""
     async with gate(request).engine.connect() as conn:
         found = await repository.get(conn, message_id)
     # 404, not 403: a key of another number learns nothing, not even that the id exists.

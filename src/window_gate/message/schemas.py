@@ -45,14 +45,20 @@ class RecipientOut(BaseModel):
 class SendOut(BaseModel):
     id: UUID = Field(description="The gate's id of this send (also in biz_opaque_callback_data)")
     graph_message_id: str | None = Field(description="Meta's wamid", examples=["wamid.HBgN…"])
-    status: str = Field(description="accepted, or a later status from Meta's webhooks", examples=["accepted"])
+    status: str = Field(
+        description="accepted, held_for_quality_assessment (Meta holds the template while it judges its "
+        "quality: sent later, or failed), or a later status from Meta's webhooks",
+        examples=["accepted"],
+    )
     recipient: RecipientOut = Field(description="Who the message went to: as written, and Meta's wa_id")
     window: WindowOut = Field(description="The window as the gate saw it when the send was decided")
     pricing_estimate: EstimateOut | None = Field(None, description="What the gate expects Meta to charge")
 
 
 class EventOut(BaseModel):
-    status: str = Field(description="pending, accepted, sent, delivered, read, failed, unknown")
+    status: str = Field(
+        description="pending, accepted, held_for_quality_assessment, sent, delivered, read, failed, unknown"
+    )
     at: datetime = Field(description="When it happened (Meta's timestamp for webhook statuses)")
     detail: dict[str, Any] | list[Any] | None = Field(description="Meta's error or status payload")
 

@@ -39,7 +39,7 @@ from window_gate.graph.reactions import MARKETING_HOLDS, RE_ENGAGEMENT, gate_err
 from window_gate.kit import Gate
 from window_gate.message import repository
 from window_gate.message.schemas import RecipientOut, SendOut
-from window_gate.message.status import LEFT, MessageStatus
+from window_gate.message.status import ANSWERED, LEFT, MessageStatus
 from window_gate.pricing import service as pricing
 from window_gate.pricing.rules import Estimate, Tables
 from window_gate.template import service as templates
@@ -247,21 +247,24 @@ def outbound(attempt: Attempt) -> dict[str, Any]:
 
 
 async def accepted(attempt: Attempt, answer: dict[str, Any]) -> Sent:
-    """Meta took the send: its wamid and wa_id recorded, the answer stored for replays."""
+    """Meta took the send: its wamid and wa_id recorded, the answer stored for replays. A template Meta
+    holds to judge its quality is recorded `held_for_quality_assessment`, not `accepted`."""
     request, decision = attempt.request, attempt.decision
     contact = (answer.get("contacts") or [{}])[0]
-    wamid = str((answer.get("messages") or [{}])[0].get("id") or "") or None
+    message = (answer.get("messages") or [{}])[0]
+    wamid = str(message.get("id") or "") or None
+    status = ANSWERED.get(str(message.get("message_status")), MessageStatus.ACCEPTED)
     wa_id = contact.get("wa_id")
     out = SendOut(
         id=attempt.id,
         graph_message_id=wamid,
-        status=MessageStatus.ACCEPTED,
+        status=status,
         recipient=RecipientOut(input=request.to, wa_id=wa_id),
         window=decision.window,
         pricing_estimate=pricing.estimate_out(decision.estimate),
     )
     outcome = Outcome(
-        MessageStatus.ACCEPTED,
+        status,
         201,
         stored_answer(out, answer),
         window_service.now(),

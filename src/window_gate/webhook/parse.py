@@ -1,5 +1,6 @@
 """Reading Meta's webhook deliveries into window facts. Pure: no I/O, tolerant of anything unexpected."""
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +56,19 @@ TEMPLATE_FIELDS = frozenset({TEMPLATE_STATUS, TEMPLATE_QUALITY, *TEMPLATE_CATEGO
 # Status events that end a state without naming the status they return to: an unarchived or unlocked
 # template is approved again in the common case (unsure); the next sync corrects it if not.
 RESTORED = {"UNARCHIVED": "APPROVED", "UNLOCKED": "APPROVED", "REINSTATED": "APPROVED"}
+# Messages the business sent from the WhatsApp Business app (coexistence), echoed: recorded, never window
+# facts. Meta documents the first name; integrators also report the second (unsure).
+ECHO_FIELDS = frozenset({"smb_message_echoes", "message_echoes"})
+NUMBER_QUALITY = "phone_number_quality_update"
+# Where a quality update names the messaging limit, first found wins: Meta replaced the number's
+# `current_limit` (removed in 2026) by the business portfolio's `max_daily_conversations_per_business`.
+LIMIT_FIELDS = ("max_daily_conversations_per_business", "current_limit")
+ACCOUNT_UPDATE = "account_update"
+# The account_update events the gate keeps (the rest stay in the raw delivery only).
+ACCOUNT_RESTRICTION = "ACCOUNT_RESTRICTION"
+DISABLED_UPDATE = "DISABLED_UPDATE"
+VOLUME_TIER = "VOLUME_BASED_PRICING_TIER_UPDATE"
+AUTH_INTERNATIONAL = "AUTH_INTL_PRICE_ELIGIBILITY_UPDATE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +158,42 @@ class TemplateEvent:
     components_changed: bool = False  # the stored components are stale until the next sync
 
 
+@dataclass(frozen=True, slots=True)
+class EchoEvent:
+    """A message the business sent from the WhatsApp Business app, echoed by Meta."""
+
+    phone_number_id: str
+    message_id: str
+    recipient: str | None  # `to`, as the business typed it (Meta: not always the wa_id)
+    recipient_user_id: str | None
+    type: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QualityEvent:
+    """Meta's word on a business number's quality and messaging limit (phone_number_quality_update)."""
+
+    display_phone_number: str  # digits: Meta names the number only this way here
+    event: str
+    messaging_limit_tier: str | None
+    at: datetime | None  # entry.time; None: not given (the receive time counts)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEvent:
+    """One account_update the gate keeps; only the facts its `event` carries are set."""
+
+    waba_id: str
+    event: str
+    at: datetime | None  # entry.time; None: not given (the receive time counts)
+    restrictions: list[dict[str, Any]] | None = None  # [{"type", "expires_at": ISO 8601 | None}]
+    ban_state: str | None = None
+    ban_date: str | None = None
+    volume_tier: dict[str, Any] | None = None  # Meta's volume_tier_info
+    auth_international: dict[str, Any] | None = None  # Meta's auth_international_rate_eligibility
+
+
 @dataclass(slots=True)
 class Delivery:
     inbound: list[InboundEvent] = field(default_factory=list)
@@ -154,12 +204,25 @@ class Delivery:
 
     def has_more(self) -> bool:
         """Anything besides customer messages and statuses: the part of ingest that needs a transaction."""
-        return bool(self.verdicts or self.consents or self.templates or self.identities or self.holds)
+        return bool(
+            self.verdicts
+            or self.consents
+            or self.templates
+            or self.identities
+            or self.holds
+            or self.echoes
+            or self.qualities
+            or self.account
+        )
 
     accounts: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, waba_id) seen
     templates: list[TemplateEvent] = field(default_factory=list)
     identities: list[IdentityEvent] = field(default_factory=list)
     holds: list[HoldEvent] = field(default_factory=list)
+    numbers: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, display digits) seen
+    echoes: list[EchoEvent] = field(default_factory=list)
+    qualities: list[QualityEvent] = field(default_factory=list)
+    account: list[AccountEvent] = field(default_factory=list)
 
 
 def parse_delivery(body: bytes) -> Delivery:
@@ -171,25 +234,36 @@ def parse_delivery(body: bytes) -> Delivery:
         return out
     for entry in _dicts(payload.get("entry")):
         waba_id = _str(entry.get("id"))  # the WhatsApp Business Account
+        sent_at = _timestamp(entry.get("time"))  # when Meta sent the change (not every field has its own)
         for change in _dicts(entry.get("changes")):
             value = change.get("value")
             if not isinstance(value, dict):
                 continue
-            pn = _dict(value.get("metadata")).get("phone_number_id")
+            metadata = _dict(value.get("metadata"))
+            pn = metadata.get("phone_number_id")
             if waba_id and pn:
                 out.accounts.add((str(pn), waba_id))
-            if change.get("field") == "messages":
+            if pn and (display := _digits(metadata.get("display_phone_number"))):
+                out.numbers.add((str(pn), display))
+            kind = change.get("field")
+            if kind == "messages":
                 _messages(value, out)
-            elif change.get("field") == "calls":
+            elif kind == "calls":
                 _calls(value, out)
-            elif change.get("field") == "user_preferences":
+            elif kind == "user_preferences":
                 _preferences(value, out)
-            elif change.get("field") == USER_ID_UPDATE:
+            elif kind == USER_ID_UPDATE:
                 _user_id_updates(value, out)
-            elif change.get("field") in TEMPLATE_FIELDS:
-                _template(str(change.get("field")), waba_id, value, out)
+            elif kind in TEMPLATE_FIELDS:
+                _template(str(kind), waba_id, value, out)
+            elif kind in ECHO_FIELDS:
+                _echoes(value, out)
+            elif kind == NUMBER_QUALITY:
+                _quality(value, sent_at, out)
+            elif kind == ACCOUNT_UPDATE:
+                _account(waba_id, value, sent_at, out)
             else:
-                out.counts[str(change.get("field")), "ignored"] += 1
+                out.counts[str(kind), "ignored"] += 1
     return out
 
 
@@ -390,6 +464,88 @@ def _template(kind: str, waba_id: str | None, value: dict[str, Any], out: Delive
         return
     out.templates.append(event)
     out.counts[kind, "recorded"] += 1
+
+
+def _echoes(value: dict[str, Any], out: Delivery) -> None:
+    """What the business wrote from the WhatsApp Business app: kept, never a window fact."""
+    pn = str(_dict(value.get("metadata")).get("phone_number_id") or "")
+    for m in _dicts(value.get("message_echoes")):
+        sent_at = _timestamp(m.get("timestamp"))
+        if pn and m.get("id") and sent_at is not None:
+            echo = EchoEvent(
+                pn,
+                str(m["id"]),
+                _str(m.get("to")),
+                _str(m.get("to_user_id")),
+                _str(m.get("type")) or "",
+                sent_at,
+            )
+            out.echoes.append(echo)
+            out.counts["echo", "recorded"] += 1
+        else:
+            out.counts["echo", "ignored"] += 1
+
+
+def _quality(value: dict[str, Any], at: datetime | None, out: Delivery) -> None:
+    """A business number's quality event and messaging limit; Meta names the number by its display digits."""
+    display, event = _digits(value.get("display_phone_number")), _upper(value.get("event"))
+    if not display or not event:
+        out.counts[NUMBER_QUALITY, "ignored"] += 1
+        return
+    tier = next((_upper(value[f]) for f in LIMIT_FIELDS if value.get(f)), None)
+    out.qualities.append(QualityEvent(display, event, tier, at))
+
+
+def _account(waba_id: str | None, value: dict[str, Any], at: datetime | None, out: Delivery) -> None:
+    """The account_update events the gate keeps: restrictions, bans, volume pricing tiers, eligibility for
+    authentication-international rates."""
+    event = _upper(value.get("event"))
+    kept: AccountEvent | None = None
+    if waba_id and event == ACCOUNT_RESTRICTION:
+        restrictions = [
+            {"type": str(r["restriction_type"]), "expires_at": _iso(_moment(r.get("expiration")))}
+            for r in _dicts(value.get("restriction_info"))
+            if r.get("restriction_type")
+        ]
+        kept = AccountEvent(waba_id, event, at, restrictions=restrictions)
+    elif waba_id and event == DISABLED_UPDATE and (ban := _dict(value.get("ban_info"))).get("waba_ban_state"):
+        state, date = _upper(ban.get("waba_ban_state")), _str(ban.get("waba_ban_date"))
+        kept = AccountEvent(waba_id, event, at, ban_state=state, ban_date=date)
+    elif waba_id and event == VOLUME_TIER and (tier := _dict(value.get("volume_tier_info"))).get("tier"):
+        kept = AccountEvent(waba_id, event, at, volume_tier=tier)
+    elif (
+        waba_id
+        and event == AUTH_INTERNATIONAL
+        and isinstance(eligibility := value.get("auth_international_rate_eligibility"), dict)
+    ):
+        kept = AccountEvent(waba_id, event, at, auth_international=eligibility)
+    if kept is None:
+        out.counts[ACCOUNT_UPDATE, "ignored"] += 1
+        return
+    out.account.append(kept)
+    out.counts[ACCOUNT_UPDATE, "recorded"] += 1
+
+
+def _digits(value: object) -> str | None:
+    """A phone number as digits only: Meta writes display numbers with or without `+` and separators."""
+    if not isinstance(value, str):
+        return None
+    return re.sub(r"[^0-9]", "", value) or None
+
+
+def _moment(value: object) -> datetime | None:
+    """Unix seconds (a number or digits), or ISO 8601: Meta's restriction expirations come either way."""
+    if isinstance(value, str) and not value.strip().isdigit():
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return _timestamp(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def _upper(value: object) -> str | None:

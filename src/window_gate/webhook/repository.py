@@ -1,18 +1,37 @@
 """Every SQL statement about webhook deliveries: the grouped statement that applies them, and the raw
 bodies kept."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import delete, func, insert, update
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Text,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from window_gate.db import HotPool, Statement
-from window_gate.models import InboundMessage, WebhookDelivery
+from window_gate.models import TZ, BusinessAccount, InboundMessage, MessageEcho, PhoneNumber, WebhookDelivery
 
 # Webhook ingest in one autocommit statement on the hot pool, for any number of deliveries arriving
 # together (webhook/service.py groups them): the raw bodies are kept; each message's customer is found by
@@ -159,10 +178,12 @@ async def mark_unapplied(conn: AsyncConnection, delivery_id: int, error: str) ->
 
 
 async def purge(conn: AsyncConnection, days: int) -> None:
-    """Forget deliveries past retention. Inbound ids go too: Meta redelivers for 7 days at most."""
+    """Forget deliveries past retention. Inbound ids go too: Meta redelivers for 7 days at most; and the
+    business's echoes, kept as long as the deliveries they came in."""
     cutoff = func.now() - timedelta(days=days)
     await conn.execute(delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff))
     await conn.execute(delete(InboundMessage).where(InboundMessage.received_at < cutoff))
+    await conn.execute(delete(MessageEcho).where(MessageEcho.received_at < cutoff))
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,3 +273,147 @@ async def record(hot: HotPool, group: Sequence[Received]) -> list[Recorded]:
         fresh -= ids  # a message id in two deliveries is fresh in the first only
         first = places.stop
     return answers
+
+
+# --- what webhooks say of business numbers and accounts (rare: the transaction after INGEST) -----------
+
+# (phone_number_id, display digits) pairs this process saw committed, per engine: as for the accounts
+# (template/repository.py: record_accounts), the cache only spares the hot path a statement.
+_numbers: "weakref.WeakKeyDictionary[Engine, set[tuple[str, str]]]" = weakref.WeakKeyDictionary()
+
+
+def numbers_known(engine: Engine, pairs: Iterable[tuple[str, str]]) -> bool:
+    """True when every pair is known committed, so `record_numbers` would write nothing."""
+    seen = _numbers.get(engine, set())
+    return all(p in seen for p in pairs)
+
+
+async def record_numbers(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> None:
+    """phone_number_id → display number as webhooks' metadata tell it: quality updates name only the latter."""
+    seen = _numbers.setdefault(conn.sync_engine, set())
+    todo = dict(sorted(p for p in pairs if p not in seen))
+    if not todo:
+        return
+    u = (
+        func.unnest(literal(list(todo), ARRAY(Text)), literal(list(todo.values()), ARRAY(Text)))
+        .table_valued("phone_number_id", "display_phone_number")
+        .render_derived(name="u")
+    )
+    q = aliased(PhoneNumber, name="q")
+    new = select(u.c.phone_number_id, u.c.display_phone_number).where(
+        ~exists().where(
+            q.phone_number_id == u.c.phone_number_id, q.display_phone_number == u.c.display_phone_number
+        )
+    )
+    statement = upsert(PhoneNumber).from_select(["phone_number_id", "display_phone_number"], new)
+    statement = statement.on_conflict_do_update(
+        index_elements=[PhoneNumber.phone_number_id],
+        set_={"display_phone_number": statement.excluded.display_phone_number},
+        where=PhoneNumber.display_phone_number.is_distinct_from(statement.excluded.display_phone_number),
+    )
+    written = {
+        row.phone_number_id for row in await conn.execute(statement.returning(PhoneNumber.phone_number_id))
+    }
+    seen.update((pn, display) for pn, display in todo.items() if pn not in written)
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    message_id: str
+    phone_number_id: str
+    recipient: str | None
+    recipient_user_id: str | None
+    type: str
+    sent_at: datetime
+
+
+async def record_echoes(conn: AsyncConnection, echoes: Sequence[Echo]) -> None:
+    """Each echo once: Meta delivers again what it thinks was lost."""
+    if echoes:
+        rows = [asdict(e) for e in sorted(echoes, key=lambda e: e.message_id)]
+        await conn.execute(upsert(MessageEcho).values(rows).on_conflict_do_nothing())
+
+
+async def record_quality(
+    conn: AsyncConnection, display_phone_number: str, event: str, tier: str | None, at: datetime
+) -> bool:
+    """Meta's latest quality event (and messaging limit, when it names one) on the number with that display
+    number; an older event delivered late changes nothing. False: no number is known by that display number."""
+    newer = func.coalesce(PhoneNumber.quality_updated_at <= at, True)
+    values: dict[str, Any] = {
+        "quality_event": case((newer, event), else_=PhoneNumber.quality_event),
+        "quality_updated_at": func.greatest(PhoneNumber.quality_updated_at, at),
+    }
+    if tier is not None:
+        values["messaging_limit_tier"] = case((newer, tier), else_=PhoneNumber.messaging_limit_tier)
+    statement = (
+        update(PhoneNumber)
+        .where(PhoneNumber.display_phone_number == display_phone_number)
+        .values(values)
+        .returning(PhoneNumber.phone_number_id)
+    )
+    return bool((await conn.execute(statement)).first())
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFacts:
+    """The facts one account_update gives (None: not in this event), as of `at`."""
+
+    waba_id: str
+    at: datetime
+    restrictions: list[dict[str, Any]] | None = None
+    ban_state: str | None = None
+    ban_date: str | None = None
+    # (pricing category/region, Meta's volume_tier_info with its tier_update_time as Unix seconds)
+    volume_tier: tuple[str, dict[str, Any]] | None = None
+    auth_international: dict[str, Any] | None = None
+
+
+async def record_account(conn: AsyncConnection, facts: AccountFacts) -> None:
+    """Each fact of the account moves only forward in Meta's time: a late older event changes nothing. A
+    volume tier is kept per pricing category and region, the latest `tier_update_time` each."""
+
+    def at(fact: object) -> datetime | None:
+        return None if fact is None else facts.at
+
+    statement = upsert(BusinessAccount).values(
+        waba_id=facts.waba_id,
+        restrictions=null() if facts.restrictions is None else facts.restrictions,
+        restrictions_at=at(facts.restrictions),
+        ban_state=facts.ban_state,
+        ban_date=facts.ban_date,
+        ban_at=at(facts.ban_state),
+        volume_tiers=dict([facts.volume_tier]) if facts.volume_tier else {},
+        auth_international=null() if facts.auth_international is None else facts.auth_international,
+        auth_international_at=at(facts.auth_international),
+    )
+    new, old = statement.excluded, BusinessAccount
+    never = literal_column("'-infinity'", TZ)
+
+    def latest(fact: str, when: str) -> Any:
+        """The new fact when it is at least as recent as the kept one (a NULL time: not in this event)."""
+        newer = new[when] >= func.coalesce(getattr(old, when), never)
+        return case((newer, new[fact]), else_=getattr(old, fact))
+
+    tiers: Any = old.volume_tiers
+    if facts.volume_tier:
+        key, tier = facts.volume_tier
+        kept = func.coalesce(cast(old.volume_tiers[(key, "tier_update_time")].astext, BigInteger), -1)
+        merged = old.volume_tiers.op("||", return_type=JSONB)(new.volume_tiers)
+        tiers = case((kept <= tier["tier_update_time"], merged), else_=old.volume_tiers)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[BusinessAccount.waba_id],
+            set_={
+                "restrictions": latest("restrictions", "restrictions_at"),
+                "restrictions_at": func.greatest(old.restrictions_at, new.restrictions_at),
+                "ban_state": latest("ban_state", "ban_at"),
+                "ban_date": latest("ban_date", "ban_at"),
+                "ban_at": func.greatest(old.ban_at, new.ban_at),
+                "volume_tiers": tiers,
+                "auth_international": latest("auth_international", "auth_international_at"),
+                "auth_international_at": func.greatest(old.auth_international_at, new.auth_international_at),
+                "updated_at": func.now(),
+            },
+        )
+    )

@@ -26,6 +26,8 @@ from window_gate.template import repository as templates
 from window_gate.template import service as template_service
 from window_gate.webhook import repository
 from window_gate.webhook.parse import (
+    NUMBER_QUALITY,
+    AccountEvent,
     ConsentEvent,
     Delivery,
     HoldEvent,
@@ -63,8 +65,8 @@ def _events(received: repository.Received) -> int:
 async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     """Keep the delivery and apply it. What Meta mostly sends, messages (from known customers or new ones)
     and statuses, is one statement shared with the deliveries arriving meanwhile; the rest (customers to
-    merge or link under contention, Meta's verdicts on windows, consent, templates) follows in one
-    transaction.
+    merge or link under contention, Meta's verdicts on windows, consent, templates, business echoes, what
+    Meta says of numbers and accounts) follows in one transaction.
 
     A delivery that cannot be applied (malformed JSON, data PostgreSQL refuses) is kept with the reason,
     once: a retry cannot help. Any other failure (database down, deadlock) raises, so Meta delivers again.
@@ -116,9 +118,12 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
         for error in delivery.statuses[index].errors
         if isinstance(error.get("code"), int) and error["code"] in template_service.LEARNED_STATUS
     ]
-    known_accounts = templates.accounts_known(gate.engine.sync_engine, delivery.accounts)
+    engine = gate.engine.sync_engine
+    numbers_known = templates.accounts_known(engine, delivery.accounts) and repository.numbers_known(
+        engine, delivery.numbers
+    )  # which account each number is in, its display number: nothing new to write
     try:
-        if late or delivery.has_more() or lessons or not known_accounts:
+        if late or delivery.has_more() or lessons or not numbers_known:
             async with gate.engine.begin() as conn:
                 await _apply_rest(conn, delivery, late, lessons, received_at, policy)
         if late:  # their customers exist now (committed above)
@@ -203,6 +208,50 @@ async def _apply_rest(
     await templates.record_accounts(conn, delivery.accounts)  # a statement only for pairs not seen yet
     for event in delivery.templates:
         await _apply_template(conn, event)
+    await repository.record_numbers(conn, delivery.numbers)  # likewise
+    await repository.record_echoes(
+        conn,
+        [
+            repository.Echo(
+                e.message_id, e.phone_number_id, e.recipient, e.recipient_user_id, e.type, e.sent_at
+            )
+            for e in delivery.echoes
+        ],
+    )
+    for quality in delivery.qualities:  # after record_numbers: the same delivery may name the number
+        at = quality.at or received_at
+        known = await repository.record_quality(
+            conn, quality.display_phone_number, quality.event, quality.messaging_limit_tier, at
+        )
+        delivery.counts[NUMBER_QUALITY, "recorded" if known else "unknown_number"] += 1
+    for account in delivery.account:
+        await repository.record_account(conn, _account_facts(account, received_at))
+
+
+def _account_facts(event: AccountEvent, received_at: datetime) -> repository.AccountFacts:
+    at = event.at or received_at
+    tier = None
+    if event.volume_tier is not None:
+        info = event.volume_tier
+        key = f"{info.get('pricing_category') or ''}/{info.get('region') or ''}".upper()
+        moment = _unix(info.get("tier_update_time"))
+        tier = (key, {**info, "tier_update_time": moment if moment is not None else int(at.timestamp())})
+    return repository.AccountFacts(
+        event.waba_id,
+        at,
+        restrictions=event.restrictions,
+        ban_state=event.ban_state,
+        ban_date=event.ban_date,
+        volume_tier=tier,
+        auth_international=event.auth_international,
+    )
+
+
+def _unix(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
 
 
 async def _apply_template(conn: AsyncConnection, event: TemplateEvent) -> None:

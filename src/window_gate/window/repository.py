@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Select,
@@ -25,15 +26,25 @@ from window_gate.models import TZ, Window
 from window_gate.window.rule import WindowFacts
 
 # One round trip (asyncpg, the hot path): the best-matching alias that has a window for this number,
-# else any customer it names.
+# else any customer it names; and on every row (at least one, idx NULL when no alias is known) what Meta
+# said of the number and its account.
 LOOKUP = Statement(
     """
 SELECT q.idx, c.wa_id, c.user_id, w.last_inbound_at, w.closed_by_meta_at, w.referral_at, w.fep_started_at,
-       w.fep_expires_at
-FROM unnest(CAST(:idx AS int[]), CAST(:aliases AS text[]), CAST(:ranks AS int[])) AS q(idx, alias, rank)
-JOIN customer_aliases a ON a.alias = q.alias
-JOIN customers c ON c.id = a.customer_id
-LEFT JOIN windows w ON w.customer_id = c.id AND w.phone_number_id = :phone_number_id
+       w.fep_expires_at, n.quality_event, n.messaging_limit_tier, n.quality_updated_at,
+       n.restrictions::text AS restrictions, n.ban_state
+FROM (
+  SELECT p.quality_event, p.messaging_limit_tier, p.quality_updated_at, b.restrictions, b.ban_state
+  FROM (VALUES (1)) one(x)
+  LEFT JOIN phone_numbers p ON p.phone_number_id = :phone_number_id
+  LEFT JOIN business_accounts b ON b.waba_id = p.waba_id
+) n
+LEFT JOIN (
+  unnest(CAST(:idx AS int[]), CAST(:aliases AS text[]), CAST(:ranks AS int[])) AS q(idx, alias, rank)
+  JOIN customer_aliases a ON a.alias = q.alias
+  JOIN customers c ON c.id = a.customer_id
+  LEFT JOIN windows w ON w.customer_id = c.id AND w.phone_number_id = :phone_number_id
+) ON true
 ORDER BY q.idx, (w.last_inbound_at IS NULL), q.rank
 """
 )
@@ -98,6 +109,23 @@ class Found:
     facts: WindowFacts
 
 
+@dataclass(frozen=True, slots=True)
+class NumberFacts:
+    """What Meta's webhooks said of the business number and its account."""
+
+    quality_event: str | None
+    messaging_limit_tier: str | None
+    quality_updated_at: datetime | None
+    restrictions: list[dict[str, Any]]  # [{"type", "expires_at": ISO 8601 | None}], expired ones too
+    ban_state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    windows: list[Found | None]  # one per customer asked, in order
+    number: NumberFacts | None  # None: Meta said nothing of the number or its account
+
+
 async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) -> None:
     """Meta's word on windows: 131047 closures and free-entry-point expiries."""
     if not verdicts:
@@ -130,11 +158,9 @@ async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
     await conn.execute(delete(Window).where(Window.customer_id == src))
 
 
-async def lookup(
-    hot: HotPool, phone_number_id: str, candidates: Sequence[Sequence[str]]
-) -> list[Found | None]:
-    """For each customer (given as its candidate aliases, best first), what is known of its window.
-    `hot` is the asyncpg pool of the hot paths."""
+async def lookup(hot: HotPool, phone_number_id: str, candidates: Sequence[Sequence[str]]) -> Lookup:
+    """For each customer (given as its candidate aliases, best first), what is known of its window; and
+    what is known of the number. `hot` is the asyncpg pool of the hot paths."""
     idx: list[int] = []
     aliases: list[str] = []
     ranks: list[int] = []
@@ -145,10 +171,24 @@ async def lookup(
             ranks.append(rank)
     found: list[Found | None] = [None] * len(candidates)
     params = {"idx": idx, "aliases": aliases, "ranks": ranks, "phone_number_id": phone_number_id}
-    for row in await LOOKUP.all(hot, params):
-        if found[row["idx"]] is None:
+    rows = await LOOKUP.all(hot, params)
+    for row in rows:
+        if row["idx"] is not None and found[row["idx"]] is None:
             found[row["idx"]] = _found(row)
-    return found
+    return Lookup(found, _number(rows[0]))
+
+
+def _number(row: Any) -> NumberFacts | None:
+    restrictions = orjson.loads(row["restrictions"]) if row["restrictions"] else None
+    if not (row["quality_event"] or row["messaging_limit_tier"] or restrictions or row["ban_state"]):
+        return None
+    return NumberFacts(
+        row["quality_event"],
+        row["messaging_limit_tier"],
+        row["quality_updated_at"],
+        restrictions if isinstance(restrictions, list) else [],
+        row["ban_state"],
+    )
 
 
 def _found(row: Any) -> Found:

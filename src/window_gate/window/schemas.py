@@ -23,6 +23,38 @@ class FreeEntryPointOut(BaseModel):
     started_at: datetime | None = Field(description="The business reply that started it")
 
 
+class RestrictionOut(BaseModel):
+    type: str = Field(
+        description="Meta's restriction_type on the business account",
+        examples=["RESTRICTED_BIZ_INITIATED_MESSAGING"],
+    )
+    expires_at: datetime | None = Field(description="When Meta lifts it (null: Meta gave no end)")
+
+
+class PhoneNumberOut(BaseModel):
+    """What Meta's webhooks last said of the business number and its account. Context only: the gate
+    refuses nothing for it (Meta refuses what a restriction forbids)."""
+
+    quality_event: str | None = Field(
+        description="Latest phone_number_quality_update event: FLAGGED, UNFLAGGED, UPGRADE, DOWNGRADE, "
+        "ONBOARDING, THROUGHPUT_UPGRADE, …",
+        examples=["FLAGGED"],
+    )
+    messaging_limit_tier: str | None = Field(
+        description="Messaging limit Meta last named (business-initiated conversations per 24 h)",
+        examples=["TIER_2K"],
+    )
+    quality_updated_at: datetime | None = Field(description="When Meta sent that quality update")
+    restrictions: list[RestrictionOut] = Field(
+        description="The account's restrictions in force now (account_update ACCOUNT_RESTRICTION)"
+    )
+    account_ban_state: str | None = Field(
+        description="The account's latest ban state (account_update DISABLED_UPDATE): DISABLE, "
+        "SCHEDULE_FOR_DISABLE, REINSTATE",
+        examples=[None],
+    )
+
+
 class WindowOut(BaseModel):
     """The customer service window of one (business number, customer) pair, evaluated now."""
 
@@ -38,6 +70,13 @@ class WindowOut(BaseModel):
                 "safe_until": "2026-11-26T09:59:00Z",
                 "seconds_remaining": 43140,
                 "free_entry_point": None,
+                "phone_number": {
+                    "quality_event": "UPGRADE",
+                    "messaging_limit_tier": "TIER_10K",
+                    "quality_updated_at": "2026-11-20T08:00:00Z",
+                    "restrictions": [],
+                    "account_ban_state": None,
+                },
             }
         }
     )
@@ -54,6 +93,11 @@ class WindowOut(BaseModel):
     seconds_remaining: int = Field(description="Seconds free-form may still be sent (until safe_until)", ge=0)
     free_entry_point: FreeEntryPointOut | None = Field(
         description="Set when the window was opened from a Click-to-WhatsApp ad"
+    )
+    phone_number: PhoneNumberOut | None = Field(
+        default=None,
+        description="The business number's quality, messaging limit and account restrictions as Meta's "
+        "webhooks last told them; null while Meta has said none of these",
     )
 
 
