@@ -40,7 +40,8 @@ def gate_error(err: GraphError) -> GateError:
     """Meta's refusal as the gate's own, with Meta's error attached for the caller and ops."""
     kind = REACTIONS.get(err.code or 0, UpstreamError)
     detail = f"Meta answered ({err.code}) {err.message}" + (f": {err.details}" if err.details else "")
-    context = {"meta_error": err.raw or {"http_status": err.http_status}}
+    # Meta's HTTP status too: the Graph pass-through answers with it (SDKs map 401, 404, 5xx to errors).
+    context = {"meta_error": err.raw or {"http_status": err.http_status}, "meta_status": err.http_status}
     if kind is RateLimited:
         return RateLimited(detail, retry_after=RETRY_AFTER_SECONDS.get(err.code or 0, 1), **context)
     return kind(detail, **context)
