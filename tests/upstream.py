@@ -30,18 +30,18 @@ class Meta:
         self.wa_id = WA  # what Meta answers for any recipient
 
     def accept(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+        body = json.loads(request.content or b"{}")
         return httpx.Response(
             200,
             json={
                 "messaging_product": "whatsapp",
-                "contacts": [{"input": body["to"], "wa_id": self.wa_id}],
+                "contacts": [{"input": body.get("to"), "wa_id": self.wa_id}],
                 "messages": [{"id": f"wamid.T{next(self.ids)}", "message_status": "accepted"}],
             },
         )
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(json.loads(request.content))
+        self.requests.append(json.loads(request.content or b"{}"))  # the pass-through's GETs have none
         self.tokens.append(request.headers.get("authorization", ""))
         await asyncio.sleep(self.delay)
         return self.reply(request)

@@ -25,7 +25,7 @@ from window_gate.consent.endpoints import router as consent_router
 from window_gate.consent.rules import Keywords
 from window_gate.errors import (
     DatabaseUnavailable,
-    ValidationFailed,
+    GateError,
     install_error_handlers,
     problem_response,
     validation_failed,
@@ -42,6 +42,8 @@ from window_gate.message.endpoints import router as message_router
 from window_gate.message.endpoints import template_router as template_send_router
 from window_gate.metrics import MetricsMiddleware
 from window_gate.middlewares import BodyLimit, HotPaths
+from window_gate.passthrough.endpoints import PROXIED
+from window_gate.passthrough.endpoints import router as passthrough_router
 from window_gate.pricing import tables as pricing_tables
 from window_gate.pricing.endpoints import budgets_router, costs_router
 from window_gate.template.endpoints import router as template_router
@@ -136,6 +138,7 @@ def create_app(
         costs_router,
         budgets_router,
         graph_router,
+        passthrough_router,  # after graph_router: POST …/messages is the gated send's
     )
     for router in routers:
         app.include_router(router)
@@ -143,8 +146,13 @@ def create_app(
         raise RuntimeError(f"routes without an Access (apikey/access.py): {', '.join(undeclared)}")
     app.add_middleware(HotPaths, routes=_routes_of(routers, get_window, receive))
     raw_bodies = [route.path for route in _routes_of(routers, receive)]  # signed: verified, then parsed
-    app.add_middleware(InputCheck, render=_refusal, raw_bodies=raw_bodies)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InputCheck, render=_refusal, raw_bodies=raw_bodies, raw_paths=PROXIED)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        render=_refusal,
+        larger=(PROXIED, settings.max_upload_bytes),  # streamed to Meta, never read here
+    )
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestLog, quiet={get_window, receive, healthz, readyz, metrics})
     return app
@@ -182,8 +190,8 @@ def _transport(
     return transport or _graph_pool(settings)
 
 
-def _refusal(path: str, err: ValidationFailed) -> Response:
-    """A malformed request, answered in the shape of its route's errors: Meta's under /graph."""
+def _refusal(path: str, err: GateError) -> Response:
+    """A malformed or oversized request, answered in the shape of its route's errors: Meta's under /graph."""
     if path.startswith(graph_router.prefix + "/"):
         return as_meta_error(err)
     return problem_response(err.status, err.problem())

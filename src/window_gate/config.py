@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: int = Field(300, ge=0, le=86_400)
     webhook_retention_days: int = Field(30, ge=1)
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024,
+        description="Bodies the Graph pass-through streams to Meta (media uploads) may be this large; "
+        "Meta's largest media, a document, is 100 MB",
+    )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
+        description="The gate's own base URL as its clients reach it (e.g. https://gate.example.com), for "
+        "the links it hands out in Meta's answers; unset → the Host of each request",
+    )
     api_key_cache_seconds: float = Field(5.0, ge=0)
     db_pool_size: int = Field(10, ge=1, le=200)
     db_timeout_seconds: float = Field(

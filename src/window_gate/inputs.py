@@ -11,8 +11,9 @@ nothing read by a route, nothing written and nothing sent, when
   2**64 - 1), no nesting deeper than MAX_DEPTH.
 
 Bodies of declared raw routes (Meta's webhook: its signature is checked over the raw bytes before
-anything is parsed, and a well-signed delivery is kept even when it cannot be applied) and of media types
-that are not JSON (forms, CSV) are left to their routes. Path and query strings need no surrogate check:
+anything is parsed, and a well-signed delivery is kept even when it cannot be applied; the Graph
+pass-through's, which only Meta reads) and of media types that are not JSON (forms, CSV) are left to
+their routes. Path and query strings need no surrogate check:
 percent-decoding replaces bytes that are not UTF-8.
 """
 
@@ -98,12 +99,20 @@ def _shallow(value: Any) -> bool:
 
 class InputCheck:
     """The checks of this module on every HTTP request, answered by `render` (path, error) when refused:
-    the routes under /graph answer in Meta's shape. `raw_bodies`: paths whose bodies are left alone."""
+    the routes under /graph answer in Meta's shape. `raw_bodies`: paths whose bodies are left alone;
+    `raw_paths`: the same, as a pattern."""
 
-    def __init__(self, app: ASGIApp, render: Render, raw_bodies: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        render: Render,
+        raw_bodies: Collection[str] = (),
+        raw_paths: re.Pattern[str] | None = None,
+    ) -> None:
         self.app = app
         self.render = render
         self.raw_bodies = frozenset(raw_bodies)
+        self.raw_paths = raw_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +120,7 @@ class InputCheck:
             return
         try:
             check_url(scope)
-            if scope["method"] in BODY_METHODS and scope["path"] not in self.raw_bodies and _json(scope):
+            if scope["method"] in BODY_METHODS and not self._raw(scope["path"]) and _json(scope):
                 body = await _read(receive)
                 if body is None:
                     return  # the client left before its body arrived: nothing to answer
@@ -122,6 +131,9 @@ class InputCheck:
             await self.render(scope["path"], err)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _raw(self, path: str) -> bool:
+        return path in self.raw_bodies or (self.raw_paths is not None and bool(self.raw_paths.match(path)))
 
 
 def _json(scope: Scope) -> bool:

@@ -1,6 +1,9 @@
 """The ASGI middlewares the factory wraps around the app: the hot-path dispatcher and the body limit.
 (The input check is inputs.py, the metrics metrics.py.)"""
 
+import re
+from collections.abc import Callable
+
 from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -8,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from window_gate.errors import PayloadTooLarge, problem_response
+from window_gate.errors import GateError, PayloadTooLarge
 
 
 class HotPaths:
@@ -46,19 +49,32 @@ async def _handle(request: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413 before any handler reads them, declared or streamed."""
+    """Refuse bodies over the limit with 413 before any handler reads them, declared or streamed. Paths
+    matching `larger` (bodies streamed to Meta, never read here) have their own limit; `render` answers
+    the refusal in the shape of the path's errors."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        render: Callable[[str, GateError], Response],
+        larger: tuple[re.Pattern[str], int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.render = render
+        self.larger = larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.max_bytes
+        if self.larger is not None and self.larger[0].match(scope["path"]):
+            max_bytes = self.larger[1]
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(max_bytes, scope, receive, send)
             return
         seen = 0
 
@@ -66,18 +82,18 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge(self.max_bytes)
+            if seen > max_bytes:
+                raise _TooLarge(max_bytes)
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(max_bytes, scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        err = PayloadTooLarge(f"the body is larger than {self.max_bytes} bytes; nothing was written")
-        await problem_response(err.status, err.problem())(scope, receive, send)
+    async def _refuse(self, max_bytes: int, scope: Scope, receive: Receive, send: Send) -> None:
+        err = PayloadTooLarge(f"the body is larger than {max_bytes} bytes; nothing was written")
+        await self.render(scope["path"], err)(scope, receive, send)
 
 
 class _TooLarge(StarletteHTTPException):

@@ -69,6 +69,8 @@ TEMPLATE = {"name": "hello_world", "language": {"code": "en_US"}}
 SEND_BODY = {"phone_number_id": PN, "to": CUSTOMER, "type": "template", "template": TEMPLATE}
 GRAPH_BODY = {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "template", "template": TEMPLATE}
 BUDGET = {"monthly_limit": "100", "currency": "USD"}
+READ_MARK = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.X"}
+MEDIA = "1037543291543636"  # a media object of PN, as the upstream below answers it
 
 # Every route but the public ones, with a request that touches PN. A route missing here fails the test
 # below: a new route is in the matrix the day it is added.
@@ -112,7 +114,33 @@ SAMPLES: dict[tuple[str, str], list[Sample]] = {
         Sample(Role.ADMIN, lambda w: f"/v1/budgets/api_key/{w.pn_key_id}"),
     ],
     ("POST", "/graph/{version}/{phone_number_id}/messages"): [
-        Sample(Role.SEND, fixed(f"/graph/v25.0/{PN}/messages"), GRAPH_BODY)
+        Sample(Role.SEND, fixed(f"/graph/v25.0/{PN}/messages"), GRAPH_BODY),
+        Sample(Role.SEND, fixed(f"/graph/v25.0/{PN}/messages"), READ_MARK),
+    ],
+    # The pass-through: the number, its account, its media (named by phone_number_id).
+    ("GET", "/graph/{version:graph_version}/{node}"): [
+        Sample(Role.READ, fixed(f"/graph/v25.0/{PN}")),
+        Sample(Role.READ, fixed(f"/graph/v25.0/{MEDIA}"), params={"phone_number_id": PN}),
+    ],
+    ("POST", "/graph/{version:graph_version}/{node}"): [
+        Sample(Role.ADMIN, fixed(f"/graph/v25.0/{PN}"), {"pin": "123456"})
+    ],
+    ("DELETE", "/graph/{version:graph_version}/{node}"): [
+        Sample(Role.SEND, fixed(f"/graph/v25.0/{MEDIA}"), params={"phone_number_id": PN})
+    ],
+    ("GET", "/graph/{version:graph_version}/{node}/{edge:graph_edge}"): [
+        Sample(Role.READ, fixed(f"/graph/v25.0/{PN}/whatsapp_business_profile")),
+        Sample(Role.READ, fixed(f"/graph/v25.0/{WABA}/message_templates")),
+    ],
+    ("POST", "/graph/{version:graph_version}/{node}/{edge:graph_edge}"): [
+        Sample(Role.SEND, fixed(f"/graph/v25.0/{PN}/media"), {"messaging_product": "whatsapp"}),
+        Sample(Role.ADMIN, fixed(f"/graph/v25.0/{WABA}/message_templates"), {"name": "x"}),
+    ],
+    ("DELETE", "/graph/{version:graph_version}/{node}/{edge:graph_edge}"): [
+        Sample(Role.ADMIN, fixed(f"/graph/v25.0/{WABA}/message_templates"), params={"name": "x"})
+    ],
+    ("GET", "/graph/media/{media_id}"): [
+        Sample(Role.READ, fixed(f"/graph/media/{MEDIA}"), params={"phone_number_id": PN})
     ],
 }
 
@@ -127,13 +155,21 @@ def served(app: FastAPI) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def upstream(meta: Meta) -> httpx.AsyncBaseTransport:
-    """Meta accepting sends and listing no templates."""
+    """Meta accepting sends and status updates, listing no templates, answering MEDIA as a media object and
+    any other call with success."""
 
     async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/messages"):
+            if b'"status"' in request.content:
+                return httpx.Response(200, json={"success": True})
+            return await meta(request)
+        meta.requests.append({"url": str(request.url)})
+        if request.url.path.endswith(f"/{MEDIA}") and request.method == "GET":
+            media = {"url": "https://lookaside.test/x", "mime_type": "image/png", "id": MEDIA}
+            return httpx.Response(200, json={"messaging_product": "whatsapp", **media})
         if request.method == "GET":
-            meta.requests.append({"url": str(request.url)})
             return httpx.Response(200, json={"data": [], "paging": {}})
-        return await meta(request)
+        return httpx.Response(200, json={"success": True})
 
     return httpx.MockTransport(handle)
 

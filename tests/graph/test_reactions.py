@@ -21,7 +21,7 @@ GRAPH_BODY = {
     "template": {"name": "hello_world", "language": {"code": "en_US"}},
 }
 
-# Meta's code → (the gate's code, HTTP status, Retry-After or None, the pass-through's HTTP status)
+# Meta's code → (the gate's code, HTTP status, Retry-After or None, the pass-through's HTTP status: Meta's own)
 ROWS = {
     131049: ("marketing_limited", 429, "86400", 400),
     130472: ("marketing_limited", 429, "86400", 400),
@@ -37,7 +37,7 @@ ROWS = {
     132069: ("template_not_approved", 422, "3600", 400),
     131062: ("invalid_recipient", 422, None, 400),
     131063: ("upstream_configuration", 502, None, 400),
-    190: ("upstream_configuration", 502, None, 400),
+    190: ("upstream_configuration", 502, None, 401),
     368: ("upstream_configuration", 502, None, 400),
     131005: ("upstream_configuration", 502, None, 400),
     131031: ("upstream_configuration", 502, None, 400),

@@ -100,6 +100,29 @@ def test_pywa_client_works_through_the_graph_pass_through(
         assert sim.get("/sandbox/stats").json()["sends"] == 1  # the refusal never reached Meta
 
 
+def test_pywa_marks_read_and_moves_media_through_the_gate(
+    loop: tuple[int, httpx.Client, dict[str, str], str], tmp_path: Path
+) -> None:
+    """Beyond sends, what an SDK pointed at the gate calls: mark as read, typing, media up and down."""
+    port, sim, env, key = loop
+    with serve(env, tmp_path / "gate.log", "--no-migrate", port=port), httpx.Client(timeout=10) as session:
+        inbound = sim.post("/sandbox/inbound", json={"phone_number_id": PN, "from": OPEN}).json()
+        wa = WhatsApp(phone_id=PN, token=key, session=session)
+        wa.api._session.base_url = (
+            f"http://127.0.0.1:{port}/graph/v{wa.api._session.base_url.path.split('/v')[-1]}"
+        )
+        assert wa.mark_message_as_read(inbound["message_id"]).success
+        assert wa.indicate_typing(inbound["message_id"]).success
+        data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
+        media = wa.upload_media(media=data, mime_type="image/png", filename="logo.png")
+        url = wa.get_media_url(media.id).url
+        assert url.startswith(f"http://127.0.0.1:{port}/graph/media/{media.id}")  # the gate, not Meta's CDN
+        assert wa.get_media_bytes(url) == data
+        assert wa.delete_media(media.id).success
+        stats = sim.get("/sandbox/stats").json()
+        assert (stats["marked_read"], stats["sends"], stats["media"]) == (2, 0, 0)
+
+
 def test_sigkill_mid_load_loses_nothing_and_sends_nothing_twice(
     loop: tuple[int, httpx.Client, dict[str, str], str], tmp_path: Path
 ) -> None:

@@ -720,3 +720,76 @@ async def test_an_error_fault_the_simulator_does_not_know_is_refused(sim: Sim) -
     r = await sim.client.post("/sandbox/faults", json={"errors": [{"code": 999999, "rate": 1}]})
     assert r.status_code == 422
     assert (await sim.send(template())).status_code == 200
+
+
+# --- mark as read, media, other objects --------------------------------------------------------------------
+READ_MARK = {
+    "messaging_product": "whatsapp",
+    "status": "read",
+    "message_id": "wamid.HBgNNTUxMTk4NzY1NDMyMRUC",
+}
+
+
+async def test_mark_as_read_answers_success_and_sends_nothing(sim: Sim) -> None:
+    for body in (READ_MARK, {**READ_MARK, "typing_indicator": {"type": "text"}}):
+        r = await sim.send(body)
+        assert (r.status_code, r.json()) == (200, {"success": True}), r.text
+    await sim.state.idle()
+    stats = sim.state.stats()
+    assert (stats["marked_read"], stats["sends"], stats["accepted"]) == (2, 0, 0)
+    assert sim.receiver.payloads == []  # no status webhook: nothing was sent
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        ({"messaging_product": "whatsapp", "status": "read"}, "message_id"),
+        ({**READ_MARK, "status": "delivered"}, "status"),
+        ({**READ_MARK, "typing_indicator": {"type": "audio"}}, "typing_indicator"),
+        ({**READ_MARK, "to": CUSTOMER}, "recipient"),
+    ],
+)
+async def test_a_bad_status_update_is_metas_code_100(sim: Sim, body: dict[str, Any], mentions: str) -> None:
+    error = meta_error(await sim.send(body), 400, 100)
+    assert mentions in error["error_data"]["details"]
+    meta_error(await sim.client.post(f"/v25.0/{PN}/messages", json=READ_MARK), 401, 190)
+
+
+async def test_media_is_uploaded_looked_up_downloaded_and_deleted(sim: Sim) -> None:
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8 + b"\r\n"
+    files = {"file": ("logo.png", data, "image/png")}
+    r = await sim.client.post(
+        f"/v25.0/{PN}/media", files=files, data={"messaging_product": "whatsapp"}, headers=TOKEN
+    )
+    assert r.status_code == 200, r.text
+    media_id = r.json()["id"]
+    assert media_id.isdigit()
+    info = (await sim.client.get(f"/v25.0/{media_id}?phone_number_id={PN}", headers=TOKEN)).json()
+    assert (info["mime_type"], info["file_size"], info["id"]) == ("image/png", len(data), media_id)
+    assert info["url"].startswith("http://sim/whatsapp_business/attachments/?mid=")
+    meta_error(await sim.client.get(info["url"]), 401, 190)  # the CDN wants the token too
+    got = await sim.client.get(info["url"], headers=TOKEN)
+    assert got.content == data and got.headers["content-type"] == "image/png"
+    meta_error(await sim.client.get(f"/v25.0/{media_id}?phone_number_id=1", headers=TOKEN), 400, 100)
+    meta_error(await sim.client.delete(f"/v25.0/{media_id}?phone_number_id=1", headers=TOKEN), 400, 100)
+    assert (await sim.client.delete(f"/v25.0/{media_id}", headers=TOKEN)).json() == {"success": True}
+    meta_error(await sim.client.get(info["url"], headers=TOKEN), 400, 100)
+    meta_error(await sim.client.post(f"/v25.0/{PN}/media", content=b"raw", headers=TOKEN), 400, 100)
+
+
+async def test_the_number_the_account_and_what_it_does_not_model(sim: Sim) -> None:
+    number = (await sim.client.get(f"/v25.0/{PN}", headers=TOKEN)).json()
+    assert number["id"] == PN and number["display_phone_number"]
+    assert (await sim.client.get(f"/v25.0/{WABA}", headers=TOKEN)).json()["id"] == WABA
+    for method, path in (
+        ("POST", f"/v25.0/{PN}"),
+        ("GET", f"/v25.0/{PN}/qr"),
+        ("DELETE", f"/v25.0/{PN}/x/y"),
+    ):
+        meta_error(await sim.client.request(method, path, headers=TOKEN), 400, 100)
+    assert (await sim.client.get("/sandbox/stats")).status_code == 200  # controls are not shadowed
+
+
+async def test_paging_links_carry_the_token_as_metas_do(sim: Sim) -> None:
+    page = (await sim.client.get(f"/v25.0/{WABA}/message_templates?limit=2", headers=TOKEN)).json()
+    assert "access_token=any-token" in page["paging"]["next"]

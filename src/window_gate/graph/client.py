@@ -1,6 +1,7 @@
 """The one Graph API client: Meta's Cloud API send, its errors typed, retries only where safe."""
 
 import asyncio
+from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 import httpx
@@ -84,6 +85,40 @@ class GraphClient:
         if not isinstance(page.get("data"), list):
             raise GraphUnreadable("unreadable answer from the Graph API: no `data` list")
         return page
+
+    async def media(self, media_id: str, phone_number_id: str | None, token: str | None) -> dict[str, Any]:
+        """GET /{version}/{media_id}: `{url, mime_type, sha256, file_size, id}`; with `phone_number_id`,
+        Meta answers only when the media belongs to that number."""
+        params = {"phone_number_id": phone_number_id} if phone_number_id else None
+        url = f"/{self.version}/{media_id}"
+        return await self._call("GET", url, headers=self._auth(token), params=params)
+
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        token: str | None,
+        params: Sequence[tuple[str, str]] = (),
+        headers: Sequence[tuple[str, str]] = (),
+        content: AsyncIterable[bytes] | None = None,
+    ) -> httpx.Response:
+        """Any Graph API call (a path under the Graph root, or the absolute URL of Meta's media), with
+        `token`, its answer not read yet (the caller closes it): the pass-through's, whatever Meta says.
+        Never retried, since the body is a stream; a GraphFailure when no answer came."""
+        request = self.http.build_request(
+            method,
+            url,
+            params=list(params) or None,  # an empty list would drop the query of `url` (Meta's media URL)
+            headers=[*headers, *self._auth(token).items()],
+            content=content,
+        )
+        try:
+            return await self.http.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise GraphUnreachable(str(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise GraphNoAnswer(f"{type(exc).__name__}: {exc}") from exc
 
     def _auth(self, token: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.default_token or 'sandbox'}"}

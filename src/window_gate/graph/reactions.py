@@ -75,7 +75,8 @@ def gate_error(err: GraphError) -> GateError:
     code = err.code or 0
     kind = REACTIONS.get(code, UpstreamError)
     detail = f"Meta answered ({err.code}) {err.message}" + (f": {err.details}" if err.details else "")
-    context = {"meta_error": err.raw or {"http_status": err.http_status}}
+    # Meta's HTTP status too: the Graph pass-through answers with it (SDKs map 401, 404, 5xx to errors).
+    context = {"meta_error": err.raw or {"http_status": err.http_status}, "meta_status": err.http_status}
     wait = RETRY_AFTER_SECONDS.get(code)
     if kind is RateLimited:
         return RateLimited(detail, retry_after=max(wait or 1, err.regain_seconds or 0), **context)

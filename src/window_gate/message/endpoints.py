@@ -189,9 +189,10 @@ META_SHAPES: dict[str, tuple[int, int, str]] = {
     ),
     "undeliverable": (400, 131026, "Message undeliverable"),
     "upstream_configuration": (400, 131005, "Access denied"),
+    "upstream_error": (502, 131000, "Something went wrong"),  # Meta out of reach: nothing was sent
+    "payload_too_large": (413, 100, "Invalid parameter"),
 }
 INVALID_PARAMETER = (400, 100, "Invalid parameter")
-META_PASSED_ON = {400: "Meta's own 4xx error", 502: "Meta's own 5xx error"}
 
 
 def _graph_responses() -> dict[int | str, dict[str, Any]]:
@@ -199,20 +200,22 @@ def _graph_responses() -> dict[int | str, dict[str, Any]]:
     shapes: dict[int, list[str]] = {}
     for status, code, message in (INVALID_PARAMETER, *META_SHAPES.values()):
         shapes.setdefault(status, []).append(f"{code} {message}")
-    for status, words in META_PASSED_ON.items():
-        shapes.setdefault(status, []).append(words)
     errors: dict[int | str, dict[str, Any]] = {
         status: {"model": GraphErrorOut, "description": "Meta's error shape: " + " · ".join(codes)}
         for status, codes in sorted(shapes.items())
     }
     # `default` also keeps FastAPI from documenting its 422: malformed requests get Meta's 400 code 100.
-    errors["default"] = {"model": GraphErrorOut, "description": "Any error: Meta's error shape"}
+    errors["default"] = {
+        "model": GraphErrorOut,
+        "description": "Meta's own error, passed on with Meta's own HTTP status (401 for 190, 404 for "
+        "132001, 500 for 131000 …); any other error in Meta's shape",
+    }
     return {200: {"description": "Meta's own success body", "content": {"application/json": {}}}, **errors}
 
 
 @graph_router.post(
     "/{version}/{phone_number_id}/messages",
-    summary="Graph-compatible send (drop-in for Meta's endpoint)",
+    summary="Graph-compatible send or mark as read (drop-in for Meta's endpoint)",
     status_code=200,
     response_class=JSONResponse,
     responses=_graph_responses(),
@@ -243,11 +246,16 @@ async def graph_send(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Exactly Meta's `POST /{version}/{phone_number_id}/messages`: an existing WhatsApp client changes
-    only its base URL (`…/graph`) and token (a gate API key). Answers and errors have Meta's shapes."""
+    only its base URL (`…/graph`) and token (a gate API key). Answers and errors have Meta's shapes, and
+    Meta's own errors keep Meta's HTTP status. A status update (`"status": "read"`: mark as read, with or
+    without `typing_indicator`) is not a send: no window, template or price check, nothing recorded,
+    no Idempotency-Key; Meta's answer (`{"success": true}`) is the answer."""
     state = gate(request)
     try:
         caller = await SEND.caller(state, authorization, phone_number_id)
         body = _json_object(await request.body())
+        if service.is_status_update(body):
+            return JSONResponse(await service.update_status(state, caller, phone_number_id, body))
         sent = await service.send(
             state, caller, {**body, "phone_number_id": phone_number_id}, idempotency_key
         )
@@ -266,12 +274,16 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def as_meta_error(err: GateError) -> Response:
-    """The gate's refusal as Meta would answer it; what Meta has no code for is 100, Invalid parameter."""
+    """The gate's refusal as Meta would answer it; what Meta has no code for is 100, Invalid parameter.
+    Meta's own refusal is passed on unchanged, with Meta's HTTP status: SDKs map some statuses (401, 404,
+    5xx) to their own exceptions."""
     problem = err.problem()
     meta_error = problem.get("meta_error")
-    if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words, passed on unchanged
-        # A refusal only the business can fix stays a 4xx, as at Meta: a 5xx would invite a client to retry.
-        status = 400 if err.status < 500 or isinstance(err, UpstreamConfiguration) else 502
+    if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words and status, unchanged
+        status = problem.get("meta_status")
+        if not isinstance(status, int) or not 400 <= status <= 599:  # stored before the status was kept
+            # A refusal only the business can fix stays a 4xx, as at Meta: a 5xx invites a retry.
+            status = 400 if err.status < 500 or isinstance(err, UpstreamConfiguration) else 502
         return JSONResponse(meta_error, status_code=status, headers=err.headers)
     status, code, message = META_SHAPES.get(err.code, INVALID_PARAMETER)
     error = {

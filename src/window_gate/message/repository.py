@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import HotPool, Statement
 from window_gate.message.status import MessageStatus
-from window_gate.models import Message, MessageEvent
+from window_gate.models import Message, MessageEvent, PhoneNumber
 
 # The record, its estimate and its first event in one round trip, which also reads the number's own token.
 INSERT_PENDING = Statement(
@@ -91,6 +91,15 @@ class Previous:
 
 def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+ACCESS_TOKEN = select(PhoneNumber.access_token).where(PhoneNumber.phone_number_id == bindparam("id"))
+
+
+async def access_token(conn: AsyncConnection, phone_number_id: str) -> str | None:
+    """The number's own token; None: WINDOW_GATE_GRAPH_ACCESS_TOKEN."""
+    token: str | None = (await conn.execute(ACCESS_TOKEN, {"id": phone_number_id})).scalar()
+    return token
 
 
 @dataclass(frozen=True, slots=True)

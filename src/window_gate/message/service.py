@@ -129,6 +129,36 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
     return await accepted(attempt, answer)
 
 
+# Meta's status updates on POST /{phone_number_id}/messages: mark as read, with or without a typing
+# indicator. They reach no customer but the author of a message already received.
+STATUS_UPDATE = "status"
+RECIPIENT_FIELDS = ("to", "recipient", "type")
+
+
+def is_status_update(body: dict[str, Any]) -> bool:
+    return STATUS_UPDATE in body
+
+
+async def update_status(
+    gate: Gate, caller: Caller, phone_number_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Meta's answer to a status update (`{"success": true}`). Not a send: no window, template or price
+    check, nothing recorded or counted, and no Idempotency-Key (marking read twice changes nothing). A
+    body that also names a recipient could be a send without the checks: refused."""
+    caller.require(Role.SEND, phone_number_id)
+    if named := [field for field in RECIPIENT_FIELDS if field in body]:
+        raise ValidationFailed(
+            f"a status update (`status`) names a `message_id`, not a recipient: `{named[0]}` is not accepted "
+            "with it"
+        )
+    async with gate.autocommit.connect() as conn:
+        token = await repository.access_token(conn, phone_number_id)
+    try:
+        return await gate.graph.send_message(phone_number_id, body, token)
+    except GraphFailure as exc:
+        raise verdict(exc)[1] from None
+
+
 def checked(caller: Caller, body: dict[str, Any], idempotency_key: str | None) -> Request:
     phone_number_id = str(body.pop("phone_number_id"))
     caller.require(Role.SEND, phone_number_id)

@@ -164,6 +164,22 @@ def validate_send(body: object) -> Send:
     return Send(str(to or recipient), wa_id, recipient or None, kind, content, callback)
 
 
+def validate_status_update(body: dict[str, Any]) -> None:
+    """Mark as read (`status: "read"`, a `message_id`, optionally `typing_indicator: {type: "text"}`): Meta's
+    code-100 refusals otherwise. A recipient is no part of it."""
+    if body.get("messaging_product") != "whatsapp":
+        raise MetaError(100, "The parameter messaging_product is required and must be 'whatsapp'.")
+    if body.get("status") != "read":
+        raise MetaError(100, "The parameter status must be 'read'.")
+    if not isinstance(body.get("message_id"), str) or not body["message_id"]:
+        raise MetaError(100, "The parameter message_id is required.")
+    indicator = body.get("typing_indicator")
+    if indicator is not None and indicator != {"type": "text"}:
+        raise MetaError(100, "The parameter typing_indicator must be {'type': 'text'}.")
+    if "to" in body or "recipient" in body:
+        raise MetaError(100, "A status update takes a message_id, not a recipient.")
+
+
 def _check_content(kind: str, content: Any) -> None:
     if kind == "text" and not (isinstance(content.get("body"), str) and content["body"]):
         raise MetaError(100, "The parameter text['body'] is required.")

@@ -8,8 +8,12 @@ would each keep their own view, so run one.
 
 import asyncio
 import contextlib
+import email.policy
+import hashlib
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from email.parser import BytesParser
 from typing import Annotated, Any
 
 import httpx
@@ -28,6 +32,7 @@ from window_gate.sandbox.meta import (
     pricing,
     unix,
     validate_send,
+    validate_status_update,
     wa_id_for,
 )
 from window_gate.sandbox.meta import Send as SendBody
@@ -35,6 +40,7 @@ from window_gate.sandbox.state import (
     ErrorFault,
     Fault,
     Faults,
+    Media,
     SentMessage,
     SimulatorConfig,
     SimulatorState,
@@ -45,6 +51,8 @@ GRAPH_TAG, SANDBOX_TAG = "graph (simulated)", "sandbox controls"
 META_ERROR = {"description": "Meta's error shape: `{error: {message, type, code, error_data, fbtrace_id}}`"}
 graph = APIRouter(tags=[GRAPH_TAG])
 controls = APIRouter(prefix="/sandbox", tags=[SANDBOX_TAG])
+objects = APIRouter(tags=[GRAPH_TAG])  # /{version}/{id}…: after the controls, which it would shadow
+ATTACHMENTS = "/whatsapp_business/attachments/"  # the path of Meta's media CDN (lookaside.fbsbx.com)
 
 
 def create_simulator(config: SimulatorConfig | None = None) -> FastAPI:
@@ -68,6 +76,7 @@ def create_simulator(config: SimulatorConfig | None = None) -> FastAPI:
     app.exception_handler(MetaError)(_meta_error)
     app.include_router(graph)
     app.include_router(controls)
+    app.include_router(objects)
     app.add_middleware(SandboxHeader)
     return app
 
@@ -121,9 +130,15 @@ class SandboxHeader:
 
 def _authenticate(request: Request) -> None:
     """Any non-empty token passes: the simulator checks presence, not validity."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if not (scheme.lower() == "bearer" and token.strip()) and not request.query_params.get("access_token"):
+    if not _token(request):
         raise MetaError(190)
+
+
+def _token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.query_params.get("access_token", "")
 
 
 # --- Graph API (Meta's paths and shapes) -------------------------------------------------------------------
@@ -145,14 +160,18 @@ async def send_message(request: Request, version: str, phone_number_id: str) -> 
     webhooks: sent → delivered → read, or a `failed` status with 131047 for free-form outside the
     simulator's own view of the window (or with an injected error: `POST /sandbox/faults`)."""
     state = _state(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and "status" in body:
+        return await _update_status(request, state, phone_number_id, body)
     state.sends[phone_number_id] += 1
     try:
         _authenticate(request)
         fault = await _apply_faults(state)
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            raise MetaError(100, "The request body is not valid JSON.") from None
+        if body is None:
+            raise MetaError(100, "The request body is not valid JSON.")
         send = validate_send(body)
         template = check_send(state.config.templates, send.template) if send.type == "template" else None
         if not state.take_throughput(phone_number_id):
@@ -171,6 +190,22 @@ async def send_message(request: Request, version: str, phone_number_id: str) -> 
     if fault == "drop":  # the message did go out; the answer is lost on the way, as behind a proxy
         return PlainTextResponse("upstream connect error or disconnect/reset before headers", status_code=502)
     return _json(answer)
+
+
+async def _update_status(
+    request: Request, state: SimulatorState, phone_number_id: str, body: dict[str, Any]
+) -> Response:
+    """Mark as read (with a typing indicator or not): `{"success": true}`, no message, no webhook."""
+    try:
+        _authenticate(request)
+        if state.faults.latency_ms:
+            await asyncio.sleep(state.faults.latency_ms / 1000)
+        validate_status_update(body)
+    except MetaError as exc:
+        state.errors[exc.code] += 1
+        raise
+    state.marked_read[phone_number_id] += 1
+    return _json({"success": True})
 
 
 async def _apply_faults(state: SimulatorState) -> Fault | None:
@@ -296,9 +331,11 @@ async def list_templates(
             f"Unsupported get request. Object with ID '{waba_id}' does not exist, cannot be loaded due to "
             "missing permissions, or does not support this operation.",
         )
+    # Meta's paging links carry the caller's access token, even when it came in a header.
+    url = request.url.include_query_params(access_token=_token(request))
     found = page(
         state.config.templates,
-        request.url,
+        url,
         limit=limit,
         after=after,
         before=before,
@@ -307,6 +344,145 @@ async def list_templates(
         name=name,
     )
     return _json(found)
+
+
+# --- Media: upload, look up, download, delete ---------------------------------------------------------------
+@graph.post(
+    "/{version}/{phone_number_id}/media",
+    summary="Upload media (simulated)",
+    status_code=200,
+    responses={400: META_ERROR, 401: META_ERROR},
+)
+async def upload_media(request: Request, version: str, phone_number_id: str) -> Response:
+    """Meta's multipart upload (`file`, `type`, `messaging_product`, the last also as a query parameter):
+    `{"id": <media id>}`. The simulator keeps media in memory only."""
+    state = _state(request)
+    _authenticate(request)
+    parts = _form(request.headers.get("content-type", ""), await request.body())
+    product = parts.get("messaging_product", (None, b""))[1].decode() or request.query_params.get(
+        "messaging_product"
+    )
+    if product != "whatsapp":
+        raise MetaError(100, "The parameter messaging_product is required and must be 'whatsapp'.")
+    if "file" not in parts:
+        raise MetaError(100, "The parameter file is required.")
+    file_type, data = parts["file"]
+    mime_type = parts.get("type", (None, b""))[1].decode() or file_type
+    if not mime_type:
+        raise MetaError(100, "The parameter type is required.")
+    media = Media(str(10**15 + secrets.randbelow(9 * 10**15)), phone_number_id, mime_type, data)
+    state.media[media.id] = media
+    return _json({"id": media.id})
+
+
+def _form(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """multipart/form-data by part name: (the part's own content type, its bytes)."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise MetaError(100, "Media must be uploaded as multipart/form-data.")
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            own_type = part.get_content_type() if part.get("content-type") else None
+            parts[name] = (own_type, payload if isinstance(payload, bytes) else b"")
+    return parts
+
+
+def _media(state: SimulatorState, media_id: str, phone_number_id: str | None) -> Media:
+    media = state.media.get(media_id)
+    if media is None or (phone_number_id is not None and phone_number_id != media.phone_number_id):
+        # Meta does not say whether the media exists for another number: the same error either way.
+        raise MetaError(
+            100,
+            f"Unsupported request. Object with ID '{media_id}' does not exist, cannot be loaded due to "
+            "missing permissions, or does not support this operation.",
+        )
+    return media
+
+
+def _attachment_hash(media: Media) -> str:
+    return hashlib.sha256(f"{media.id}:{media.phone_number_id}".encode()).hexdigest()[:24]
+
+
+@graph.get(
+    ATTACHMENTS, summary="Download media (simulated CDN)", status_code=200, responses={401: META_ERROR}
+)
+async def download_media(
+    request: Request, mid: str = "", digest: Annotated[str, Query(alias="hash")] = ""
+) -> Response:
+    """The URL a media lookup answers, as Meta's CDN serves it: the bytes, with the access token only."""
+    state = _state(request)
+    _authenticate(request)
+    media = _media(state, mid, None)
+    if not secrets.compare_digest(digest, _attachment_hash(media)):
+        raise MetaError(100, "The media URL is not valid.")
+    return Response(media.data, media_type=media.mime_type)
+
+
+@objects.get(
+    "/{version}/{node}",
+    summary="Read an object: media, the account, a phone number (simulated)",
+    status_code=200,
+    responses={400: META_ERROR, 401: META_ERROR},
+)
+async def read_object(
+    request: Request, version: str, node: str, phone_number_id: str | None = None
+) -> Response:
+    """A media object (its `url` on the simulator's CDN path), the simulator's account, or else one of its
+    phone numbers: the simulator serves every number."""
+    state = _state(request)
+    _authenticate(request)
+    config = state.config
+    if node in state.media or node in state.media_deleted:
+        media = _media(state, node, phone_number_id)
+        url = request.url.replace(path=ATTACHMENTS, query="").include_query_params(
+            mid=media.id, ext=int(state.now().timestamp()), hash=_attachment_hash(media)
+        )
+        return _json(media.graph(str(url)))
+    if node == config.waba_id:
+        return _json({"id": node, "name": "Sandbox Business Account", "currency": "USD", "timezone_id": "1"})
+    return _json(
+        {
+            "verified_name": "Sandbox Business",
+            "display_phone_number": config.display_phone_number,
+            "quality_rating": "GREEN",
+            "platform_type": "CLOUD_API",
+            "id": node,
+        }
+    )
+
+
+@objects.delete(
+    "/{version}/{node}",
+    summary="Delete media (simulated)",
+    status_code=200,
+    responses={400: META_ERROR, 401: META_ERROR},
+)
+async def delete_object(
+    request: Request, version: str, node: str, phone_number_id: str | None = None
+) -> Response:
+    state = _state(request)
+    _authenticate(request)
+    del state.media[_media(state, node, phone_number_id).id]
+    state.media_deleted.add(node)
+    return _json({"success": True})
+
+
+# Not in the simulator's document: one function on several methods and paths.
+@objects.api_route(
+    "/{version}/{node}/{edge:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False
+)
+@objects.post("/{version}/{node}", include_in_schema=False)
+async def unsupported(request: Request) -> Response:
+    """What the simulator does not model is refused as Meta refuses an unknown path: code 100."""
+    _authenticate(request)
+    raise MetaError(
+        100,
+        f"Unsupported {request.method.lower()} request. The simulator does not model {request.url.path}.",
+    )
 
 
 # --- Sandbox controls (not Meta's) ---------------------------------------------------------------------

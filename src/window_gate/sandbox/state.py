@@ -110,6 +110,26 @@ class Faults:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Media:
+    """An uploaded file, as Meta keeps it for the number that uploaded it (here in memory only)."""
+
+    id: str
+    phone_number_id: str
+    mime_type: str
+    data: bytes
+
+    def graph(self, url: str) -> dict[str, Any]:
+        return {
+            "messaging_product": "whatsapp",
+            "url": url,
+            "mime_type": self.mime_type,
+            "sha256": hashlib.sha256(self.data).hexdigest(),
+            "file_size": len(self.data),
+            "id": self.id,
+        }
+
+
 @dataclass(slots=True)
 class SentMessage:
     id: str
@@ -175,6 +195,9 @@ class SimulatorState:
         self.errors: Counter[int] = Counter()
         self.faulted: Counter[str] = Counter()
         self.webhooks: Counter[str] = Counter()
+        self.marked_read: Counter[str] = Counter()  # status updates (mark as read) by phone number
+        self.media: dict[str, Media] = {}
+        self.media_deleted: set[str] = set()  # still media ids: asked for, Meta's "does not exist" error
 
     def now(self) -> datetime:
         return self.config.clock() + self.offset
@@ -396,5 +419,7 @@ class SimulatorState:
             "errors": {str(code): n for code, n in sorted(self.errors.items())},
             "faults": dict(self.faulted),
             "webhooks": {"posted": self.webhooks["posted"], "failed": self.webhooks["failed"]},
+            "marked_read": sum(self.marked_read.values()),
+            "media": len(self.media),
             "now": self.now().isoformat(),
         }
