@@ -44,6 +44,7 @@ from window_gate.metrics import MetricsMiddleware
 from window_gate.middlewares import BodyLimit, HotPaths
 from window_gate.passthrough.endpoints import PROXIED
 from window_gate.passthrough.endpoints import router as passthrough_router
+from window_gate.pricing import service as pricing_service
 from window_gate.pricing import tables as pricing_tables
 from window_gate.pricing.endpoints import budgets_router, costs_router
 from window_gate.template.endpoints import router as template_router
@@ -74,6 +75,7 @@ def create_app(
             parts: list[object] = [
                 window_service.policy(settings),
                 pricing_tables.configured(settings),  # a bad file stops start-up here: one line
+                pricing_service.FreeTiers(),
                 Keywords.configured(settings),
             ]
             url = await asyncio.to_thread(db.database_url, settings)

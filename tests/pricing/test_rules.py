@@ -3,7 +3,7 @@ and budgets that hold when replicas reserve at the same instant (real PostgreSQL
 
 import asyncio
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from window_gate.config import SettingsError, load_settings
 from window_gate.errors import BudgetExceeded
 from window_gate.message import repository as messages
-from window_gate.pricing import service
+from window_gate.pricing import repository, service
 from window_gate.pricing.rules import (
     OTHER,
     Category,
@@ -694,6 +694,7 @@ async def test_send_path_recipe_records_the_estimate_in_the_pending_transaction(
             est = await service.estimate_send(
                 engine,
                 tables(apply_unsure=True),
+                service.FreeTiers(),
                 phone_number_id=PN,
                 category=category,
                 recipient=BRAZIL,
@@ -739,6 +740,7 @@ async def test_send_path_recipe_records_the_estimate_in_the_pending_transaction(
     est = await service.estimate_send(
         engine,
         tables(apply_unsure=True),
+        service.FreeTiers(),
         phone_number_id=PN,
         category=None,
         recipient=BRAZIL,
@@ -746,3 +748,30 @@ async def test_send_path_recipe_records_the_estimate_in_the_pending_transaction(
         at=NOV_2026,
     )
     assert not est.billable and "paid after 1000 a month" in est.rule
+
+
+async def test_a_used_up_free_tier_is_not_counted_again_that_month(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a month's count reaches the tier, the rest of the month's free-form replies cost no query."""
+    counts: list[datetime] = []
+
+    async def used_up(_: object, __: str, ___: str, start: datetime, ____: datetime, cap: int) -> int:
+        counts.append(start)
+        return cap
+
+    monkeypatch.setattr(repository, "sent_this_month", used_up)
+    tiers = service.FreeTiers()
+    for at in (NOV_2026, NOV_2026 + timedelta(days=1), NOV_2026 + timedelta(days=10), NOV_2026):
+        est = await service.estimate_send(
+            engine,
+            tables(apply_unsure=True),
+            tiers,
+            phone_number_id=PN,
+            category=None,
+            recipient=BRAZIL,
+            window=window(WindowState.OPEN),
+            at=at,
+        )
+        assert est.billable
+    assert [c.month for c in counts] == [NOV_2026.month, 12]  # once a month

@@ -206,6 +206,7 @@ async def decide(gate: Gate, request: Request) -> Decision:
     estimate = await pricing.estimate_send(
         gate.autocommit,
         tables,
+        gate.part(pricing.FreeTiers),
         phone_number_id=request.phone_number_id,
         # An unknown template category is priced as the dearest (marketing), so budgets err on the safe side.
         category=(template.category or MARKETING) if template else None,

@@ -87,9 +87,19 @@ def window_flags(window: WindowOut, at: datetime) -> tuple[bool, bool]:
     return inside_csw, inside_fep
 
 
+class FreeTiers:
+    """The months whose free tier a number has used up, as this process has seen them. Within a month the
+    count only grows: once it reaches the tier, later sends of that month need not ask the database (a
+    busy number's free-form reply then costs no extra round trip). One per process, made by the lifespan."""
+
+    def __init__(self) -> None:
+        self.used_up: set[tuple[str, str, datetime]] = set()  # (phone_number_id, category, month start)
+
+
 async def estimate_send(
     engine: AsyncEngine,
     tables: Tables,
+    tiers: FreeTiers,
     *,
     phone_number_id: str,
     category: str | None,
@@ -106,10 +116,16 @@ async def estimate_send(
     sent = 0
     if cell.kind == "paid_after":
         start, end = month_bounds(at)
-        async with engine.connect() as conn:
-            sent = await repository.sent_this_month(
-                conn, phone_number_id, kind.value, start, end, cell.free_per_month
-            )
+        month = (phone_number_id, kind.value, start)
+        if month in tiers.used_up:
+            sent = cell.free_per_month
+        else:
+            async with engine.connect() as conn:
+                sent = await repository.sent_this_month(
+                    conn, phone_number_id, kind.value, start, end, cell.free_per_month
+                )
+            if sent >= cell.free_per_month:
+                tiers.used_up.add(month)
     return estimate(
         tables,
         category=category,
