@@ -20,6 +20,7 @@ HOT = {
     "window_gate.apikey.repository.BY_HASH",
     "window_gate.message.repository.FINISH",
     "window_gate.message.repository.INSERT_PENDING",
+    "window_gate.pricing.repository.RESERVE",
     "window_gate.webhook.repository.INGEST",
     "window_gate.window.repository.LOOKUP",
 }

@@ -3,9 +3,10 @@
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -87,6 +88,14 @@ def _drop_timed_out(context: ExceptionContext) -> None:
             driver.terminate()
 
 
+class Rows(Protocol):
+    """asyncpg's road: the hot pool, or one of its connections in a transaction (HotPool.transaction)."""
+
+    async def fetch(self, query: str, *args: object) -> list[Any]: ...
+
+    async def fetchrow(self, query: str, *args: object) -> Any: ...
+
+
 class HotPool:
     """The asyncpg pool of the hot paths, its callers served first come, first served.
 
@@ -111,9 +120,30 @@ class HotPool:
         return await self._call("fetchrow", query, args)
 
     async def _call(self, method: str, query: str, args: tuple[object, ...]) -> Any:
+        async with self._turn() as conn:
+            return await getattr(conn, method)(query, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Rows]:
+        """One connection in a transaction, for the few hot writes of several statements (a paid send):
+        committed when the block ends, rolled back when it raises. Turn and deadline as for one call."""
+        async with self._turn() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                yield conn
+            except asyncio.CancelledError:
+                raise  # the connection is dropped (_turn): PostgreSQL rolls back what it had
+            except BaseException:
+                await tx.rollback()
+                raise
+            await tx.commit()
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[Any]:
         async with asyncio.timeout(self.timeout), self.turns, self.pool.acquire() as conn:
             try:
-                return await getattr(conn, method)(query, *args)
+                yield conn
             except (TimeoutError, asyncio.CancelledError):
                 # Cut off mid-statement (deadline, cancelled caller): asyncpg would wait on a possibly
                 # silent server to cancel it before reuse. Dropped instead; the pool connects anew.
@@ -140,22 +170,18 @@ class Statement:
             self.names.append(match[1])
         return f"${self.names.index(match[1]) + 1}"
 
-    async def run(
-        self, conn: "AsyncConnection | HotPool", params: Mapping[str, Any]
-    ) -> Mapping[str, Any] | None:
+    async def run(self, conn: AsyncConnection | Rows, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Run it on either road; the first row it returns, if any."""
-        if isinstance(conn, HotPool):
+        if not isinstance(conn, AsyncConnection):
             row: Mapping[str, Any] | None = await conn.fetchrow(self.sql, *(params[n] for n in self.names))
             return row
         result = await conn.execute(self.text, params)
         found = result.mappings().first() if result.returns_rows else None
         return dict(found) if found else None
 
-    async def all(
-        self, conn: "AsyncConnection | HotPool", params: Mapping[str, Any]
-    ) -> list[Mapping[str, Any]]:
+    async def all(self, conn: AsyncConnection | Rows, params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """Run it on either road; every row it returns."""
-        if isinstance(conn, HotPool):
+        if not isinstance(conn, AsyncConnection):
             return await conn.fetch(self.sql, *(params[n] for n in self.names))
         return [dict(row) for row in (await conn.execute(self.text, params)).mappings()]
 

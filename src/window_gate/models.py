@@ -183,6 +183,13 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("api_key_id", "idempotency_key"),
         Index("ix_messages_phone_number_id_created_at", "phone_number_id", "created_at"),  # costs report
+        # The month's sends of a category, counted for a free tier (pricing/repository.py: SENT_THIS_MONTH).
+        Index(
+            "ix_messages_phone_number_id_pricing_category_created_at",
+            "phone_number_id",
+            "pricing_category",
+            "created_at",
+        ),
         # Sends still without Meta's answer, for the chore that expires stale `pending` ones. No index names
         # `status`, and pages keep 30 % free: a status webhook's update stays on its page, touching no index
         # (a HOT update; migration 0008, bench/).

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from window_gate.db import HotPool, Statement
+from window_gate.db import Rows, Statement
 from window_gate.message.status import MessageStatus
 from window_gate.models import Message, MessageEvent, PhoneNumber
 
@@ -108,7 +108,7 @@ class Pending:
 
 
 async def insert_pending(
-    conn: AsyncConnection | HotPool,
+    conn: AsyncConnection | Rows,
     *,
     id: UUID,
     api_key_id: str,
@@ -143,7 +143,7 @@ async def insert_pending(
 
 
 async def finish(
-    conn: AsyncConnection | HotPool,
+    conn: AsyncConnection | Rows,
     id: UUID,
     *,
     status: MessageStatus,

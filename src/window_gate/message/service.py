@@ -21,7 +21,7 @@ from window_gate.apikey.rules import Caller, Role
 from window_gate.consent import service as consent
 from window_gate.customer import service as customers
 from window_gate.customer.identity import CustomerRef, parse_customer
-from window_gate.db import HotPool
+from window_gate.db import Rows
 from window_gate.errors import (
     GateError,
     GraphError,
@@ -222,13 +222,13 @@ async def record(gate: Gate, caller: Caller, request: Request, decision: Decisio
     one with the same Idempotency-Key recorded first.
 
     A free send is one statement on the hot pool (autocommit); a paid one reserves its budget in the same
-    transaction, so a budget refusal leaves nothing recorded and nothing sent."""
+    transaction there, so a budget refusal leaves nothing recorded and nothing sent."""
     message_id = uuid.uuid4()
     estimate = decision.estimate
     if not estimate.amount:
         pending = await _insert(gate.hot, caller, request, decision, message_id)
     else:
-        async with gate.engine.begin() as conn:
+        async with gate.hot.transaction() as conn:
             pending = await _insert(conn, caller, request, decision, message_id)
             if pending is not None:
                 await pricing.reserve(
@@ -245,7 +245,7 @@ async def record(gate: Gate, caller: Caller, request: Request, decision: Decisio
 
 
 async def _insert(
-    conn: AsyncConnection | HotPool, caller: Caller, request: Request, decision: Decision, id: uuid.UUID
+    conn: AsyncConnection | Rows, caller: Caller, request: Request, decision: Decision, id: uuid.UUID
 ) -> repository.Pending | None:
     return await repository.insert_pending(
         conn,

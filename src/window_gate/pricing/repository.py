@@ -30,12 +30,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from window_gate.db import AnyRow
+from window_gate.db import AnyRow, Rows, Statement
 from window_gate.models import ApiKey, Budget, BudgetSpend, Message
 
 
 @dataclass(frozen=True, slots=True)
-class Standing:
+class Refusal:
+    """The budget a reservation would pass, and its spend before it."""
+
+    scope: str
+    scope_id: str
     monthly_limit: Decimal
     currency: str
     spent: Decimal
@@ -57,8 +61,37 @@ SENT_THIS_MONTH = select(func.count()).select_from(
     .limit(bindparam("cap"))
     .subquery()
 )
-ENSURE_SPEND = insert(BudgetSpend).on_conflict_do_nothing(
-    index_elements=[BudgetSpend.scope, BudgetSpend.scope_id, BudgetSpend.month]
+# Both scopes' spend (the phone number's first, then the key's: one lock order, so reservations never
+# deadlock) in one statement, on either road (the hot pool for a paid send, bench/). Each row is created at
+# `amount` or grown by it unless that passes its scope's budget; ON CONFLICT DO UPDATE locks the row and
+# re-checks against its committed `spent` (READ COMMITTED), which makes budgets safe across replicas. The
+# row returned, if any, is the first budget refused (its spend as this statement found it): then the one
+# scope may have grown while the other was refused, and the caller's transaction must roll back.
+RESERVE = Statement(
+    """
+WITH budget AS (
+  SELECT scope, scope_id, monthly_limit, currency FROM budgets
+  WHERE (scope = 'phone_number' AND scope_id = :phone_number_id) OR (scope = 'api_key' AND scope_id = :api_key_id)
+), r AS (
+  INSERT INTO budget_spend AS s (scope, scope_id, month, spent)
+  SELECT w.scope, w.scope_id, :month, :amount
+  FROM (VALUES (1, 'phone_number', CAST(:phone_number_id AS text)), (2, 'api_key', CAST(:api_key_id AS text)))
+       AS w (turn, scope, scope_id)
+  WHERE NOT EXISTS (SELECT FROM budget b WHERE (b.scope, b.scope_id) = (w.scope, w.scope_id)
+                    AND (b.currency <> :currency OR b.monthly_limit < :amount))
+  ORDER BY w.turn
+  ON CONFLICT (scope, scope_id, month) DO UPDATE SET spent = s.spent + excluded.spent, updated_at = now()
+  WHERE NOT EXISTS (SELECT FROM budget b WHERE (b.scope, b.scope_id) = (s.scope, s.scope_id)
+                    AND (b.currency <> :currency OR b.monthly_limit < s.spent + excluded.spent))
+  RETURNING s.scope
+)
+SELECT b.scope, b.scope_id, b.monthly_limit, b.currency, COALESCE(sp.spent, 0) AS spent
+FROM budget b
+LEFT JOIN budget_spend sp ON (sp.scope, sp.scope_id, sp.month) = (b.scope, b.scope_id, :month)
+WHERE b.scope NOT IN (SELECT scope FROM r)
+ORDER BY b.scope = 'api_key'
+LIMIT 1
+"""
 )
 # Bound names differ from the columns': SQLAlchemy keeps those for an UPDATE's SET.
 _AMOUNT = bindparam("amount", type_=BudgetSpend.spent.type)
@@ -66,31 +99,6 @@ _SPEND = and_(
     BudgetSpend.scope == bindparam("in_scope"),
     BudgetSpend.scope_id == bindparam("in_scope_id"),
     BudgetSpend.month == bindparam("in_month"),
-)
-_BUDGET = (
-    select(Budget.monthly_limit, Budget.currency)
-    .where(Budget.scope == bindparam("in_scope"), Budget.scope_id == bindparam("in_scope_id"))
-    .cte("budget")
-)
-# The row lock taken by this UPDATE is what makes budgets safe across replicas: a concurrent reservation
-# waits for it, then PostgreSQL re-checks the WHERE clause against the committed `spent` (READ COMMITTED).
-RESERVE = (
-    update(BudgetSpend)
-    .where(
-        _SPEND,
-        or_(
-            ~exists(select(_BUDGET)),
-            exists(
-                select(_BUDGET).where(
-                    _BUDGET.c.currency == bindparam("currency"),
-                    BudgetSpend.spent + _AMOUNT <= _BUDGET.c.monthly_limit,
-                )
-            ),
-        ),
-    )
-    .values(spent=BudgetSpend.spent + _AMOUNT, updated_at=func.now())
-    .returning(BudgetSpend.spent)
-    .add_cte(_BUDGET)
 )
 RELEASE = (
     update(BudgetSpend)
@@ -119,15 +127,24 @@ async def sent_this_month(
 
 
 async def reserve(
-    conn: AsyncConnection, scope: str, scope_id: str, month: date, amount: Decimal, currency: str
-) -> Decimal | None:
-    """Add `amount` to the month's spend unless that passes the scope's budget: the new spend, or None."""
-    await conn.execute(ENSURE_SPEND, {"scope": scope, "scope_id": scope_id, "month": month})
-    key = {"in_scope": scope, "in_scope_id": scope_id, "in_month": month}
-    spent: Decimal | None = (
-        await conn.execute(RESERVE, {**key, "amount": amount, "currency": currency})
-    ).scalar_one_or_none()
-    return spent
+    conn: AsyncConnection | Rows,
+    *,
+    phone_number_id: str,
+    api_key_id: str,
+    month: date,
+    amount: Decimal,
+    currency: str,
+) -> Refusal | None:
+    """Add `amount` to the month's spend of both scopes, or the first budget that refuses it."""
+    params = {
+        "phone_number_id": phone_number_id,
+        "api_key_id": api_key_id,
+        "month": month,
+        "amount": amount,
+        "currency": currency,
+    }
+    row = await RESERVE.run(conn, params)
+    return Refusal(**row) if row else None
 
 
 async def release(conn: AsyncConnection, scope: str, scope_id: str, month: date, amount: Decimal) -> None:
@@ -141,12 +158,6 @@ def _budgets(month: date) -> Select[*tuple[Any, ...]]:
         BudgetSpend.scope == Budget.scope, BudgetSpend.scope_id == Budget.scope_id, BudgetSpend.month == month
     )
     return select(Budget.monthly_limit, Budget.currency, spent).outerjoin(BudgetSpend, this_month)
-
-
-async def standing(conn: AsyncConnection, scope: str, scope_id: str, month: date) -> Standing | None:
-    query = _budgets(month).where(Budget.scope == scope, Budget.scope_id == scope_id)
-    row = (await conn.execute(query)).first()
-    return Standing(row.monthly_limit, row.currency, row.spent) if row else None
 
 
 async def put_budget(

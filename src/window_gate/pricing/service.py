@@ -17,6 +17,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from window_gate.apikey.rules import Caller
+from window_gate.db import Rows
 from window_gate.errors import BudgetExceeded, Forbidden, MarketingUnavailable, NotFound, ValidationFailed
 from window_gate.pricing import repository
 from window_gate.pricing.rules import (
@@ -176,7 +177,7 @@ def estimate_columns(est: Estimate) -> dict[str, Any]:
 
 
 async def reserve(
-    conn: AsyncConnection,
+    conn: AsyncConnection | Rows,
     *,
     phone_number_id: str,
     api_key_id: str,
@@ -185,44 +186,41 @@ async def reserve(
     at: datetime,
 ) -> None:
     """Count `amount` against this month's spend of the phone number and of the API key, or raise
-    BudgetExceeded (402) and count nothing. Atomic on its own (a savepoint) and safe across replicas:
-    each scope's spend row is locked by a conditional UPDATE until the caller's transaction ends, so
-    commit that transaction promptly. Free sends (amount 0) reserve nothing and are never refused."""
+    BudgetExceeded (402): then the caller's transaction must roll back (leaving its block does). Safe
+    across replicas: each scope's spend row stays locked until that transaction ends, so end it promptly.
+    Free sends (amount 0) reserve nothing and are never refused."""
     if amount <= 0:
         return
     month = month_of(at)
-    async with conn.begin_nested():
-        # Always the phone number first, then the key: one lock order, so reservations never deadlock.
-        for scope, scope_id in ((Scope.PHONE_NUMBER, phone_number_id), (Scope.API_KEY, api_key_id)):
-            if await repository.reserve(conn, scope.value, scope_id, month, amount, currency) is None:
-                raise await _exceeded(conn, scope, scope_id, month, amount, currency)
-
-
-async def _exceeded(
-    conn: AsyncConnection, scope: Scope, scope_id: str, month: date, amount: Decimal, currency: str
-) -> BudgetExceeded:
-    found = await repository.standing(conn, scope.value, scope_id, month)
-    limit, spent, in_currency = (
-        (found.monthly_limit, found.spent, found.currency) if found else (Decimal(0), Decimal(0), currency)
+    refused = await repository.reserve(
+        conn,
+        phone_number_id=phone_number_id,
+        api_key_id=api_key_id,
+        month=month,
+        amount=amount,
+        currency=currency,
     )
-    if in_currency != currency:
+    if refused is None:
+        return
+    if refused.currency != currency:
         detail = (
-            f"the {scope.value} budget of {scope_id} is in {in_currency} but estimates are in {currency}: "
-            f"set the budget again in {currency}"
+            f"the {refused.scope} budget of {refused.scope_id} is in {refused.currency} but estimates are "
+            f"in {currency}: set the budget again in {currency}"
         )
     else:
         detail = (
-            f"this send (about {amount} {currency}) would take the {scope.value} budget of {scope_id} past "
-            f"{limit} {currency} for {month:%Y-%m} (spent so far {spent}); nothing was sent"
+            f"this send (about {amount} {currency}) would take the {refused.scope} budget of "
+            f"{refused.scope_id} past {refused.monthly_limit} {currency} for {month:%Y-%m} "
+            f"(spent so far {refused.spent}); nothing was sent"
         )
-    return BudgetExceeded(
+    raise BudgetExceeded(
         detail,
-        scope=scope.value,
-        scope_id=scope_id,
-        limit=str(limit),
-        spent=str(spent),
+        scope=refused.scope,
+        scope_id=refused.scope_id,
+        limit=str(refused.monthly_limit),
+        spent=str(refused.spent),
         amount=str(amount),
-        currency=in_currency,
+        currency=refused.currency,
         month=month.isoformat(),
     )
 
