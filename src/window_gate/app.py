@@ -47,6 +47,7 @@ from window_gate.passthrough.endpoints import router as passthrough_router
 from window_gate.pricing import service as pricing_service
 from window_gate.pricing import tables as pricing_tables
 from window_gate.pricing.endpoints import budgets_router, costs_router
+from window_gate.subscription.endpoints import router as subscription_router
 from window_gate.template.endpoints import router as template_router
 from window_gate.webhook.endpoints import receive
 from window_gate.webhook.endpoints import router as webhook_router
@@ -139,6 +140,7 @@ def create_app(
         consent_router,
         costs_router,
         budgets_router,
+        subscription_router,
         graph_router,
         passthrough_router,  # after graph_router: POST …/messages is the gated send's
     )

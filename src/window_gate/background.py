@@ -2,8 +2,9 @@
 
 from window_gate import jobs
 from window_gate.message.jobs import registry as message_jobs
+from window_gate.subscription.jobs import registry as subscription_jobs
 from window_gate.webhook.jobs import registry as webhook_jobs
 
 
 def registry() -> jobs.Registry:
-    return jobs.Registry().include(message_jobs, webhook_jobs)
+    return jobs.Registry().include(message_jobs, webhook_jobs, subscription_jobs)

@@ -109,6 +109,30 @@ class Settings(BaseSettings):
         DEFAULT_OPT_IN_KEYWORDS,
         description="Comma-separated; a customer message that is exactly one of these resumes them",
     )
+    relay_retry_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 30,
+        description="A relayed event a subscriber keeps refusing is retried this long, then `dead`",
+    )
+    relay_max_backoff_seconds: float = Field(
+        3600.0,
+        ge=1,
+        description="Longest pause between two attempts at one relayed event (jittered, doubling)",
+    )
+    relay_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="A subscriber's answer is awaited this long; then the attempt failed"
+    )
+    relay_concurrency: int = Field(
+        16, ge=1, le=1000, description="Most requests in flight to one subscriber, across every replica"
+    )
+    relay_url_allowlist: str = Field(
+        "",
+        description="Comma-separated URL prefixes a subscription's URL must start with; empty: any http(s) URL",
+    )
+    expiring_lead_seconds: int = Field(
+        3600, ge=1, description="`window.expiring` is emitted this long before a window's expires_at"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log events written (stderr, one line each)"
     )
@@ -144,6 +168,10 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not a WhatsApp Business Account id (digits): {bad[0]!r}")
         return value
+
+    @property
+    def relay_url_prefixes(self) -> list[str]:
+        return _split(self.relay_url_allowlist)
 
     @property
     def template_accounts(self) -> list[str]:

@@ -334,3 +334,72 @@ class BudgetSpend(Base):
     month: Mapped[date] = mapped_column(Date, primary_key=True)
     spent: Mapped[Decimal] = mapped_column(Numeric(18, 6), server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class Subscription(Base):
+    """A service behind the gate that wants Meta's webhooks relayed and the gate's own events
+    (subscription/: what each event is, how it is signed and delivered)."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    phone_number_ids: Mapped[list[str] | None] = mapped_column(ARRAY(Text))  # None: every number
+    description: Mapped[str | None] = mapped_column(Text)
+    # `whsec_` + base64: signs every delivery, so kept as it is (encrypted at rest comes with ENCRYPTION_KEY).
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    # One dispatcher at a time per subscription, across replicas: it holds this lease while it sends.
+    dispatch_until: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class RelayDelivery(Base):
+    """One event for one subscription: the outbox row, written in the transaction that caused the event."""
+
+    __tablename__ = "relay_deliveries"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'failed', 'delivered', 'dead')", name="state"),
+        CheckConstraint("(webhook_delivery_id IS NULL) <> (body IS NULL)", name="one_body"),
+        Index("ix_relay_deliveries_subscription_id_id", "subscription_id", "id"),  # the listing
+        # What is due, per subscription. A claim moves next_attempt_at past the attempt's timeout (a lease):
+        # a dispatcher that dies mid-attempt leaves it due again then.
+        Index(
+            "ix_relay_deliveries_due",
+            "subscription_id",
+            "next_attempt_at",
+            postgresql_where=text("state IN ('pending', 'failed')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    subscription_id: Mapped[UUID] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    event_id: Mapped[UUID]  # the same for every subscriber and every attempt: consumers dedupe by it
+    event_type: Mapped[str] = mapped_column(Text)
+    # meta.webhook: Meta's bytes, kept once in webhook_deliveries; the gate's events: their JSON here.
+    webhook_delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    retry_from: Mapped[datetime] = mapped_column(
+        TZ, server_default=text("now()")
+    )  # dead RELAY_RETRY_HOURS on
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
+
+
+class RelayAttempt(Base):
+    """Each attempt at a relay delivery, as the subscriber answered it."""
+
+    __tablename__ = "relay_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("relay_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(TZ)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)

@@ -220,6 +220,7 @@ class Delivery:
     identities: list[IdentityEvent] = field(default_factory=list)
     holds: list[HoldEvent] = field(default_factory=list)
     numbers: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, display digits) seen
+    phone_number_ids: set[str] = field(default_factory=set)  # every number a change names: relay filters
     echoes: list[EchoEvent] = field(default_factory=list)
     qualities: list[QualityEvent] = field(default_factory=list)
     account: list[AccountEvent] = field(default_factory=list)
@@ -241,6 +242,8 @@ def parse_delivery(body: bytes) -> Delivery:
                 continue
             metadata = _dict(value.get("metadata"))
             pn = metadata.get("phone_number_id")
+            if pn:
+                out.phone_number_ids.add(str(pn))
             if waba_id and pn:
                 out.accounts.add((str(pn), waba_id))
             if pn and (display := _digits(metadata.get("display_phone_number"))):

@@ -45,12 +45,19 @@ from window_gate.models import TZ, BusinessAccount, InboundMessage, MessageEcho,
 # change the other. The status rule is migration 0007's message_status_after.
 INGEST = Statement(
     """
-WITH d AS MATERIALIZED (  -- one id per kept body, in the order given
-  SELECT ord, body, CASE WHEN body IS NOT NULL THEN nextval(s.seq) END AS id
-  FROM unnest(CAST(:bodies AS bytea[])) WITH ORDINALITY AS t(body, ord),
+WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay event id each
+  SELECT ord, body, numbers, CASE WHEN body IS NOT NULL THEN nextval(s.seq) END AS id,
+    CASE WHEN body IS NOT NULL THEN gen_random_uuid() END AS event_id
+  FROM unnest(CAST(:bodies AS bytea[]), CAST(:numbers AS text[])) WITH ORDINALITY AS t(body, numbers, ord),
     (SELECT pg_get_serial_sequence('webhook_deliveries', 'id')::regclass AS seq) s
 ), raw AS (
   INSERT INTO webhook_deliveries (id, body) SELECT id, body FROM d WHERE id IS NOT NULL
+), relayed AS (  -- the outbox (subscription/): each kept body for each meta.webhook subscriber it concerns
+  INSERT INTO relay_deliveries (subscription_id, event_id, event_type, webhook_delivery_id)
+  SELECT sub.id, d.event_id, 'meta.webhook', d.id
+  FROM d JOIN subscriptions sub ON 'meta.webhook' = ANY(sub.events)
+    AND (sub.phone_number_ids IS NULL OR sub.phone_number_ids && string_to_array(d.numbers, ' '))
+  WHERE d.id IS NOT NULL ORDER BY d.id, sub.id
 ), u AS (
   SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:phone_number_ids AS text[]), CAST(:wa_ids AS text[]),
     CAST(:user_ids AS text[]), CAST(:types AS text[]), CAST(:sent_at AS timestamptz[]),
@@ -169,8 +176,14 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
 )
 
 
-async def store(conn: AsyncConnection, body: bytes, error: str | None = None) -> None:
-    await conn.execute(insert(WebhookDelivery).values(body=body, error=error))
+async def store(conn: AsyncConnection, body: bytes, error: str | None = None) -> int:
+    return int(
+        (
+            await conn.execute(
+                insert(WebhookDelivery).values(body=body, error=error).returning(WebhookDelivery.id)
+            )
+        ).scalar_one()
+    )
 
 
 async def mark_unapplied(conn: AsyncConnection, delivery_id: int, error: str) -> None:
@@ -214,6 +227,7 @@ class Received:
     body: bytes | None  # the raw delivery, to keep (None: kept already)
     inbound: Sequence[Inbound]
     statuses: Sequence[Status] = ()
+    phone_number_ids: Sequence[str] = ()  # the numbers its changes name: which subscribers it is relayed to
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +248,7 @@ async def record(hot: HotPool, group: Sequence[Received]) -> list[Recorded]:
         hot,
         {
             "bodies": [r.body for r in group],
+            "numbers": [" ".join(r.phone_number_ids) for r in group],
             "message_ids": [m.message_id for m in messages],
             "phone_number_ids": [m.phone_number_id for m in messages],
             "wa_ids": [m.wa_id for m in messages],

@@ -22,6 +22,7 @@ from window_gate.customer import service as customer_service
 from window_gate.db import Coalescer, HotPool
 from window_gate.kit import Gate
 from window_gate.message.service import OPAQUE_PREFIX
+from window_gate.subscription import repository as relay
 from window_gate.template import repository as templates
 from window_gate.template import service as template_service
 from window_gate.webhook import repository
@@ -104,7 +105,8 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
         for st in delivery.statuses
     ]
     try:
-        recorded = await gate.part(DeliveryRecorder)(repository.Received(body, inbound, statuses))
+        received = repository.Received(body, inbound, statuses, sorted(delivery.phone_number_ids))
+        recorded = await gate.part(DeliveryRecorder)(received)
     except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
         await _keep_unapplied(gate, body, None, exc)
         return delivery
@@ -160,7 +162,8 @@ async def _keep_unapplied(gate: Gate, body: bytes, delivery_id: int | None, exc:
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     async with gate.engine.begin() as conn:
         if delivery_id is None:
-            await repository.store(conn, body, reason)
+            kept = await repository.store(conn, body, reason)
+            await relay.relay_unparsed(conn, kept)  # signed by Meta: relayed all the same
         else:
             await repository.mark_unapplied(conn, delivery_id, reason)
 

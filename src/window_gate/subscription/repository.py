@@ -1,0 +1,327 @@
+"""Every SQL statement about subscriptions and their outbox (relay_deliveries, relay_attempts).
+
+The outbox rows of `meta.webhook` are written by webhook ingest's own statement (webhook/repository.py:
+INGEST, which names these tables in SQL); the gate's events by `emit`, on the caller's transaction."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Interval,
+    LargeBinary,
+    Text,
+    Uuid,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from window_gate.db import AnyRow
+from window_gate.models import TZ, RelayAttempt, RelayDelivery, Subscription, WebhookDelivery
+
+DUE_STATES = ("pending", "failed")
+
+
+async def create(
+    conn: AsyncConnection,
+    *,
+    url: str,
+    events: Sequence[str],
+    phone_number_ids: Sequence[str] | None,
+    description: str | None,
+    secret: str,
+) -> AnyRow:
+    values = {
+        "url": url,
+        "events": list(events),
+        "phone_number_ids": None if phone_number_ids is None else list(phone_number_ids),
+        "description": description,
+        "secret": secret,
+    }
+    return (await conn.execute(insert(Subscription).values(values).returning(Subscription))).one()
+
+
+async def listing(conn: AsyncConnection) -> Sequence[AnyRow]:
+    return (await conn.execute(select(Subscription).order_by(Subscription.created_at, Subscription.id))).all()
+
+
+async def get(conn: AsyncConnection, subscription_id: UUID) -> AnyRow | None:
+    return (await conn.execute(select(Subscription).where(Subscription.id == subscription_id))).one_or_none()
+
+
+async def remove(conn: AsyncConnection, subscription_id: UUID) -> bool:
+    """Gone with its deliveries, sent or not."""
+    gone = await conn.execute(delete(Subscription).where(Subscription.id == subscription_id))
+    return gone.rowcount > 0
+
+
+async def deliveries(
+    conn: AsyncConnection, subscription_id: UUID, state: str | None, before: int | None, limit: int
+) -> Sequence[AnyRow]:
+    """Newest first, each with its attempts (oldest first)."""
+    attempts = (
+        select(
+            func.coalesce(
+                func.jsonb_agg(
+                    aggregate_order_by(
+                        func.jsonb_build_object(
+                            "at",
+                            RelayAttempt.at,
+                            "status_code",
+                            RelayAttempt.status_code,
+                            "error",
+                            RelayAttempt.error,
+                            "duration_ms",
+                            RelayAttempt.duration_ms,
+                        ),
+                        RelayAttempt.id,
+                    )
+                ),
+                literal_column("'[]'::jsonb"),
+            )
+        )
+        .where(RelayAttempt.delivery_id == RelayDelivery.id)
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            RelayDelivery.id,
+            RelayDelivery.event_id,
+            RelayDelivery.event_type,
+            RelayDelivery.state,
+            RelayDelivery.created_at,
+            RelayDelivery.next_attempt_at,
+            attempts.label("attempts"),
+        )
+        .where(RelayDelivery.subscription_id == subscription_id)
+        .order_by(RelayDelivery.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(RelayDelivery.state == state)
+    if before is not None:
+        query = query.where(RelayDelivery.id < before)
+    return (await conn.execute(query)).all()
+
+
+async def retry(conn: AsyncConnection, subscription_id: UUID, delivery_id: int) -> AnyRow | None:
+    """Due now, with a fresh RELAY_RETRY_HOURS; its attempts so far are kept, its event id too."""
+    statement = (
+        update(RelayDelivery)
+        .where(RelayDelivery.id == delivery_id, RelayDelivery.subscription_id == subscription_id)
+        .values(state="pending", next_attempt_at=func.now(), retry_from=func.now())
+        .returning(RelayDelivery.id, RelayDelivery.event_id, RelayDelivery.event_type, RelayDelivery.state)
+    )
+    return (await conn.execute(statement)).one_or_none()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One of the gate's own events, already serialised (rules.GATE_EVENTS)."""
+
+    id: UUID
+    type: str
+    phone_number_id: str | None
+    body: bytes
+
+
+async def emit(conn: AsyncConnection, events: Sequence[Event]) -> None:
+    """One outbox row per event per subscription that wants it, in the caller's transaction."""
+    if not events:
+        return
+    u = (
+        func.unnest(
+            literal([e.id for e in events], ARRAY(Uuid())),
+            literal([e.type for e in events], ARRAY(Text)),
+            literal([e.phone_number_id for e in events], ARRAY(Text)),
+            literal([e.body for e in events], ARRAY(LargeBinary)),
+        )
+        .table_valued("event_id", "event_type", "phone_number_id", "body")
+        .render_derived(name="u")
+    )
+    wanted = select(Subscription.id, u.c.event_id, u.c.event_type, u.c.body).join(
+        Subscription,
+        and_(
+            u.c.event_type == func.any(Subscription.events),
+            or_(
+                Subscription.phone_number_ids.is_(None),
+                u.c.phone_number_id == func.any(Subscription.phone_number_ids),
+            ),
+        ),
+    )
+    await conn.execute(
+        insert(RelayDelivery).from_select(["subscription_id", "event_id", "event_type", "body"], wanted)
+    )
+
+
+async def relay_unparsed(conn: AsyncConnection, webhook_delivery_id: int) -> None:
+    """A signed delivery the gate could not read names no number: it goes to every `meta.webhook`
+    subscriber that is not filtered by numbers."""
+    wanted = select(
+        Subscription.id, func.gen_random_uuid(), literal("meta.webhook"), literal(webhook_delivery_id)
+    ).where(literal("meta.webhook") == func.any(Subscription.events), Subscription.phone_number_ids.is_(None))
+    await conn.execute(
+        insert(RelayDelivery).from_select(
+            ["subscription_id", "event_id", "event_type", "webhook_delivery_id"], wanted
+        )
+    )
+
+
+# --- the dispatcher -------------------------------------------------------------------------------------
+
+
+def _due(now: Any) -> Any:
+    return and_(RelayDelivery.state.in_(DUE_STATES), RelayDelivery.next_attempt_at <= now)
+
+
+async def due_subscriptions(conn: AsyncConnection) -> Sequence[AnyRow]:
+    """Subscriptions with something due and no dispatcher at work on them."""
+    query = select(Subscription.id, Subscription.url, Subscription.secret).where(
+        or_(Subscription.dispatch_until.is_(None), Subscription.dispatch_until < func.now()),
+        exists().where(RelayDelivery.subscription_id == Subscription.id, _due(func.now())),
+    )
+    return (await conn.execute(query)).all()
+
+
+async def lease(conn: AsyncConnection, subscription_id: UUID, seconds: float, *, renew: bool = False) -> bool:
+    """Take the subscription's dispatch lease unless another dispatcher holds it (`renew`: ours, longer)."""
+    statement = update(Subscription).where(Subscription.id == subscription_id)
+    if not renew:
+        statement = statement.where(
+            or_(Subscription.dispatch_until.is_(None), Subscription.dispatch_until < func.now())
+        )
+    taken = await conn.execute(statement.values(dispatch_until=func.now() + timedelta(seconds=seconds)))
+    return taken.rowcount > 0
+
+
+async def release(conn: AsyncConnection, subscription_id: UUID) -> None:
+    await conn.execute(
+        update(Subscription).where(Subscription.id == subscription_id).values(dispatch_until=None)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    event_id: UUID
+    event_type: str
+    body: bytes
+    attempts: int  # before this one
+    retry_from: datetime
+
+
+_CLAIMABLE = (
+    select(RelayDelivery.id)
+    .where(RelayDelivery.subscription_id == bindparam("sub"), _due(func.now()))
+    .order_by(RelayDelivery.next_attempt_at, RelayDelivery.id)
+    .limit(bindparam("n"))
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_CLAIM = (
+    update(RelayDelivery)
+    .where(RelayDelivery.id.in_(_CLAIMABLE))
+    .values(next_attempt_at=func.now() + bindparam("lease", type_=Interval))
+    .returning(
+        RelayDelivery.id,
+        RelayDelivery.event_id,
+        RelayDelivery.event_type,
+        RelayDelivery.body,
+        RelayDelivery.webhook_delivery_id,
+        RelayDelivery.attempts,
+        RelayDelivery.retry_from,
+    )
+    .cte("claimed")
+)
+CLAIM = (
+    select(
+        _CLAIM.c.id,
+        _CLAIM.c.event_id,
+        _CLAIM.c.event_type,
+        func.coalesce(_CLAIM.c.body, WebhookDelivery.body).label("body"),
+        _CLAIM.c.attempts,
+        _CLAIM.c.retry_from,
+    )
+    .select_from(_CLAIM.outerjoin(WebhookDelivery, WebhookDelivery.id == _CLAIM.c.webhook_delivery_id))
+    .order_by(_CLAIM.c.id)
+)
+
+
+async def claim(conn: AsyncConnection, subscription_id: UUID, n: int, lease_seconds: float) -> list[Claimed]:
+    """Up to `n` due deliveries, oldest due first, made not due for `lease_seconds` (a dispatcher that dies
+    mid-attempt leaves them due again then): never claimed by two dispatchers at once."""
+    rows = await conn.execute(
+        CLAIM, {"sub": subscription_id, "n": n, "lease": timedelta(seconds=lease_seconds)}
+    )
+    return [Claimed(r.id, r.event_id, r.event_type, r.body, r.attempts, r.retry_from) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivery_id: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    state: str  # delivered | failed | dead
+    next_attempt_at: datetime
+
+
+async def finish(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> None:
+    """Each attempt recorded, each delivery moved on: one statement for both, whatever the count."""
+    if not outcomes:
+        return
+    u = (
+        func.unnest(
+            literal([o.delivery_id for o in outcomes], ARRAY(BigInteger)),
+            literal([o.at for o in outcomes], ARRAY(TZ)),
+            literal([o.status_code for o in outcomes], ARRAY(Integer)),
+            literal([o.error for o in outcomes], ARRAY(Text)),
+            literal([o.duration_ms for o in outcomes], ARRAY(Integer)),
+            literal([o.state for o in outcomes], ARRAY(Text)),
+            literal([o.next_attempt_at for o in outcomes], ARRAY(TZ)),
+        )
+        .table_valued("delivery_id", "at", "status_code", "error", "duration_ms", "state", "next_attempt_at")
+        .render_derived(name="u")
+    )
+    moved = (
+        update(RelayDelivery)
+        .where(RelayDelivery.id == u.c.delivery_id)
+        .values(state=u.c.state, next_attempt_at=u.c.next_attempt_at, attempts=RelayDelivery.attempts + 1)
+        .returning(RelayDelivery.id)
+        .cte("moved")
+    )
+    recorded = insert(RelayAttempt).from_select(
+        ["delivery_id", "at", "status_code", "error", "duration_ms"],
+        select(u.c.delivery_id, u.c.at, u.c.status_code, u.c.error, u.c.duration_ms).where(
+            u.c.delivery_id.in_(
+                select(moved.c.id)
+            )  # a delivery deleted meanwhile (its subscription) has none
+        ),
+    )
+    await conn.execute(recorded.add_cte(moved))
+
+
+async def purge(conn: AsyncConnection, days: int) -> None:
+    """Deliveries sent or dead past retention (meta.webhook's also go with the raw delivery they relay)."""
+    await conn.execute(
+        delete(RelayDelivery).where(
+            RelayDelivery.state.in_(("delivered", "dead")),
+            RelayDelivery.created_at < func.now() - timedelta(days=days),
+        )
+    )

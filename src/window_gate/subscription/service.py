@@ -1,0 +1,161 @@
+"""Subscriptions managed by admins, and the dispatcher that sends their outbox.
+
+The dispatcher is a job of the house's engine (subscription/jobs.py: `relay.dispatch`, every second, once
+per tick across every replica and worker). A tick takes each subscription with something due whose lease
+is free, and sends its deliveries, oldest due first, `RELAY_CONCURRENCY` requests in flight, for at most
+TICK_SECONDS; then the next tick goes on. The lease (subscriptions.dispatch_until) keeps one dispatcher per
+subscription at a time across replicas, so the concurrency limit holds overall; each claimed delivery is
+not due again until its own lease passes, so a dispatcher killed mid-attempt loses nothing (the delivery
+is attempted again: at least once) and no two dispatchers attempt it together. A subscriber that hangs
+holds only its own dispatcher: other subscribers, webhook ingest and window checks never wait for it.
+"""
+
+import asyncio
+import math
+import random
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from window_gate.config import Settings
+from window_gate.db import AnyRow
+from window_gate.errors import ValidationFailed
+from window_gate.graph.transport import GraphTransport
+from window_gate.subscription import repository, rules
+
+TICK_SECONDS = 10.0  # one tick sends for this long at most; the next tick (a second later) goes on
+BATCH_ROUNDS = 4  # a claim takes this many rounds of RELAY_CONCURRENCY deliveries
+LEASE_MARGIN_SECONDS = 30.0
+USER_AGENT = "window_gate-relay"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def create(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    url: str,
+    events: Sequence[str],
+    phone_number_ids: Sequence[str] | None,
+    description: str | None,
+) -> AnyRow:
+    prefixes = settings.relay_url_prefixes
+    if prefixes and not any(url.startswith(p) for p in prefixes):
+        raise ValidationFailed(
+            "url is not under WINDOW_GATE_RELAY_URL_ALLOWLIST", url=url, allowed_prefixes=prefixes
+        )
+    return await repository.create(
+        conn,
+        url=url,
+        events=sorted(set(events), key=rules.EVENT_TYPES.index),
+        phone_number_ids=None if phone_number_ids is None else sorted(set(phone_number_ids)),
+        description=description,
+        secret=rules.new_secret(),
+    )
+
+
+# --- the dispatcher -------------------------------------------------------------------------------------
+
+# One client per event loop (a process has one; tests make several), kept between ticks for its
+# keep-alive connections. The gate's own pool (graph/transport.py): O(1) per request however many wait.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _client(settings: Settings) -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        limit = settings.relay_concurrency * 4  # a few subscribers at full concurrency at once
+        client = httpx.AsyncClient(transport=GraphTransport(limit), headers={"user-agent": USER_AGENT})
+        _clients[loop] = client
+    return client
+
+
+async def dispatch(engine: AsyncEngine, settings: Settings) -> int:
+    """One tick: every subscription with something due and a free lease, side by side. Deliveries
+    attempted."""
+    async with engine.connect() as conn:
+        due = await repository.due_subscriptions(conn)
+    sent = await asyncio.gather(*(_drain(engine, settings, row) for row in due))
+    return sum(sent)
+
+
+async def _drain(engine: AsyncEngine, settings: Settings, subscription: AnyRow) -> int:
+    concurrency = settings.relay_concurrency
+    batch = concurrency * BATCH_ROUNDS
+    lease = BATCH_ROUNDS * settings.relay_timeout_seconds + LEASE_MARGIN_SECONDS
+    async with engine.begin() as conn:
+        if not await repository.lease(conn, subscription.id, lease):
+            return 0  # another dispatcher took it since we looked
+    client, turns = _client(settings), asyncio.Semaphore(concurrency)
+    deadline, attempted = time.monotonic() + TICK_SECONDS, 0
+    try:
+        while time.monotonic() < deadline:
+            async with engine.begin() as conn:
+                await repository.lease(conn, subscription.id, lease, renew=True)
+                claimed = await repository.claim(conn, subscription.id, batch, lease)
+            if not claimed:
+                break
+            outcomes = await asyncio.gather(
+                *(_attempt(client, turns, settings, subscription, c) for c in claimed)
+            )
+            async with engine.begin() as conn:
+                await repository.finish(conn, outcomes)
+            attempted += len(claimed)
+    finally:
+        async with engine.begin() as conn:
+            await repository.release(conn, subscription.id)
+    return attempted
+
+
+async def _attempt(
+    client: httpx.AsyncClient,
+    turns: asyncio.Semaphore,
+    settings: Settings,
+    subscription: AnyRow,
+    delivery: repository.Claimed,
+) -> repository.Outcome:
+    async with turns:
+        at, started = now(), time.perf_counter()
+        headers = {
+            "content-type": "application/json",
+            **rules.headers(
+                delivery.event_type, str(delivery.event_id), delivery.body, subscription.secret, at
+            ),
+        }
+        status_code: int | None = None
+        try:
+            answer = await client.post(
+                subscription.url,
+                content=delivery.body,
+                headers=headers,
+                timeout=settings.relay_timeout_seconds,
+            )
+            status_code = answer.status_code
+            error = None if answer.is_success else f"HTTP {status_code}: {answer.text[:200]}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__
+        duration_ms = round((time.perf_counter() - started) * 1000)
+    if error is None:
+        return repository.Outcome(delivery.id, at, status_code, None, duration_ms, "delivered", at)
+    retry_at = at + backoff(delivery.attempts, settings.relay_max_backoff_seconds)
+    dead = retry_at > delivery.retry_from + timedelta(hours=settings.relay_retry_hours)
+    return repository.Outcome(
+        delivery.id, at, status_code, error, duration_ms, "dead" if dead else "failed", retry_at
+    )
+
+
+def backoff(attempts_before: int, cap_seconds: float) -> timedelta:
+    """About 1 s after the first failure, doubling, capped; ±25 % jitter so that deliveries failed
+    together (a subscriber down) do not all come back in the same second."""
+    base = min(cap_seconds, math.ldexp(1.0, min(attempts_before, 40)))
+    return timedelta(seconds=base * random.uniform(0.75, 1.25))  # jitter, not secrecy

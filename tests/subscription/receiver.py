@@ -1,0 +1,87 @@
+"""A subscriber over real sockets: uvicorn on a free port, keeping what it is sent and answering as told."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from tests.conftest import free_port
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """`status`: what it answers; `hang`: seconds it waits before answering. `url` is where it listens."""
+
+    port: int = field(default_factory=free_port)
+    status: int = 200
+    hang: float = 0.0
+    received: list[Received] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        if self.hang:
+            await asyncio.sleep(self.hang)
+        self.received.append(Received(scope["path"], headers, body))
+        self.arrived.set()
+        status = self.status
+        start = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"busy"})
+
+    async def wait_for(self, count: int, within: float = 10.0) -> list[Received]:
+        async with asyncio.timeout(within):
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.received
+
+
+@contextlib.asynccontextmanager
+async def receiving(receiver: Receiver | None = None) -> AsyncIterator[Receiver]:
+    """The receiver listening until the block ends."""
+    receiver = receiver or Receiver()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            receiver,
+            port=receiver.port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn has a flag, no event)
+        await asyncio.sleep(0.01)
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        await task
