@@ -7,6 +7,9 @@ Create Date: 2026-12-01 23:00:00
 `subscriptions`: who wants which events (a URL, its secret, optionally some numbers). `relay_deliveries`:
 one row per event per subscriber, written in the transaction that caused the event (meta.webhook: in
 webhook ingest's statement, pointing at the kept bytes), sent by a job. `relay_attempts`: each attempt.
+`window_alarms`: when a window's `window.expiring` and `window.closed` come due (kept only for the kinds
+some subscription wants). `gate_event(...)`: the JSON of every gate event, for the statements that emit
+them (the one shape, subscription/rules.py).
 """
 
 from collections.abc import Sequence
@@ -97,9 +100,46 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_relay_attempts")),
     )
     op.create_index(op.f("ix_relay_attempts_delivery_id"), "relay_attempts", ["delivery_id"])
+    op.create_table(
+        "window_alarms",
+        sa.Column("phone_number_id", sa.Text(), nullable=False),
+        sa.Column("customer_id", sa.BigInteger(), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("last_inbound_at", TZ, nullable=False),
+        sa.Column("due_at", TZ, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["customer_id"],
+            ["customers.id"],
+            name=op.f("fk_window_alarms_customer_id_customers"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("phone_number_id", "customer_id", "kind", name=op.f("pk_window_alarms")),
+    )
+    op.create_index(op.f("ix_window_alarms_customer_id"), "window_alarms", ["customer_id"])
+    op.create_index(op.f("ix_window_alarms_due_at"), "window_alarms", ["due_at"])
+    op.execute(GATE_TIME)
+    op.execute(GATE_EVENT)
+
+
+GATE_TIME = """
+CREATE FUNCTION gate_time(at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+"""
+GATE_EVENT = """
+CREATE FUNCTION gate_event(id uuid, type text, at timestamptz, phone_number_id text, wa_id text, user_id text,
+                           data jsonb) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN convert_to(json_build_object(
+  'id', id, 'type', type, 'occurred_at', gate_time(at), 'phone_number_id', phone_number_id,
+  'customer', CASE WHEN wa_id IS NOT NULL OR user_id IS NOT NULL
+                   THEN json_build_object('wa_id', wa_id, 'user_id', user_id) END,
+  'data', data)::text, 'UTF8')
+"""
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION gate_event(uuid, text, timestamptz, text, text, text, jsonb)")
+    op.execute("DROP FUNCTION gate_time(timestamptz)")
+    op.drop_table("window_alarms")
     op.drop_table("relay_attempts")
     op.drop_table("relay_deliveries")
     op.drop_table("subscriptions")

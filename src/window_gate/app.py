@@ -95,7 +95,10 @@ def create_app(
             # Closed first: the in-process simulator stops posting webhooks before the pools close.
             opened.push_async_callback(http.aclose)
             graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
-            parts += [Authenticator(hot, settings.api_key_cache_seconds), DeliveryRecorder(hot)]
+            parts += [
+                Authenticator(hot, settings.api_key_cache_seconds),
+                DeliveryRecorder.configured(hot, settings),
+            ]
             autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
             state = Gate(settings, engine, autocommit, hot, graph, {type(p): p for p in parts})
             app.state.gate = state

@@ -403,3 +403,18 @@ class RelayAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer)
+
+
+class WindowAlarm(Base):
+    """When a window's `window.expiring` or `window.closed` comes due: written by webhook ingest (only for
+    the kinds some subscription wants), moved by each newer customer message, fired once by a job."""
+
+    __tablename__ = "window_alarms"
+
+    phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)  # the event type
+    last_inbound_at: Mapped[datetime] = mapped_column(TZ)  # the message the window counts from
+    due_at: Mapped[datetime] = mapped_column(TZ, index=True)

@@ -17,3 +17,9 @@ async def purge(ctx: jobs.Context) -> None:
     """Deliveries sent or dead past WEBHOOK_RETENTION_DAYS, hourly."""
     async with ctx.engine.begin() as conn:
         await repository.purge(conn, ctx.settings.webhook_retention_days)
+
+
+@registry.every("window.alarms", "* * * * * *")
+async def alarms(ctx: jobs.Context) -> None:
+    """Every second, once across every replica and worker: window.expiring and window.closed come due."""
+    await service.ring_alarms(ctx.engine, ctx.settings)

@@ -4,16 +4,15 @@ The outbox rows of `meta.webhook` are written by webhook ingest's own statement 
 INGEST, which names these tables in SQL); the gate's events by `emit`, on the caller's transaction."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from sqlalchemy import (
     BigInteger,
     Integer,
     Interval,
-    LargeBinary,
     Text,
     Uuid,
     and_,
@@ -26,13 +25,23 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import AnyRow
-from window_gate.models import TZ, RelayAttempt, RelayDelivery, Subscription, WebhookDelivery
+from window_gate.models import (
+    TZ,
+    Customer,
+    RelayAttempt,
+    RelayDelivery,
+    Subscription,
+    WebhookDelivery,
+    Window,
+    WindowAlarm,
+)
 
 DUE_STATES = ("pending", "failed")
 
@@ -132,12 +141,16 @@ async def retry(conn: AsyncConnection, subscription_id: UUID, delivery_id: int) 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One of the gate's own events, already serialised (rules.GATE_EVENTS)."""
+    """One of the gate's own events (rules.GATE_EVENTS); its JSON is made by the database's
+    gate_event(...), as for the events webhook ingest's statement emits."""
 
-    id: UUID
     type: str
+    occurred_at: datetime
     phone_number_id: str | None
-    body: bytes
+    wa_id: str | None
+    user_id: str | None
+    data: dict[str, Any]
+    id: UUID = field(default_factory=uuid4)
 
 
 async def emit(conn: AsyncConnection, events: Sequence[Event]) -> None:
@@ -148,16 +161,20 @@ async def emit(conn: AsyncConnection, events: Sequence[Event]) -> None:
         func.unnest(
             literal([e.id for e in events], ARRAY(Uuid())),
             literal([e.type for e in events], ARRAY(Text)),
+            literal([e.occurred_at for e in events], ARRAY(TZ)),
             literal([e.phone_number_id for e in events], ARRAY(Text)),
-            literal([e.body for e in events], ARRAY(LargeBinary)),
+            literal([e.wa_id for e in events], ARRAY(Text)),
+            literal([e.user_id for e in events], ARRAY(Text)),
+            literal([e.data for e in events], ARRAY(JSONB)),
         )
-        .table_valued("event_id", "event_type", "phone_number_id", "body")
+        .table_valued("id", "type", "at", "phone_number_id", "wa_id", "user_id", "data")
         .render_derived(name="u")
     )
-    wanted = select(Subscription.id, u.c.event_id, u.c.event_type, u.c.body).join(
+    body = func.gate_event(u.c.id, u.c.type, u.c.at, u.c.phone_number_id, u.c.wa_id, u.c.user_id, u.c.data)
+    wanted = select(Subscription.id, u.c.id, u.c.type, body).join(
         Subscription,
         and_(
-            u.c.event_type == func.any(Subscription.events),
+            u.c.type == func.any(Subscription.events),
             or_(
                 Subscription.phone_number_ids.is_(None),
                 u.c.phone_number_id == func.any(Subscription.phone_number_ids),
@@ -167,6 +184,11 @@ async def emit(conn: AsyncConnection, events: Sequence[Event]) -> None:
     await conn.execute(
         insert(RelayDelivery).from_select(["subscription_id", "event_id", "event_type", "body"], wanted)
     )
+
+
+def time(at: datetime) -> str:
+    """A time in the events' data, as the database's gate_time(...) writes it."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def relay_unparsed(conn: AsyncConnection, webhook_delivery_id: int) -> None:
@@ -325,3 +347,85 @@ async def purge(conn: AsyncConnection, days: int) -> None:
             RelayDelivery.created_at < func.now() - timedelta(days=days),
         )
     )
+
+
+# --- window alarms: window.expiring and window.closed ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rung:
+    """An alarm taken: which window, which event, the message it counted from, when it came due; and
+    what is known now of the window and its customer."""
+
+    phone_number_id: str
+    customer_id: int
+    kind: str
+    last_inbound_at: datetime
+    due_at: datetime
+    window_last_inbound_at: datetime | None
+    closed_by_meta_at: datetime | None
+    wa_id: str | None
+    user_id: str | None
+
+
+async def ring(conn: AsyncConnection, limit: int) -> list[Rung]:
+    """Take (delete) up to `limit` alarms come due, oldest first, skipping those another transaction
+    holds: each rings once, in the transaction that emits its event."""
+    due = (
+        select(WindowAlarm.phone_number_id, WindowAlarm.customer_id, WindowAlarm.kind)
+        .where(WindowAlarm.due_at <= func.now())
+        .order_by(WindowAlarm.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    key = tuple_(WindowAlarm.phone_number_id, WindowAlarm.customer_id, WindowAlarm.kind)
+    return await _taken(conn, delete(WindowAlarm).where(key.in_(due)))
+
+
+async def silence(conn: AsyncConnection, closed: Sequence[tuple[str, int, datetime]]) -> list[Rung]:
+    """Meta closed these windows (phone_number_id, customer_id, closed_at): their alarms for the
+    message before the closure are taken, to announce the closure now instead."""
+    if not closed:
+        return []
+    v = (
+        func.unnest(
+            literal([c[0] for c in closed], ARRAY(Text)),
+            literal([c[1] for c in closed], ARRAY(BigInteger)),
+            literal([c[2] for c in closed], ARRAY(TZ)),
+        )
+        .table_valued("phone_number_id", "customer_id", "closed_at")
+        .render_derived(name="v")
+    )
+    statement = delete(WindowAlarm).where(
+        WindowAlarm.phone_number_id == v.c.phone_number_id,
+        WindowAlarm.customer_id == v.c.customer_id,
+        WindowAlarm.last_inbound_at <= v.c.closed_at,
+    )
+    return await _taken(conn, statement)
+
+
+async def _taken(conn: AsyncConnection, deleting: Any) -> list[Rung]:
+    taken = deleting.returning(*WindowAlarm.__table__.c).cte("taken")
+    query = (
+        select(
+            taken.c.phone_number_id,
+            taken.c.customer_id,
+            taken.c.kind,
+            taken.c.last_inbound_at,
+            taken.c.due_at,
+            Window.last_inbound_at,
+            Window.closed_by_meta_at,
+            Customer.wa_id,
+            Customer.user_id,
+        )
+        .select_from(taken)
+        .join(Customer, Customer.id == taken.c.customer_id)
+        .outerjoin(
+            Window,
+            and_(
+                Window.phone_number_id == taken.c.phone_number_id, Window.customer_id == taken.c.customer_id
+            ),
+        )
+        .order_by(taken.c.due_at)
+    )
+    return [Rung(*row) for row in await conn.execute(query)]

@@ -159,3 +159,62 @@ def backoff(attempts_before: int, cap_seconds: float) -> timedelta:
     together (a subscriber down) do not all come back in the same second."""
     base = min(cap_seconds, math.ldexp(1.0, min(attempts_before, 40)))
     return timedelta(seconds=base * random.uniform(0.75, 1.25))  # jitter, not secrecy
+
+
+# --- the gate's events about windows -------------------------------------------------------------------
+
+ALARMS_PER_STATEMENT = 1000
+
+
+async def ring_alarms(engine: AsyncEngine, settings: Settings) -> int:
+    """`window.expiring` and `window.closed` come due, each emitted once (the alarm is taken in the
+    transaction that writes the event: two replicas never both emit it). Alarms rung."""
+    window, rung = timedelta(hours=settings.window_hours), 0
+    while True:
+        async with engine.begin() as conn:
+            taken = await repository.ring(conn, ALARMS_PER_STATEMENT)
+            await repository.emit(conn, [e for r in taken if (e := _due_event(r, window)) is not None])
+        rung += len(taken)
+        if len(taken) < ALARMS_PER_STATEMENT:
+            return rung
+
+
+def _due_event(alarm: repository.Rung, window: timedelta) -> repository.Event | None:
+    if alarm.window_last_inbound_at != alarm.last_inbound_at:
+        return None  # the window is not the one the alarm was set for (merged away, or moved)
+    if alarm.closed_by_meta_at is not None and alarm.closed_by_meta_at >= alarm.last_inbound_at:
+        return None  # Meta closed it first: window.closed went out then
+    expires_at = alarm.last_inbound_at + window
+    data = {
+        "last_inbound_at": repository.time(alarm.last_inbound_at),
+        "expires_at": repository.time(expires_at),
+    }
+    if alarm.kind == "window.closed":
+        data["reason"] = "expired"
+    at = expires_at if alarm.kind == "window.closed" else alarm.due_at
+    return repository.Event(alarm.kind, at, alarm.phone_number_id, alarm.wa_id, alarm.user_id, data)
+
+
+async def closed_by_meta(
+    conn: AsyncConnection, closed: Sequence[tuple[str, int, datetime]], window: timedelta
+) -> None:
+    """Meta said these windows are closed (131047): `window.closed` now, and no `window.expiring` later,
+    for windows whose alarms were set (a subscription wants them)."""
+    when = {(pn, customer_id): at for pn, customer_id, at in closed}
+    events = [
+        repository.Event(
+            "window.closed",
+            when[r.phone_number_id, r.customer_id],
+            r.phone_number_id,
+            r.wa_id,
+            r.user_id,
+            {
+                "last_inbound_at": repository.time(r.last_inbound_at),
+                "expires_at": repository.time(r.last_inbound_at + window),
+                "reason": "closed_by_meta",
+            },
+        )
+        for r in await repository.silence(conn, closed)
+        if r.kind == "window.closed"
+    ]
+    await repository.emit(conn, events)

@@ -118,6 +118,30 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
   SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
   ON CONFLICT (message_id) DO NOTHING
   RETURNING message_id
+), wanted AS MATERIALIZED (  -- which of the gate's events some subscription wants (usually none)
+  SELECT DISTINCT unnest(events) AS type FROM subscriptions
+), newest AS (  -- per window, the newest fresh message: what its events count from
+  SELECT phone_number_id, customer_id, max(counts_from) AS at,
+    (array_agg(message_id ORDER BY counts_from DESC))[1] AS message_id,
+    (array_agg(wa_id ORDER BY counts_from DESC))[1] AS wa_id,
+    (array_agg(user_id ORDER BY counts_from DESC))[1] AS user_id
+  FROM m WHERE message_id IN (SELECT message_id FROM fresh) AND EXISTS (SELECT FROM wanted)
+  GROUP BY phone_number_id, customer_id
+), opened AS (  -- window.opened: the window was not open when this message came, and is now
+  SELECT n.* FROM newest n LEFT JOIN windows w USING (phone_number_id, customer_id)
+  WHERE 'window.opened' IN (SELECT type FROM wanted) AND n.at > now() - CAST(:window AS interval)
+    AND (w.last_inbound_at IS NULL OR w.last_inbound_at <= n.at - CAST(:window AS interval)
+         OR w.closed_by_meta_at >= w.last_inbound_at)
+), alarms AS (  -- when window.expiring / window.closed come due (subscription/jobs.py fires them)
+  INSERT INTO window_alarms AS a (phone_number_id, customer_id, kind, last_inbound_at, due_at)
+  SELECT n.phone_number_id, n.customer_id, k.kind, n.at, n.at + CAST(:window AS interval) - k.lead
+  FROM newest n CROSS JOIN (VALUES ('window.expiring', CAST(:lead AS interval)), ('window.closed', interval '0'))
+    AS k(kind, lead)
+  WHERE k.kind IN (SELECT type FROM wanted)
+  ORDER BY 1, 2, 3
+  ON CONFLICT (phone_number_id, customer_id, kind) DO UPDATE
+    SET last_inbound_at = EXCLUDED.last_inbound_at, due_at = EXCLUDED.due_at
+    WHERE EXCLUDED.last_inbound_at > a.last_inbound_at
 ), up AS (
   INSERT INTO windows AS w (phone_number_id, customer_id, last_inbound_at, last_inbound_message_id, referral_at,
                             referral)
@@ -143,7 +167,7 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
     (SELECT id FROM messages WHERE id = s.own_id) UNION ALL
     (SELECT id FROM messages WHERE graph_message_id = s.wamid) LIMIT 1) f
 ), locked AS MATERIALIZED (  -- in one order: two replicas' groups never deadlock
-  SELECT id FROM messages WHERE id IN (SELECT message_id FROM sm) ORDER BY id FOR UPDATE
+  SELECT id, status FROM messages WHERE id IN (SELECT message_id FROM sm) ORDER BY id FOR UPDATE
 ), moved AS (  -- several statuses of one message in one group: folded in arrival order
   UPDATE messages o SET status = message_status_after(o.status, g.statuses),
     graph_message_id = COALESCE(o.graph_message_id, g.wamid), error = COALESCE(g.error, o.error),
@@ -151,11 +175,29 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
   FROM (
     SELECT message_id, array_agg(status ORDER BY ord) AS statuses, (array_agg(wamid ORDER BY ord))[1] AS wamid,
       (array_agg(error ORDER BY ord DESC) FILTER (WHERE error IS NOT NULL))[1] AS error,
-      (array_agg(pricing ORDER BY ord DESC) FILTER (WHERE pricing IS NOT NULL))[1] AS pricing
+      (array_agg(pricing ORDER BY ord DESC) FILTER (WHERE pricing IS NOT NULL))[1] AS pricing, max(at) AS at
     FROM sm GROUP BY message_id
   ) g
   WHERE o.id = g.message_id AND o.id IN (SELECT id FROM locked)
-  RETURNING o.id, o.phone_number_id, o.body -> 'template' AS template
+  RETURNING o.id, o.phone_number_id, o.body -> 'template' AS template, o.status, o.graph_message_id, o.error,
+    o.recipient_wa_id, g.at
+), gate_events AS MATERIALIZED (  -- the gate's own events this group causes (subscription/rules.py)
+  SELECT gen_random_uuid() AS id, 'window.opened' AS type, o.at, o.phone_number_id, o.wa_id, o.user_id,
+    jsonb_build_object('message_id', o.message_id, 'last_inbound_at', gate_time(o.at),
+                       'expires_at', gate_time(o.at + CAST(:window AS interval))) AS data
+  FROM opened o
+  UNION ALL
+  SELECT gen_random_uuid(), 'message.status', o.at, o.phone_number_id, o.recipient_wa_id, NULL,
+    jsonb_build_object('message_id', o.id, 'graph_message_id', o.graph_message_id, 'status', o.status,
+                       'previous_status', l.status, 'error', o.error)
+  FROM moved o JOIN locked l USING (id)
+  WHERE o.status IS DISTINCT FROM l.status AND 'message.status' IN (SELECT type FROM wanted)
+), gate_events_out AS (
+  INSERT INTO relay_deliveries (subscription_id, event_id, event_type, body)
+  SELECT sub.id, e.id, e.type, gate_event(e.id, e.type, e.at, e.phone_number_id, e.wa_id, e.user_id, e.data)
+  FROM gate_events e JOIN subscriptions sub ON e.type = ANY(sub.events)
+    AND (sub.phone_number_ids IS NULL OR e.phone_number_id = ANY(sub.phone_number_ids))
+  ORDER BY e.id, sub.id
 ), events AS (  -- each once: Meta delivers again what it thinks was lost
   INSERT INTO message_events (message_id, status, at, detail)
   SELECT message_id, status, at, detail FROM (
@@ -231,6 +273,14 @@ class Received:
 
 
 @dataclass(frozen=True, slots=True)
+class Clock:
+    """The window's length, and how long before its end `window.expiring` is due."""
+
+    window: timedelta
+    lead: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class Recorded:
     delivery_id: int | None  # the kept raw delivery
     fresh: set[str]  # message ids not seen before
@@ -240,13 +290,15 @@ class Recorded:
     failed_templates: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
 
 
-async def record(hot: HotPool, group: Sequence[Received]) -> list[Recorded]:
+async def record(hot: HotPool, clock: "Clock", group: Sequence[Received]) -> list[Recorded]:
     """Keep and apply a group of deliveries in one statement (asyncpg); one answer each, in order."""
     messages = [m for r in group for m in r.inbound]
     statuses = [s for r in group for s in r.statuses]
     (row,) = await INGEST.all(  # aggregates: one row
         hot,
         {
+            "window": clock.window,
+            "lead": clock.lead,
             "bodies": [r.body for r in group],
             "numbers": [" ".join(r.phone_number_ids) for r in group],
             "message_ids": [m.message_id for m in messages],

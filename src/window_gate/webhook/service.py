@@ -4,7 +4,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +14,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
+from window_gate.config import Settings
 from window_gate.consent import repository as consent
 from window_gate.consent import service as consent_service
 from window_gate.consent.rules import MARKETING, Keywords
@@ -23,6 +24,7 @@ from window_gate.db import Coalescer, HotPool
 from window_gate.kit import Gate
 from window_gate.message.service import OPAQUE_PREFIX
 from window_gate.subscription import repository as relay
+from window_gate.subscription import service as relay_service
 from window_gate.template import repository as templates
 from window_gate.template import service as template_service
 from window_gate.webhook import repository
@@ -47,10 +49,19 @@ class DeliveryRecorder(Coalescer[repository.Received, repository.Recorded]):
     """Webhook deliveries arriving together: one statement and one commit (db.Coalescer). One per
     process, made by the lifespan."""
 
-    def __init__(self, hot: HotPool) -> None:
+    def __init__(self, hot: HotPool, clock: repository.Clock) -> None:
         super().__init__(
-            functools.partial(repository.record, hot), lanes=2, weight=_events, lane_weight=LANE_EVENTS
+            functools.partial(repository.record, hot, clock), lanes=2, weight=_events, lane_weight=LANE_EVENTS
         )
+        self.clock = clock
+
+    @classmethod
+    def configured(cls, hot: HotPool, settings: Settings) -> "DeliveryRecorder":
+        window, lead = (
+            timedelta(hours=settings.window_hours),
+            timedelta(seconds=settings.expiring_lead_seconds),
+        )
+        return cls(hot, repository.Clock(window, lead))
 
 
 # A delivery of this many events waiting opens a second statement beside the one in flight: batches of
@@ -129,7 +140,8 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
             async with gate.engine.begin() as conn:
                 await _apply_rest(conn, delivery, late, lessons, received_at, policy)
         if late:  # their customers exist now (committed above)
-            [again] = await repository.record(gate.hot, [repository.Received(None, late)])
+            clock = gate.part(DeliveryRecorder).clock
+            [again] = await repository.record(gate.hot, clock, [repository.Received(None, late)])
             if again.unresolved:
                 raise RuntimeError(f"customers of {sorted(again.unresolved)} unresolved; Meta will retry")
             fresh |= again.fresh
@@ -178,18 +190,18 @@ async def _apply_rest(
 ) -> None:
     await _link_identities(conn, delivery.identities)
     ids = await _customer_ids(conn, [*late, *delivery.verdicts, *delivery.consents, *delivery.holds])
-    await windows.record_verdicts(
-        conn,
-        [
-            windows.Verdict(
-                v.phone_number_id,
-                ids[v.wa_id, v.user_id],
-                v.closed_at and inbound_time(v.closed_at, received_at, policy),  # same clamp as messages
-                v.fep_expires_at,
-            )
-            for v in delivery.verdicts
-        ],
-    )
+    verdicts = [
+        windows.Verdict(
+            v.phone_number_id,
+            ids[v.wa_id, v.user_id],
+            v.closed_at and inbound_time(v.closed_at, received_at, policy),  # same clamp as messages
+            v.fep_expires_at,
+        )
+        for v in delivery.verdicts
+    ]
+    await windows.record_verdicts(conn, verdicts)
+    closed = [(v.phone_number_id, v.customer_id, v.closed_at) for v in verdicts if v.closed_at is not None]
+    await relay_service.closed_by_meta(conn, closed, policy.window)
     await consent.record(
         conn,
         [
@@ -211,6 +223,9 @@ async def _apply_rest(
     await templates.record_accounts(conn, delivery.accounts)  # a statement only for pairs not seen yet
     for event in delivery.templates:
         await _apply_template(conn, event)
+    await relay.emit(
+        conn, [_template_event(e, received_at) for e in delivery.templates if e.status is not None]
+    )
     await repository.record_numbers(conn, delivery.numbers)  # likewise
     await repository.record_echoes(
         conn,
@@ -276,6 +291,19 @@ async def _apply_template(conn: AsyncConnection, event: TemplateEvent) -> None:
         await templates.apply_category(conn, event.template_id, event.category, event.previous_category)
     elif event.components_changed:
         await templates.mark_components_stale(conn, event.template_id)
+
+
+def _template_event(event: TemplateEvent, received_at: datetime) -> relay.Event:
+    data = {
+        "waba_id": event.waba_id,
+        "template_id": event.template_id,
+        "name": event.name,
+        "language": event.language,
+        "status": event.status,
+        "reason": event.reason,
+        "category": event.category,
+    }
+    return relay.Event("template.status", received_at, None, None, None, data)
 
 
 def _keyword_consents(delivery: Delivery, keywords: Keywords, received_at: datetime, policy: Policy) -> None:
