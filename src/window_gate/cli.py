@@ -1,4 +1,5 @@
-"""`window-gate`: serve, worker, migrate, api-keys create, templates sync, simulator, sandbox-inbound."""
+"""`window-gate`: serve, worker, migrate, api-keys create, subscriptions, templates sync, simulator,
+sandbox-inbound."""
 
 import argparse
 import asyncio
@@ -47,6 +48,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     create.add_argument("name")
     create.add_argument("--phone-number", action="append", default=[], dest="phone_numbers", metavar="ID")
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.SEND.value)
+
+    subs = verbs.add_parser("subscriptions", help="who receives Meta's webhooks and the gate's events")
+    sub_verbs = subs.add_subparsers(dest="action", required=True)
+    sub_create = sub_verbs.add_parser(
+        "create", help="subscribe a URL; prints its secret once, on the last line"
+    )
+    sub_create.add_argument("url")
+    sub_create.add_argument(
+        "--event", action="append", dest="events", metavar="TYPE", help="repeatable (default: meta.webhook)"
+    )
+    sub_create.add_argument("--phone-number", action="append", dest="phone_numbers", metavar="ID")
+    sub_create.add_argument("--description")
+    sub_verbs.add_parser("list", help="every subscription, one JSON object per line")
+    sub_delete = sub_verbs.add_parser("delete", help="unsubscribe (its deliveries not yet sent are dropped)")
+    sub_delete.add_argument("id")
 
     templates = verbs.add_parser("templates", help="the template registry").add_subparsers(
         dest="action", required=True
@@ -116,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(asyncio.run(_sync_templates(settings, url, args.wabas)))
     elif args.verb == "budgets":
         sys.exit(asyncio.run(_set_budget(settings, url, args)))
+    elif args.verb == "subscriptions":
+        sys.exit(asyncio.run(_subscriptions(settings, url, args)))
     else:
         key = asyncio.run(_create_key(url, args.name, Role(args.role), args.phone_numbers))
         print(f"API key {args.name!r} ({args.role}); it is shown only this once:")
@@ -334,6 +352,65 @@ async def _sync_templates(settings: Settings, url: str, only: Sequence[str]) -> 
         else:
             print(f"{r.waba_id}: {r.templates} templates, {r.deleted} no longer listed (marked DELETED)")
     return 1 if any(r.error for r in results) else 0
+
+
+async def _subscriptions(settings: Settings, url: str, args: argparse.Namespace) -> int:
+    """`subscriptions create|list|delete`: the same rules as /v1/subscriptions."""
+    from uuid import UUID
+
+    from pydantic import ValidationError
+
+    from window_gate.errors import GateError
+    from window_gate.subscription import repository, service
+    from window_gate.subscription.schemas import SubscriptionIn, SubscriptionOut
+
+    def shown(row: object) -> str:
+        return SubscriptionOut.model_validate(row, from_attributes=True).model_dump_json()
+
+    engine = db.make_engine(url, 1)
+    try:
+        async with engine.begin() as conn:
+            if args.action == "list":
+                for row in await repository.listing(conn):
+                    print(shown(row))
+                return 0
+            if args.action == "delete":
+                try:
+                    gone = await repository.remove(conn, UUID(args.id))
+                except ValueError:
+                    gone = False
+                print(
+                    f"subscription {args.id} deleted" if gone else f"window-gate: no subscription {args.id}"
+                )
+                return 0 if gone else 1
+            try:
+                asked = SubscriptionIn(
+                    url=args.url,
+                    events=args.events or ["meta.webhook"],
+                    phone_number_ids=args.phone_numbers,
+                    description=args.description,
+                )
+                row = await service.create(
+                    conn,
+                    settings,
+                    url=asked.url,
+                    events=asked.events,
+                    phone_number_ids=asked.phone_number_ids,
+                    description=asked.description,
+                )
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                print(f"window-gate: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+                return 2
+            except GateError as exc:
+                print(f"window-gate: {exc.detail}", file=sys.stderr)
+                return 2
+            print(shown(row))
+            print("Its secret (app secret for meta.webhook consumers; shown only this once):")
+            print(row.secret)
+            return 0
+    finally:
+        await engine.dispose()
 
 
 async def _set_budget(settings: Settings, url: str, args: argparse.Namespace) -> int:

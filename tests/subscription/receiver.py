@@ -25,7 +25,8 @@ class Receiver:
     port: int = field(default_factory=free_port)
     status: int = 200
     hang: float = 0.0
-    received: list[Received] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)  # answered (after the hang)
+    arrivals: list[Received] = field(default_factory=list)  # as they came, before the hang
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -42,9 +43,11 @@ class Receiver:
             if not message.get("more_body"):
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        got = Received(scope["path"], headers, body)
+        self.arrivals.append(got)
         if self.hang:
             await asyncio.sleep(self.hang)
-        self.received.append(Received(scope["path"], headers, body))
+        self.received.append(got)
         self.arrived.set()
         status = self.status
         start = {
