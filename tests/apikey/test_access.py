@@ -71,6 +71,9 @@ GRAPH_BODY = {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "template
 BUDGET = {"monthly_limit": "100", "currency": "USD"}
 READ_MARK = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.X"}
 MEDIA = "1037543291543636"  # a media object of PN, as the upstream below answers it
+SUBSCRIPTION = {"url": "http://127.0.0.1:9/x", "events": ["meta.webhook"], "phone_number_ids": [PN]}
+SUB_ID, SUB_DELIVERY = "5b0e9a3c-1d2e-4f5a-8b6c-7d8e9f0a1b2c", 4242
+SUB = f"/v1/subscriptions/{SUB_ID}"
 
 # Every route but the public ones, with a request that touches PN. A route missing here fails the test
 # below: a new route is in the matrix the day it is added.
@@ -142,6 +145,17 @@ SAMPLES: dict[tuple[str, str], list[Sample]] = {
     ("GET", "/graph/media/{media_id}"): [
         Sample(Role.READ, fixed(f"/graph/media/{MEDIA}"), params={"phone_number_id": PN})
     ],
+    # A subscription filtered to PN (seeded before each caller, with one delivery).
+    ("POST", "/v1/subscriptions"): [Sample(Role.ADMIN, fixed("/v1/subscriptions"), SUBSCRIPTION)],
+    ("GET", "/v1/subscriptions"): [Sample(Role.ADMIN, fixed("/v1/subscriptions"), other=FILTERED)],
+    ("GET", "/v1/subscriptions/{subscription_id}"): [Sample(Role.ADMIN, fixed(SUB), other=404)],
+    ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): [
+        Sample(Role.ADMIN, fixed(f"{SUB}/deliveries"), other=404)
+    ],
+    ("POST", "/v1/subscriptions/{subscription_id}/deliveries/{delivery_id}/retry"): [
+        Sample(Role.ADMIN, fixed(f"{SUB}/deliveries/{SUB_DELIVERY}/retry"), other=404)
+    ],
+    ("DELETE", "/v1/subscriptions/{subscription_id}"): [Sample(Role.ADMIN, fixed(SUB), other=404)],
 }
 
 
@@ -226,6 +240,24 @@ async def seed_budget(engine: AsyncEngine, scope: str, scope_id: str) -> None:
         )
 
 
+async def seed_subscription(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO subscriptions (id, url, events, phone_number_ids, secret) VALUES "
+                "(:id, 'http://127.0.0.1:9/x', ARRAY['window.opened'], ARRAY[:pn], 'whsec_x') ON CONFLICT DO NOTHING"
+            ),
+            {"id": SUB_ID, "pn": PN},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO relay_deliveries (id, subscription_id, event_id, event_type, body, state) VALUES "
+                "(:d, :id, gen_random_uuid(), 'window.opened', '\\x7b7d', 'dead') ON CONFLICT DO NOTHING"
+            ),
+            {"id": SUB_ID, "d": SUB_DELIVERY},
+        )
+
+
 async def budgets_in_db(engine: AsyncEngine) -> set[tuple[str, str]]:
     async with engine.connect() as conn:
         return {
@@ -274,6 +306,7 @@ async def test_scope_matrix_every_route_times_every_key(
             for label, headers, role, limit in who:
                 await seed_budget(engine, "phone_number", PN)
                 await seed_budget(engine, "api_key", pn_key_id)
+                await seed_subscription(engine)
                 r = await client.request(
                     method,
                     sample.url(world),

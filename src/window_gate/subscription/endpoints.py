@@ -1,12 +1,18 @@
-"""HTTP: subscriptions (admins), their deliveries and retries."""
+"""HTTP: subscriptions (admins), their deliveries and retries.
+
+A key limited to phone numbers reaches a subscription filtered to some of its numbers, and only such: it
+may create those, lists only those, and any other is 404 to it, word for word what a missing id gets."""
 
 from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.access import Admin
-from window_gate.errors import AUTH_PROBLEMS, NotFound, ValidationFailed, problems
+from window_gate.apikey.rules import Caller
+from window_gate.db import AnyRow
+from window_gate.errors import AUTH_PROBLEMS, Forbidden, NotFound, ValidationFailed, problems
 from window_gate.kit import gate
 from window_gate.subscription import repository, service
 from window_gate.subscription.schemas import (
@@ -24,6 +30,13 @@ router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
 SubscriptionId = Annotated[UUID, Path(description="The subscription's id", examples=[EXAMPLE_ID])]
 
 
+async def _reached(conn: AsyncConnection, caller: Caller, subscription_id: UUID) -> AnyRow:
+    row = await repository.get(conn, subscription_id)
+    if row is None or not caller.reaches(row.phone_number_ids or ()):
+        raise NotFound(f"no subscription {subscription_id}")
+    return row
+
+
 @router.post(
     "",
     summary="Subscribe a service to Meta's webhooks and the gate's events",
@@ -33,7 +46,10 @@ SubscriptionId = Annotated[UUID, Path(description="The subscription's id", examp
 )
 async def create(request: Request, caller: Admin, body: SubscriptionIn) -> SubscriptionCreated:
     """From now on every event of these types (for these numbers) is POSTed to `url`, at least once,
-    retried with backoff for RELAY_RETRY_HOURS. The secret is shown only here."""
+    retried with backoff for RELAY_RETRY_HOURS. The secret is shown only here. A key limited to phone
+    numbers must name some of its own in `phone_number_ids`."""
+    if not caller.reaches(body.phone_number_ids or ()):
+        raise Forbidden("a key limited to phone numbers subscribes to events of its own numbers only")
     g = gate(request)
     async with g.engine.begin() as conn:
         row = await service.create(
@@ -54,9 +70,10 @@ async def create(request: Request, caller: Admin, body: SubscriptionIn) -> Subsc
     responses=problems(*AUTH_PROBLEMS),
 )
 async def list_subscriptions(request: Request, caller: Admin) -> SubscriptionList:
-    """Oldest first; secrets are never shown again."""
+    """Oldest first; secrets are never shown again. A key limited to phone numbers sees the subscriptions
+    filtered to some of its numbers only."""
     async with gate(request).engine.connect() as conn:
-        rows = await repository.listing(conn)
+        rows = [r for r in await repository.listing(conn) if caller.reaches(r.phone_number_ids or ())]
     return SubscriptionList(
         subscriptions=[SubscriptionOut.model_validate(r, from_attributes=True) for r in rows]
     )
@@ -73,9 +90,7 @@ async def get_subscription(
 ) -> SubscriptionOut:
     """What it receives and where; not its secret."""
     async with gate(request).engine.connect() as conn:
-        row = await repository.get(conn, subscription_id)
-    if row is None:
-        raise NotFound(f"no subscription {subscription_id}")
+        row = await _reached(conn, caller, subscription_id)
     return SubscriptionOut.model_validate(row, from_attributes=True)
 
 
@@ -89,8 +104,8 @@ async def get_subscription(
 async def delete_subscription(request: Request, caller: Admin, subscription_id: SubscriptionId) -> Response:
     """Nothing more is sent to it; its deliveries not yet sent are dropped."""
     async with gate(request).engine.begin() as conn:
-        if not await repository.remove(conn, subscription_id):
-            raise NotFound(f"no subscription {subscription_id}")
+        await _reached(conn, caller, subscription_id)
+        await repository.remove(conn, subscription_id)
     return Response(status_code=204)
 
 
@@ -113,8 +128,7 @@ async def list_deliveries(
     """Newest first, each with every attempt (when, the subscriber's status, the error, how long).
     Keyset pagination: pass `next_before` as `before` until it is null."""
     async with gate(request).engine.connect() as conn:
-        if await repository.get(conn, subscription_id) is None:
-            raise NotFound(f"no subscription {subscription_id}")
+        await _reached(conn, caller, subscription_id)
         rows = await repository.deliveries(conn, subscription_id, state, before, limit)
     page = [delivery(r) for r in rows]
     return DeliveryPage(deliveries=page, next_before=page[-1].id if len(page) == limit else None)
@@ -134,6 +148,7 @@ async def retry(
 ) -> DeliveryOut:
     """Due at once with a fresh RELAY_RETRY_HOURS; same event id (consumers that saw it drop it)."""
     async with gate(request).engine.begin() as conn:
+        await _reached(conn, caller, subscription_id)
         if await repository.retry(conn, subscription_id, delivery_id) is None:
             raise NotFound(f"no delivery {delivery_id} for subscription {subscription_id}")
         (row,) = await repository.deliveries(conn, subscription_id, None, delivery_id + 1, 1)
