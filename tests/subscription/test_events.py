@@ -139,11 +139,12 @@ async def test_window_closed_when_it_expires_and_expiring_at_once_when_opened_la
 ) -> None:
     async with receiving() as receiver:
         secret = await subscribe(client, admin_headers, receiver.url, "window.expiring", "window.closed")
-        late = int(time.time()) - DAY + 1  # less than the lead left: expiring at once; closed in 1 s
+        late = int(time.time()) - DAY + 2  # less than the lead left: expiring at once; closed in 2 s
         await post(client, delivery([inbound(WA, ts=late)]))
-        assert await service.ring_alarms(engine, settings) == 1
+        at_once = await service.ring_alarms(engine, settings)  # expiring (closed too on a slow machine)
+        assert at_once >= 1
         await asyncio.sleep(max(0.0, late + DAY - time.time()) + 0.2)
-        assert await service.ring_alarms(engine, settings) == 1
+        assert at_once + await service.ring_alarms(engine, settings) == 2
         assert await service.dispatch(engine, settings) == 2
     events = [verified(secret, r) for r in receiver.received]
     assert sorted(e["type"] for e in events) == ["window.closed", "window.expiring"]
