@@ -36,7 +36,6 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("secret", sa.Text(), nullable=False),
         sa.Column("created_at", TZ, server_default=sa.text("now()"), nullable=False),
-        sa.Column("dispatch_until", TZ, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
     )
     op.create_table(

@@ -350,8 +350,6 @@ class Subscription(Base):
     # `whsec_` + base64: signs every delivery, so kept as it is (encrypted at rest comes with ENCRYPTION_KEY).
     secret: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
-    # One dispatcher at a time per subscription, across replicas: it holds this lease while it sends.
-    dispatch_until: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class RelayDelivery(Base):

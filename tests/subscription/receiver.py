@@ -45,6 +45,7 @@ class Receiver:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         got = Received(scope["path"], headers, body)
         self.arrivals.append(got)
+        self.arrived.set()
         if self.hang:
             await asyncio.sleep(self.hang)
         self.received.append(got)
@@ -59,11 +60,19 @@ class Receiver:
         await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"busy"})
 
     async def wait_for(self, count: int, within: float = 10.0) -> list[Received]:
+        """Once `count` requests were answered."""
+        return await self._wait(self.received, count, within)
+
+    async def wait_for_arrival(self, count: int, within: float = 10.0) -> list[Received]:
+        """Once `count` requests came (answered or still hanging)."""
+        return await self._wait(self.arrivals, count, within)
+
+    async def _wait(self, seen: list[Received], count: int, within: float) -> list[Received]:
         async with asyncio.timeout(within):
-            while len(self.received) < count:
+            while len(seen) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
-        return self.received
+        return seen
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.factories import PN, WABA, delivery, inbound, signed, status
+from tests.subscription.conftest import dispatch
 from tests.subscription.receiver import Received, Receiver, receiving
 from tests.upstream import WA as META_WA
 from tests.upstream import text_message
@@ -65,7 +66,7 @@ async def test_window_opened_once_per_opening_signed_per_standard_webhooks(
         first = inbound(WA, ts=t0 + 2 * DAY - 60)
         await post(client, delivery([first]))
         await post(client, delivery([inbound(WA, ts=t0 + 2 * DAY - 30)]))  # the window is open: no event
-        assert await service.dispatch(engine, settings) == 1
+        assert await dispatch(engine, settings) == 1
         (got,) = receiver.received
     event = verified(secret, got)
     assert event == {
@@ -98,7 +99,7 @@ async def test_message_status_when_a_gate_send_moves_not_on_a_repeat(
             await post(client, delivery(statuses=[st]))
         failed = status(WA, state="failed", code=131026) | {"id": wamid}  # after read: does not move it
         await post(client, delivery(statuses=[failed]))
-        assert await service.dispatch(engine, settings) == 2
+        assert await dispatch(engine, settings) == 2
     events = sorted((verified(secret, r) for r in receiver.received), key=lambda e: e["occurred_at"])
     assert [(e["data"]["previous_status"], e["data"]["status"]) for e in events] == [
         ("accepted", "delivered"),
@@ -126,7 +127,7 @@ async def test_window_expiring_once_before_the_end_unless_a_newer_message_moved_
         await asyncio.sleep(max(0.0, soon + DAY - lead - time.time()) + 0.2)
         assert await service.ring_alarms(engine, settings) == 1
         assert await service.ring_alarms(engine, settings) == 0  # once
-        assert await service.dispatch(engine, settings) == 1
+        assert await dispatch(engine, settings) == 1
         (got,) = receiver.received
     event = verified(secret, got)
     assert event["type"] == "window.expiring" and event["customer"]["wa_id"] == WA
@@ -145,7 +146,7 @@ async def test_window_closed_when_it_expires_and_expiring_at_once_when_opened_la
         assert at_once >= 1
         await asyncio.sleep(max(0.0, late + DAY - time.time()) + 0.2)
         assert at_once + await service.ring_alarms(engine, settings) == 2
-        assert await service.dispatch(engine, settings) == 2
+        assert await dispatch(engine, settings) == 2
     events = [verified(secret, r) for r in receiver.received]
     assert sorted(e["type"] for e in events) == ["window.closed", "window.expiring"]
     closed = next(e for e in events if e["type"] == "window.closed")
@@ -163,7 +164,7 @@ async def test_window_closed_by_meta_at_once_and_nothing_later(
         secret = await subscribe(client, admin_headers, receiver.url, "window.expiring", "window.closed")
         await post(client, delivery([inbound(WA, ts=time.time() - 60)]))
         await post(client, delivery(statuses=[status(WA, state="failed", code=131047)]))  # Meta: closed
-        assert await service.dispatch(engine, settings) == 1
+        assert await dispatch(engine, settings) == 1
         async with engine.connect() as conn:
             assert await conn.scalar(text("SELECT count(*) FROM window_alarms")) == 0  # nothing more to ring
         (got,) = receiver.received
@@ -187,7 +188,7 @@ async def test_template_status(
         await post(
             client, {"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [change]}]}
         )
-        assert await service.dispatch(engine, settings) == 1
+        assert await dispatch(engine, settings) == 1
         (got,) = receiver.received
     event = verified(secret, got)
     assert (
@@ -236,7 +237,7 @@ async def test_an_event_body_is_the_same_for_every_subscriber(
             await subscribe(client, admin_headers, a.url, "window.opened")
             await subscribe(client, admin_headers, b.url, "window.opened")
             await post(client, delivery([inbound(WA)]))
-            await asyncio.gather(service.dispatch(engine, settings), service.dispatch(other, settings))
+            await asyncio.gather(dispatch(engine, settings), dispatch(other, settings))
     finally:
         await other.dispose()
     (first,), (second,) = a.received, b.received

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import assert_problem, bearer, make_key
 from tests.factories import PN, delivery, inbound, signed
+from tests.subscription.conftest import dispatch
 from tests.subscription.receiver import Receiver, receiving
 from window_gate import jobs
 from window_gate.apikey.rules import Role
@@ -64,7 +65,7 @@ async def test_meta_webhook_relayed_byte_for_byte_signed_with_the_subscription_s
         body = await meta_delivers(client)
         assert await states(engine) == [("pending", 0)]  # in the outbox before Meta got its 200
 
-        assert await service.dispatch(engine, settings) == 1
+        assert await dispatch(engine, settings) == 1
         (got,) = receiver.received
     assert got.body == body  # byte for byte
     assert got.headers["x-hub-signature-256"] == meta_signature(sub["secret"], body)
@@ -85,7 +86,7 @@ async def test_a_subscription_filtered_by_numbers_gets_only_theirs(
         await subscribe(client, admin_headers, only_pn2.url, phone_number_ids=[PN2])
         first = await meta_delivers(client, PN)
         second = await meta_delivers(client, PN2)
-        assert await service.dispatch(engine, settings) == 3
+        assert await dispatch(engine, settings) == 3
     assert sorted(r.body for r in everything.received) == sorted([first, second])
     assert [r.body for r in only_pn2.received] == [second]
 
@@ -112,12 +113,12 @@ async def test_a_subscriber_down_then_back_gets_everything_each_attempt_once(
     async with receiving(Receiver(status=503)) as receiver:
         sub = await subscribe(client, admin_headers, receiver.url)
         bodies = [await meta_delivers(client) for _ in range(3)]
-        assert await service.dispatch(engine, settings) == 3
+        assert await dispatch(engine, settings) == 3
         assert await states(engine) == [("failed", 1)] * 3
-        assert await service.dispatch(engine, settings) == 0  # not due yet: about 1 s of backoff
+        assert await dispatch(engine, settings) == 0  # not due yet: about 1 s of backoff
         receiver.status = 200
         await asyncio.sleep(1.3)  # 1 s ± 25 %
-        assert await service.dispatch(engine, settings) == 3
+        assert await dispatch(engine, settings) == 3
     assert await states(engine) == [("delivered", 2)] * 3
     ok = [r.body for r in receiver.received[3:]]
     assert sorted(ok) == sorted(bodies) and len(receiver.received) == 6
@@ -136,12 +137,12 @@ async def test_past_the_retry_period_a_delivery_is_dead_until_retried_by_hand(
     brief = settings.model_copy(update={"relay_retry_hours": 0.5 / 3600})  # half a second
     sub = await subscribe(client, admin_headers, "http://127.0.0.1:9/closed-port")
     await meta_delivers(client)
-    assert await service.dispatch(engine, brief) == 1
+    assert await dispatch(engine, brief) == 1
     assert await states(engine) == [("dead", 1)]
     r = await client.get(f"/v1/subscriptions/{sub['id']}/deliveries?state=dead", headers=admin_headers)
     (dead,) = r.json()["deliveries"]
     assert dead["attempts"][0]["status_code"] is None and "ConnectError" in dead["attempts"][0]["error"]
-    assert await service.dispatch(engine, brief) == 0  # dead: never again by itself
+    assert await dispatch(engine, brief) == 0  # dead: never again by itself
 
     async with receiving() as receiver:
         async with engine.begin() as conn:  # the subscriber moved: same subscription, new port
@@ -150,7 +151,7 @@ async def test_past_the_retry_period_a_delivery_is_dead_until_retried_by_hand(
             f"/v1/subscriptions/{sub['id']}/deliveries/{dead['id']}/retry", headers=admin_headers
         )
         assert r.status_code == 200 and r.json()["state"] == "pending", r.text
-        assert await service.dispatch(engine, brief) == 1
+        assert await dispatch(engine, brief) == 1
         (got,) = receiver.received
     assert got.headers["webhook-id"] == dead["event_id"]
     assert await states(engine) == [("delivered", 2)]
@@ -168,7 +169,7 @@ async def test_a_hanging_subscriber_delays_neither_the_others_nor_ingest(
         await subscribe(client, admin_headers, hanging.url)
         await subscribe(client, admin_headers, fast.url)
         await meta_delivers(client)
-        tick = asyncio.create_task(service.dispatch(engine, patient))
+        tick = asyncio.create_task(dispatch(engine, patient))
         await fast.wait_for(1, within=2)  # while the other hangs
         started = time.perf_counter()
         for _ in range(20):
@@ -193,7 +194,7 @@ async def test_two_dispatchers_at_once_send_each_event_once(
             bodies = [await meta_delivers(client) for _ in range(50)]
             rounds = 0
             while len(receiver.received) < 100 and rounds < 20:
-                await asyncio.gather(service.dispatch(engine, settings), service.dispatch(other, settings))
+                await asyncio.gather(dispatch(engine, settings), dispatch(other, settings))
                 rounds += 1
     finally:
         await other.dispose()
@@ -268,3 +269,25 @@ async def test_the_url_allowlist(engine: AsyncEngine, settings: Settings) -> Non
                 description=None,
             )
     assert refused.value.context["allowed_prefixes"] == ["https://hooks.example.com/", "http://10."]
+
+
+async def test_through_the_engine_a_hanging_subscriber_does_not_hold_back_another(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], settings: Settings
+) -> None:
+    patient = settings.model_copy(update={"relay_timeout_seconds": 8.0})
+    async with (
+        receiving(Receiver(hang=60)) as hanging,
+        receiving() as fast,
+        jobs.running(patient, str(settings.database_url), registry(), 4),
+    ):
+        await subscribe(client, admin_headers, hanging.url)
+        await subscribe(client, admin_headers, fast.url)
+        await meta_delivers(client)
+        await hanging.wait_for_arrival(1, within=10)  # its drain now waits up to 8 s for an answer
+        await fast.wait_for(1, within=5)
+        second = await meta_delivers(client)  # due while the hanging drain still runs
+        started = time.perf_counter()
+        got = await fast.wait_for(2, within=5)
+        waited = time.perf_counter() - started
+    assert got[1].body == second
+    assert waited < 3, waited  # the next tick's drain, not after the hanging one's 8 s

@@ -1,5 +1,7 @@
 """The subscription feature's background work."""
 
+from uuid import UUID
+
 from window_gate import jobs
 from window_gate.subscription import repository, service
 
@@ -8,8 +10,20 @@ registry = jobs.Registry()
 
 @registry.every("relay.dispatch", "* * * * * *")
 async def dispatch(ctx: jobs.Context) -> None:
-    """Every second, once across every replica and worker: send what is due (service.py says how)."""
-    await service.dispatch(ctx.engine, ctx.settings)
+    """Every second, once across every replica and worker: a drain for each subscription with something
+    due, unless one is queued or running already (service.py says how)."""
+    async with ctx.engine.begin() as conn:
+        for subscription_id in await repository.due_subscriptions(conn):
+            payload = {"subscription_id": str(subscription_id)}
+            await jobs.enqueue(conn, DRAIN, payload, key=f"{DRAIN}:{subscription_id}")
+
+
+DRAIN = "relay.drain"
+
+
+@registry.task(DRAIN)
+async def drain(ctx: jobs.Context, payload: jobs.Payload) -> None:
+    await service.drain(ctx.engine, ctx.settings, UUID(payload["subscription_id"]))
 
 
 @registry.every("relay.purge", "23 * * * *")

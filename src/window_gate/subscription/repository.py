@@ -211,30 +211,12 @@ def _due(now: Any) -> Any:
     return and_(RelayDelivery.state.in_(DUE_STATES), RelayDelivery.next_attempt_at <= now)
 
 
-async def due_subscriptions(conn: AsyncConnection) -> Sequence[AnyRow]:
-    """Subscriptions with something due and no dispatcher at work on them."""
-    query = select(Subscription.id, Subscription.url, Subscription.secret).where(
-        or_(Subscription.dispatch_until.is_(None), Subscription.dispatch_until < func.now()),
-        exists().where(RelayDelivery.subscription_id == Subscription.id, _due(func.now())),
+async def due_subscriptions(conn: AsyncConnection) -> list[UUID]:
+    """Subscriptions with something due."""
+    query = select(Subscription.id).where(
+        exists().where(RelayDelivery.subscription_id == Subscription.id, _due(func.now()))
     )
-    return (await conn.execute(query)).all()
-
-
-async def lease(conn: AsyncConnection, subscription_id: UUID, seconds: float, *, renew: bool = False) -> bool:
-    """Take the subscription's dispatch lease unless another dispatcher holds it (`renew`: ours, longer)."""
-    statement = update(Subscription).where(Subscription.id == subscription_id)
-    if not renew:
-        statement = statement.where(
-            or_(Subscription.dispatch_until.is_(None), Subscription.dispatch_until < func.now())
-        )
-    taken = await conn.execute(statement.values(dispatch_until=func.now() + timedelta(seconds=seconds)))
-    return taken.rowcount > 0
-
-
-async def release(conn: AsyncConnection, subscription_id: UUID) -> None:
-    await conn.execute(
-        update(Subscription).where(Subscription.id == subscription_id).values(dispatch_until=None)
-    )
+    return list((await conn.execute(query)).scalars())
 
 
 @dataclass(frozen=True, slots=True)

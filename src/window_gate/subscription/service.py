@@ -1,13 +1,13 @@
-"""Subscriptions managed by admins, and the dispatcher that sends their outbox.
+"""Subscriptions managed by admins, and the sending of their outbox.
 
-The dispatcher is a job of the house's engine (subscription/jobs.py: `relay.dispatch`, every second, once
-per tick across every replica and worker). A tick takes each subscription with something due whose lease
-is free, and sends its deliveries, oldest due first, `RELAY_CONCURRENCY` requests in flight, for at most
-TICK_SECONDS; then the next tick goes on. The lease (subscriptions.dispatch_until) keeps one dispatcher per
-subscription at a time across replicas, so the concurrency limit holds overall; each claimed delivery is
-not due again until its own lease passes, so a dispatcher killed mid-attempt loses nothing (the delivery
-is attempted again: at least once) and no two dispatchers attempt it together. A subscriber that hangs
-holds only its own dispatcher: other subscribers, webhook ingest and window checks never wait for it.
+On the house's engine (subscription/jobs.py): `relay.dispatch`, a schedule (every second, once per tick
+across every replica and worker), enqueues one `relay.drain` job per subscription with something due,
+keyed by the subscription, so at most one drain per subscription is queued or running anywhere and
+RELAY_CONCURRENCY holds overall. A drain sends that subscription's deliveries, `RELAY_CONCURRENCY` requests
+in flight. Each claimed delivery is not due again until its own lease passes, so a drain killed
+mid-attempt loses nothing (the delivery is attempted again: at least once) and no two drains attempt it
+together. A subscriber that hangs holds only its own drain: other subscribers' drains run in other job
+slots, and webhook ingest and window checks never wait for it.
 """
 
 import asyncio
@@ -17,6 +17,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -27,8 +28,8 @@ from window_gate.errors import ValidationFailed
 from window_gate.graph.transport import GraphTransport
 from window_gate.subscription import repository, rules
 
-TICK_SECONDS = 10.0  # one tick sends for this long at most; the next tick (a second later) goes on
-BATCH_ROUNDS = 4  # a claim takes this many rounds of RELAY_CONCURRENCY deliveries
+DRAIN_SECONDS = 10.0  # one drain sends for this long at most; the next tick's goes on
+BATCH_ROUNDS = 4  # a claim takes this many rounds of RELAY_CONCURRENCY deliveries, once the first went well
 LEASE_MARGIN_SECONDS = 5.0  # past the last attempt's timeout: the batch's outcomes are being written
 USER_AGENT = "window_gate-relay"
 
@@ -80,40 +81,33 @@ def _client(settings: Settings) -> httpx.AsyncClient:
     return client
 
 
-async def dispatch(engine: AsyncEngine, settings: Settings) -> int:
-    """One tick: every subscription with something due and a free lease, side by side. Deliveries
-    attempted."""
+async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) -> int:
+    """Send a subscription's due deliveries, oldest due first, for at most DRAIN_SECONDS (the next
+    dispatch tick goes on). It starts with one round of RELAY_CONCURRENCY and takes BATCH_ROUNDS rounds
+    at a time while the subscriber answers; a round with a failure ends the drain, so a subscriber that
+    is down or hangs holds a job for one attempt's timeout at most. Deliveries attempted."""
     async with engine.connect() as conn:
-        due = await repository.due_subscriptions(conn)
-    sent = await asyncio.gather(*(_drain(engine, settings, row) for row in due))
-    return sum(sent)
-
-
-async def _drain(engine: AsyncEngine, settings: Settings, subscription: AnyRow) -> int:
-    concurrency = settings.relay_concurrency
-    batch = concurrency * BATCH_ROUNDS
-    lease = BATCH_ROUNDS * settings.relay_timeout_seconds + LEASE_MARGIN_SECONDS
-    async with engine.begin() as conn:
-        if not await repository.lease(conn, subscription.id, lease):
-            return 0  # another dispatcher took it since we looked
+        subscription = await repository.get(conn, subscription_id)
+    if subscription is None:
+        return 0  # deleted since the tick saw it
+    concurrency, rounds = settings.relay_concurrency, 1
     client, turns = _client(settings), asyncio.Semaphore(concurrency)
-    deadline, attempted = time.monotonic() + TICK_SECONDS, 0
-    try:
-        while time.monotonic() < deadline:
-            async with engine.begin() as conn:
-                await repository.lease(conn, subscription.id, lease, renew=True)
-                claimed = await repository.claim(conn, subscription.id, batch, lease)
-            if not claimed:
-                break
-            outcomes = await asyncio.gather(
-                *(_attempt(client, turns, settings, subscription, c) for c in claimed)
-            )
-            async with engine.begin() as conn:
-                await repository.finish(conn, outcomes)
-            attempted += len(claimed)
-    finally:
+    deadline, attempted = time.monotonic() + DRAIN_SECONDS, 0
+    while time.monotonic() < deadline:
+        lease = rounds * settings.relay_timeout_seconds + LEASE_MARGIN_SECONDS
         async with engine.begin() as conn:
-            await repository.release(conn, subscription.id)
+            claimed = await repository.claim(conn, subscription_id, rounds * concurrency, lease)
+        if not claimed:
+            break
+        outcomes = await asyncio.gather(
+            *(_attempt(client, turns, settings, subscription, c) for c in claimed)
+        )
+        async with engine.begin() as conn:
+            await repository.finish(conn, outcomes)
+        attempted += len(claimed)
+        if any(o.state != "delivered" for o in outcomes):
+            break
+        rounds = BATCH_ROUNDS
     return attempted
 
 
