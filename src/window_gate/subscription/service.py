@@ -28,7 +28,7 @@ from window_gate.errors import ValidationFailed
 from window_gate.graph.transport import GraphTransport
 from window_gate.subscription import repository, rules
 
-DRAIN_SECONDS = 10.0  # one drain sends for this long at most; the next tick's goes on
+DRAIN_SECONDS = 60.0  # one drain sends for this long at most; the next tick's goes on (1–2 s later: pgqueuer)
 BATCH_ROUNDS = 4  # a claim takes this many rounds of RELAY_CONCURRENCY deliveries, once the first went well
 LEASE_MARGIN_SECONDS = 5.0  # past the last attempt's timeout: the batch's outcomes are being written
 USER_AGENT = "window_gate-relay"
