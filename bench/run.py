@@ -2,7 +2,7 @@
 references.
 
     ./dev run python -m bench.run [--workers 2] [--duration 12] [--rounds 3] [--set NAME=VALUE]
-                                  [--only window,webhook,send,burst] [--ingest-workers 1,2]
+                                  [--only window,webhook,webhook-relay,send,burst] [--ingest-workers 1,2]
                                   [--burst 50,500] [--upstream-delay-ms 300]
 
 Creates a scratch database on the local PostgreSQL, migrates it, seeds 100,000 windows (for sends also
@@ -20,6 +20,14 @@ bench/reference.py (same uvicorn, same worker count) on free ports and drives th
   statuses once (all of them had theirs: they go back to accepted, between loads). Counted: events
   acknowledged per second, and those stored (inbound_messages or message_events rows, read back from the
   database); a scenario storing far fewer than it acknowledged is flagged and fails;
+- webhook-relay: the known customers' single-message deliveries, the same service (its jobs engine in the
+  serve process, so the relay's dispatcher shares the worker) in paired rounds without subscriptions and
+  with 3 `meta.webhook` subscriptions for every number, made through the API and pointed at
+  bench/receiver.py (a raw ASGI app in its own uvicorn process, answering 200 at once); after each loaded
+  round the outbox must drain (every relay delivery `delivered`) and the receiver must have had every
+  delivery kept since the subscriptions were made, once per subscription, correctly signed. Reported: the
+  drain's duration and app CPU, the receiver's CPU (as upstream); bench/relay.py measures the dispatcher
+  alone;
 - send: free-form sends (POST /v1/messages, text, to seeded customers whose window is open; no
   Idempotency-Key) against bench/reference_send.py, both sending to bench/upstream.py (a minimal Graph API
   stand-in in its own uvicorn process) with the service out of sandbox mode;
@@ -58,6 +66,7 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import text
 
+from bench.receiver import counts as receiver_counts
 from tests.factories import PN, delivery, inbound, sent_status, signed
 from window_gate import db
 from window_gate.apikey import service as api_keys
@@ -158,7 +167,15 @@ SEND_BODY = (
 )
 UPSTREAM_WORKERS = 1
 WEBHOOK = tuple(f"webhook-{kind}" for kind in INGEST)  # `--only webhook` runs them all
-SCENARIOS = ("window", *WEBHOOK, "send", "burst")
+RELAY = "webhook-relay"
+SCENARIOS = ("window", *WEBHOOK, RELAY, "send", "burst")
+RELAY_SUBSCRIBERS = 3
+RELAY_DRAIN_PATIENCE = 600  # seconds the outbox may take to drain after a load before the round fails
+UNDELIVERED = "SELECT count(*) FROM relay_deliveries WHERE state <> 'delivered'"
+RELAY_ROWS = (
+    "SELECT s.url, count(r.id), count(r.id) FILTER (WHERE r.state = 'delivered') "
+    "FROM subscriptions s LEFT JOIN relay_deliveries r ON r.subscription_id = s.id GROUP BY s.url"
+)
 TARGETS = {
     "ratio_rps": 0.60,
     "ratio_p99": 2.0,
@@ -168,6 +185,7 @@ TARGETS = {
     "status_per_s": 3_000,
     "status_batch_per_s": 15_000,  # statuses/s in batches of 100
     "burst_cpu_ratio": 1.5,  # gate CPU per send at the largest burst over that at the smallest
+    "relay_vs_without": 0.8,  # ingest deliveries/s with RELAY_SUBSCRIBERS subscriptions over without
 }
 BURST_WORKERS = 1  # one process: its CPU time per send is the figure, undiluted by uvicorn's accept balance
 BURST_WRK_TIMEOUT = "30s"  # a slow burst must finish its requests, not turn them into wrk timeouts
@@ -214,6 +232,16 @@ class Result:
     sends: int | None = None  # sends accepted, idle to idle (bursts: the CPU figures are per send)
     attempt: int = 1
     rss_mib: dict[int, float] = field(default_factory=dict)  # worker pid → max RSS
+    ended: float = 0.0  # time.monotonic() when the load stopped
+    # webhook-relay, with subscriptions: what the subscribers got once the outbox drained after the load
+    relay_expected: int | None = None  # deliveries kept since the subscriptions were made × subscriptions
+    relayed: int | None = None  # of those, the distinct events the receiver got, every subscription's
+    relay_repeats: int = 0  # events received more than once (at least once: a lease that ran out)
+    bad_signatures: int = 0  # X-Hub-Signature-256 not the HMAC of the bytes under the subscription's secret
+    undelivered: int = 0  # outbox rows not `delivered` when the drain ended (0 unless it timed out)
+    backlog: int | None = None  # outbox rows not yet delivered at the drain's start (the load just ended)
+    drain_s: float | None = None  # from the load's end until every outbox row was delivered
+    drain_app_cpu_ms: float = 0.0  # app CPU time per backlog row during the drain
 
 
 def main() -> None:
@@ -291,7 +319,7 @@ def main() -> None:
         url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         db.upgrade(url)
         sends = "send" in args.only or "burst" in args.only
-        key, send_key = asyncio.run(_seed(url, sends, "webhook-status" in args.only))
+        key, send_key, args.admin_key = asyncio.run(_seed(url, sends, "webhook-status" in args.only))
         args.own = OwnSends(dsn) if "webhook-status" in args.only else None
         print(f"bench: database {name} migrated and seeded in {time.monotonic() - started:.1f} s", flush=True)
 
@@ -339,6 +367,13 @@ def main() -> None:
                     results += _paired_alone(label, reference_cmd, service_cmd, args, rounds, per_body, kind)
         if "webhook-status" in args.only:
             args.own_by_status = asyncio.run(_fetch(dsn, OWN_BY_STATUS))[0]
+        receiver_cmd = [*uvicorn, "bench.receiver:app", "--host", "127.0.0.1", "--workers", "1"]
+        for n in args.ingest_workers if RELAY in args.only else ():
+            workers = ["--host", "127.0.0.1", "--workers", str(n)]
+            service_env = _metrics_env(env, tmp, n) | overrides
+            service_cmd = (f"service-{n}", [*gate[:2], *workers, "--no-migrate"], service_env)
+            label = _ingest_label("relay", 1, n)
+            results += _paired_relay(label, service_cmd, (receiver_cmd, env), args, rounds)
         upstream_workers = ["--host", "127.0.0.1", "--workers", str(UPSTREAM_WORKERS)]
         common = {"BENCH_MODE": "send", "BENCH_CUSTOMERS": str(SENDS), "BENCH_FIRST": str(SEND_FIRST)}
         if "send" in args.only:
@@ -500,11 +535,124 @@ def _paired_alone(
     return _median(label, pairs, rounds)
 
 
+def _paired_relay(
+    label: str,
+    service: tuple[str, list[str], dict[str, str]],
+    receiver: tuple[list[str], dict[str, str]],
+    args: argparse.Namespace,
+    rounds: dict[str, list[tuple[Result, Result]]],
+) -> list[Result]:
+    """Paired rounds of the known customers' single-message deliveries, the same service (name, command,
+    environment) started for each: without subscriptions, then with RELAY_SUBSCRIBERS made through the
+    API, pointed at a receiver (command, environment) started for the round. After the load the service
+    runs on until the outbox has drained; then both stop and what the receiver got is checked."""
+    name, cmd, env = service
+    pairs = []
+    for i in range(args.rounds):
+        asyncio.run(_admin(args.dsn, "DELETE FROM subscriptions"))  # their outbox rows go with them
+        with _serving(name, cmd, env, args.tmp) as server:
+            without = _scenario(f"{label} · no subscriptions", server, {}, args, 1, "known")
+        got = args.tmp / f"receiver-{name}-{i}"
+        got.mkdir()
+        # The service stops first, then the receiver, which writes its counts as it stops.
+        with contextlib.ExitStack() as servers:
+            listening = servers.enter_context(
+                _serving("receiver", receiver[0], receiver[1] | {"BENCH_RECEIVER_DIR": str(got)}, args.tmp)
+            )
+            server = servers.enter_context(_serving(name, cmd, env, args.tmp))
+            first = asyncio.run(_fetch(args.dsn, "SELECT coalesce(max(id), 0) FROM webhook_deliveries"))[0]
+            _subscribe(server, listening, args.admin_key, got)
+            args.upstream_pid = listening.proc.pid  # its CPU is the "upstream" column
+            try:
+                relaying = _scenario(
+                    f"{label} · {RELAY_SUBSCRIBERS} subscriptions", server, {}, args, 1, "known"
+                )
+                _drain_relay(relaying, server, listening, args)
+            finally:
+                args.upstream_pid = None
+        _check_relay(relaying, first, got, args)
+        pairs.append((without, relaying))
+    asyncio.run(_admin(args.dsn, "DELETE FROM subscriptions"))
+    return _median(label, pairs, rounds)
+
+
+def _subscribe(service: Server, receiver: Server, admin_key: str, got: Path) -> None:
+    """RELAY_SUBSCRIBERS `meta.webhook` subscriptions for every number, each to its own path of the
+    receiver, whose secrets the receiver reads to check the signatures."""
+    secrets_by_path = {}
+    for n in range(RELAY_SUBSCRIBERS):
+        path = f"/subscriber-{n}"
+        request = urllib.request.Request(
+            f"{service.url}/v1/subscriptions",
+            data=json.dumps({"url": receiver.url + path, "events": ["meta.webhook"]}).encode(),
+            headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            secrets_by_path[path] = json.load(answer)["secret"]
+    (got / "secrets.json").write_text(json.dumps(secrets_by_path))
+
+
+def _drain_relay(result: Result, service: Server, receiver: Server, args: argparse.Namespace) -> None:
+    """Wait (RELAY_DRAIN_PATIENCE at most) until every outbox row is delivered, sampling the service's
+    CPU meanwhile; records the drain on `result`."""
+    sampler = Sampler(service.proc.pid, -1, args.database, receiver.proc.pid)
+    sampler.sample()
+    deadline = time.monotonic() + RELAY_DRAIN_PATIENCE
+    backlog = left = asyncio.run(_fetch(args.dsn, UNDELIVERED))[0]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        sampler.sample()
+        left = asyncio.run(_fetch(args.dsn, UNDELIVERED))[0]
+    sampler.sample()
+    result.backlog, result.undelivered = backlog, left
+    result.drain_s = round(time.monotonic() - result.ended, 2)
+    result.drain_app_cpu_ms = 1000 * sampler.cpu_seconds("app") / backlog if backlog else 0.0
+    print(
+        f"bench: {result.scenario}: outbox drained in {result.drain_s:.1f} s after the load "
+        f"({backlog:,} left then{f', {left:,} still not delivered' if left else ''})",
+        flush=True,
+    )
+
+
+def _check_relay(result: Result, first: int, got: Path, args: argparse.Namespace) -> None:
+    """Every delivery kept since the subscriptions were made, once per subscription: in the outbox,
+    delivered, and at the receiver (distinct event ids, signed with the subscription's secret)."""
+    kept = asyncio.run(_fetch(args.dsn, f"SELECT count(*) FROM webhook_deliveries WHERE id > {first}"))[0]
+    rows = {
+        url.rsplit("/", 1)[1]: (n, delivered)
+        for url, n, delivered in asyncio.run(_fetch_all(args.dsn, RELAY_ROWS))
+    }
+    paths = receiver_counts(got)
+    result.relay_expected = kept * RELAY_SUBSCRIBERS
+    result.relayed = sum(min(c.distinct, kept) for c in paths.values())
+    result.relay_repeats = sum(c.received - c.distinct for c in paths.values())
+    result.bad_signatures = sum(c.bad_signatures + c.unsigned for c in paths.values())
+    for path in sorted(rows.keys() | {p.lstrip("/") for p in paths}):
+        n, delivered = rows.get(path, (0, 0))
+        distinct = paths[f"/{path}"].distinct if f"/{path}" in paths else 0
+        if not n == delivered == distinct == kept:
+            print(
+                f"bench: {result.scenario}: {path}: {n:,} outbox rows, {delivered:,} delivered, "
+                f"{distinct:,} received, of {kept:,} deliveries kept",
+                flush=True,
+            )
+
+
+def _relayed_all(r: Result) -> bool:
+    return r.relayed == r.relay_expected and not r.undelivered and not r.bad_signatures
+
+
 def _median(
     label: str, pairs: list[tuple[Result, Result]], rounds: dict[str, list[tuple[Result, Result]]]
 ) -> list[Result]:
     rounds[label] = pairs
-    return list(sorted(pairs, key=lambda pair: pair[1].rps / pair[0].rps)[len(pairs) // 2])
+    return list(_median_pair(pairs))
+
+
+def _median_pair(pairs: list[tuple[Result, Result]]) -> tuple[Result, Result]:
+    """The round whose second (the service) over first (the reference) is the median, by req/s."""
+    return sorted(pairs, key=lambda pair: pair[1].rps / pair[0].rps)[len(pairs) // 2]
 
 
 def _scenario(
@@ -534,8 +682,8 @@ def _scenario(
     busy = _quiet()
     note = f" (other processes busy: {busy:.2f} CPUs)" if busy > QUIET_CPUS else ""
     print(f"bench: {name}: {args.warmup} s warm-up, {args.duration} s load{note}", flush=True)
-    load_shape = {"connections": connections or args.connections, "timeout": timeout}
-    _wrk(server, env | bodies("warmup", args.warmup), args, args.warmup, **load_shape)
+    connections = connections or args.connections
+    _wrk(server, env | bodies("warmup", args.warmup), args, args.warmup, connections, timeout)
     best: Result | None = None
     for attempt in range(1, ATTEMPTS + 1):
         load = env | bodies("load", args.duration)
@@ -543,7 +691,8 @@ def _scenario(
             _drained(server.proc.pid)  # the warm-up's last requests, still running, are not measured
             accepted = asyncio.run(_fetch(args.dsn, ACCEPTED))[0]
         before, sessions, _ = _settled(args.dsn)
-        out, sampler = _wrk(server, load, args, args.duration, **load_shape, drain=drain)
+        out, sampler = _wrk(server, load, args, args.duration, connections, timeout, drain=drain)
+        ended = time.monotonic()
         after, sessions_after, polls = _settled(args.dsn)  # also gives the backends time to report
         seconds = out["duration_us"] / 1e6
         sends = asyncio.run(_fetch(args.dsn, ACCEPTED))[0] - accepted if drain else None
@@ -566,6 +715,7 @@ def _scenario(
             upstream_cpu_ms=1000 * sampler.cpu_seconds("upstream") / done,
             attempt=attempt,
             sends=sends,
+            ended=ended,
         )
         if per_body:
             result.messages_per_s = (out["requests"] - out["errors"]["status"]) * per_body / seconds
@@ -819,10 +969,10 @@ def _settled(dsn: str) -> tuple[int, int, int]:
         time.sleep(0.5)
 
 
-async def _seed(url: str, sends: bool, own: bool) -> tuple[str, str]:
+async def _seed(url: str, sends: bool, own: bool) -> tuple[str, str, str]:
     """100,000 customers, each with its alias and a window on PN (for sends also 10,000 more whose window
     was opened just now, a month of earlier sends, and the reference's table; for statuses the gate's own
-    recent sends); returns a read API key and a send one."""
+    recent sends); returns a read API key, a send one and an admin one (subscriptions)."""
     engine = db.make_engine(url, 1)
     try:
         async with engine.begin() as conn:
@@ -830,9 +980,10 @@ async def _seed(url: str, sends: bool, own: bool) -> tuple[str, str]:
                 await conn.execute(text(statement))
             read = await api_keys.create(conn, "bench", Role.READ)
             send = await api_keys.create(conn, "bench-send", Role.SEND)
+            admin = await api_keys.create(conn, "bench-admin", Role.ADMIN)
             for statement in (SEED_HISTORY if sends else ()) + (SEED_OWN if own else ()):
                 await conn.execute(text(statement))
-            return read, send
+            return read, send, admin
     finally:
         await engine.dispose()
 
@@ -874,9 +1025,7 @@ def _report(
         """Fewer events stored than acknowledged: the load matched nothing, or was dropped."""
         return r.messages_per_s is not None and (r.recorded_per_s or 0) < STORED_SHARE * r.messages_per_s
 
-    pairs = {  # label → (reference, service) of the median round
-        label: (by_name[f"{label} · reference"], by_name[f"{label} · service"]) for label in rounds
-    }
+    pairs = {label: _median_pair(pairs_of_label) for label, pairs_of_label in rounds.items()}
     ours = [r for r in results if not r.scenario.endswith("· reference")]
     rss = max((max(r.rss_mib.values(), default=0.0) for r in ours), default=0.0)
 
@@ -887,6 +1036,9 @@ def _report(
     vs: dict[int, str] = {}
     for label, (ref, svc) in pairs.items():
         ratio_rps, ratio_p99 = svc.rps / ref.rps, svc.p99_ms / ref.p99_ms
+        if label.startswith("webhook relay"):
+            vs |= {id(ref): "(without)", id(svc): f"{ratio_rps:.2f}× deliveries/s · {ratio_p99:.2f}× p99"}
+            continue
         if label.startswith("webhook"):
             vs |= {id(ref): "(reference)", id(svc): f"{ratio_rps:.2f}× deliveries/s · {ratio_p99:.2f}× p99"}
             continue
@@ -930,6 +1082,21 @@ def _report(
                  f"{rate:,.0f} (reference {ref.messages_per_s or 0:,.0f})",
                  rate >= TARGETS[target] and clean(svc)),
             )  # fmt: skip
+    relay_label = _ingest_label("relay", 1, 1)
+    if relay_label in pairs:
+        without, relaying = pairs[relay_label]
+        every = [pair[1] for pair in rounds[relay_label]]
+        targets += [
+            (f"webhook ingest with {RELAY_SUBSCRIBERS} subscribers ≥ {TARGETS['relay_vs_without']:.0%} of without (1 worker)",
+             f"{relaying.rps / without.rps:.0%} ({relaying.rps:,.0f} vs {without.rps:,.0f}); drained "
+             + ", ".join(f"{r.drain_s:.1f} s" for r in every),
+             relaying.rps >= TARGETS["relay_vs_without"] * without.rps and clean(without, relaying)
+             and all(map(_relayed_all, every))),
+            ("every delivery kept relayed to each subscriber, outbox drained (every round)",
+             "; ".join(f"{r.relayed:,} of {r.relay_expected:,}, {r.relay_repeats} repeated, "
+                       f"{r.bad_signatures} badly signed" for r in every),
+             all(map(_relayed_all, every))),
+        ]  # fmt: skip
     if bursts and len(args.burst) > 1:
         small, large = (by_name[f"burst · {n} concurrent"] for n in (args.burst[0], args.burst[-1]))
         ratio = large.app_cpu_ms / small.app_cpu_ms
@@ -973,6 +1140,17 @@ def _report(
         per_round = ", ".join(
             f"{b.rps / a.rps:.0%} ({b.p99_ms / a.p99_ms:.1f}× p99)" for a, b in pairs_of_label
         )
+        if label.startswith("webhook relay"):
+            lines.append(
+                f"\n{label}, {RELAY_SUBSCRIBERS} subscriptions vs none in each round: {per_round}; the "
+                "median round is shown. The outbox after each load with subscriptions: "
+                + "; ".join(
+                    f"{b.backlog:,} left, drained in {b.drain_s:.1f} s at {b.drain_app_cpu_ms:.2f} ms app "
+                    f"CPU per delivery, {b.relayed:,} of {b.relay_expected:,} relayed"
+                    for _, b in pairs_of_label
+                )
+            )
+            continue
         lines.append(
             f"\n{label}, service vs reference in each round: {per_round}; the median round is shown."
         )
@@ -987,8 +1165,9 @@ def _report(
         "server's processes and of its PostgreSQL backends per request (robust to a busy machine). "
         "PG conns opened: new database sessions during the load (pool churn). worker balance: CPU of "
         f"the least busy worker over the busiest's (runs under {MIN_BALANCE} are repeated, {ATTEMPTS} at most). "
-        "upstream: CPU of the Graph API stand-in per send (not counted as app). other CPU: CPUs' worth "
-        "of work by processes outside the benchmark meanwhile (> 0.2 makes req/s and latency pessimistic)."
+        "upstream: CPU of the Graph API stand-in per send, or of the relay's receiver per delivery (not "
+        "counted as app). other CPU: CPUs' worth of work by processes outside the benchmark meanwhile "
+        "(> 0.2 makes req/s and latency pessimistic)."
     )
     print("\n".join(lines))
 
