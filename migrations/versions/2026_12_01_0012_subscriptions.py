@@ -57,31 +57,15 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "state IN ('pending', 'failed', 'delivered', 'dead')", name=op.f("ck_relay_deliveries_state")
         ),
-        sa.ForeignKeyConstraint(
-            ["subscription_id"],
-            ["subscriptions.id"],
-            name=op.f("fk_relay_deliveries_subscription_id_subscriptions"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["webhook_delivery_id"],
-            ["webhook_deliveries.id"],
-            name=op.f("fk_relay_deliveries_webhook_delivery_id_webhook_deliveries"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_relay_deliveries")),
     )
-    op.create_index(op.f("ix_relay_deliveries_created_at"), "relay_deliveries", ["created_at"])
     op.create_index(
         "ix_relay_deliveries_due",
         "relay_deliveries",
-        ["subscription_id", "next_attempt_at"],
+        ["subscription_id", "next_attempt_at", "id"],
         postgresql_where=sa.text("state IN ('pending', 'failed')"),
     )
     op.create_index("ix_relay_deliveries_subscription_id_id", "relay_deliveries", ["subscription_id", "id"])
-    op.create_index(
-        op.f("ix_relay_deliveries_webhook_delivery_id"), "relay_deliveries", ["webhook_delivery_id"]
-    )
     op.create_table(
         "relay_attempts",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),

@@ -353,31 +353,35 @@ class Subscription(Base):
 
 
 class RelayDelivery(Base):
-    """One event for one subscription: the outbox row, written in the transaction that caused the event."""
+    """One event for one subscription: the outbox row, written in the transaction that caused the event.
+
+    Written by webhook ingest's statement for every Meta delivery a subscriber wants, so it carries as
+    little as it can: three indexes, no foreign-key checks (bench/relay.py, ingest with 3 subscribers).
+    Deleting a subscription deletes its rows (subscription/repository.py); meta.webhook's bytes are read
+    from webhook_deliveries, kept WEBHOOK_RETENTION_DAYS, far past RELAY_RETRY_HOURS."""
 
     __tablename__ = "relay_deliveries"
     __table_args__ = (
         CheckConstraint("state IN ('pending', 'failed', 'delivered', 'dead')", name="state"),
         CheckConstraint("(webhook_delivery_id IS NULL) <> (body IS NULL)", name="one_body"),
         Index("ix_relay_deliveries_subscription_id_id", "subscription_id", "id"),  # the listing
-        # What is due, per subscription. A claim moves next_attempt_at past the attempt's timeout (a lease):
-        # a dispatcher that dies mid-attempt leaves it due again then.
+        # What is due, per subscription; a drain claims with FOR UPDATE SKIP LOCKED and holds the rows until
+        # their outcomes are written (a drain that dies releases them).
         Index(
             "ix_relay_deliveries_due",
             "subscription_id",
             "next_attempt_at",
+            "id",  # the claim's order: a stable plan when many rows share a time (one statement wrote them)
             postgresql_where=text("state IN ('pending', 'failed')"),
         ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    subscription_id: Mapped[UUID] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    subscription_id: Mapped[UUID]
     event_id: Mapped[UUID]  # the same for every subscriber and every attempt: consumers dedupe by it
     event_type: Mapped[str] = mapped_column(Text)
     # meta.webhook: Meta's bytes, kept once in webhook_deliveries; the gate's events: their JSON here.
-    webhook_delivery_id: Mapped[int | None] = mapped_column(
-        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
-    )
+    webhook_delivery_id: Mapped[int | None] = mapped_column(BigInteger)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -385,7 +389,7 @@ class RelayDelivery(Base):
     retry_from: Mapped[datetime] = mapped_column(
         TZ, server_default=text("now()")
     )  # dead RELAY_RETRY_HOURS on
-    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 
 class RelayAttempt(Base):

@@ -37,7 +37,9 @@ LOG = table("pgqueuer_log", column("created"))
 async def running(settings: Settings, url: str, registry: Registry, concurrency: int) -> AsyncIterator[None]:
     """Run `registry`'s tasks and schedules in this process while inside; `concurrency`: most jobs at
     once. Nothing connects before entry; everything opened is closed on exit, however it ends."""
-    engine = db.make_engine(url, max(concurrency, 1), STATEMENT_SECONDS)
+    # A connection per job slot, and two for the schedules, which run beside the slots: a job that holds
+    # its connection (a relay drain awaiting a subscriber) never keeps a due schedule waiting.
+    engine = db.make_engine(url, max(concurrency, 1) + 2, STATEMENT_SECONDS)
     everything = Registry().include(registry, _housekeeping())
     stop = asyncio.Event()
     supervisor = asyncio.create_task(_supervise(settings, url, everything, engine, concurrency, stop))

@@ -12,7 +12,6 @@ from uuid import UUID, uuid4
 from sqlalchemy import (
     BigInteger,
     Integer,
-    Interval,
     Text,
     Uuid,
     and_,
@@ -74,7 +73,8 @@ async def get(conn: AsyncConnection, subscription_id: UUID) -> AnyRow | None:
 
 
 async def remove(conn: AsyncConnection, subscription_id: UUID) -> bool:
-    """Gone with its deliveries, sent or not."""
+    """Gone with its deliveries, sent or not (and their attempts: a foreign key's cascade)."""
+    await conn.execute(delete(RelayDelivery).where(RelayDelivery.subscription_id == subscription_id))
     gone = await conn.execute(delete(Subscription).where(Subscription.id == subscription_id))
     return gone.rowcount > 0
 
@@ -229,49 +229,27 @@ class Claimed:
     retry_from: datetime
 
 
-_CLAIMABLE = (
-    select(RelayDelivery.id)
-    .where(RelayDelivery.subscription_id == bindparam("sub"), _due(func.now()))
-    .order_by(RelayDelivery.next_attempt_at, RelayDelivery.id)
-    .limit(bindparam("n"))
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
-_CLAIM = (
-    update(RelayDelivery)
-    .where(RelayDelivery.id.in_(_CLAIMABLE))
-    .values(next_attempt_at=func.now() + bindparam("lease", type_=Interval))
-    .returning(
+CLAIM = (
+    select(
         RelayDelivery.id,
         RelayDelivery.event_id,
         RelayDelivery.event_type,
-        RelayDelivery.body,
-        RelayDelivery.webhook_delivery_id,
+        func.coalesce(RelayDelivery.body, WebhookDelivery.body).label("body"),
         RelayDelivery.attempts,
         RelayDelivery.retry_from,
     )
-    .cte("claimed")
-)
-CLAIM = (
-    select(
-        _CLAIM.c.id,
-        _CLAIM.c.event_id,
-        _CLAIM.c.event_type,
-        func.coalesce(_CLAIM.c.body, WebhookDelivery.body).label("body"),
-        _CLAIM.c.attempts,
-        _CLAIM.c.retry_from,
-    )
-    .select_from(_CLAIM.outerjoin(WebhookDelivery, WebhookDelivery.id == _CLAIM.c.webhook_delivery_id))
-    .order_by(_CLAIM.c.id)
+    .outerjoin(WebhookDelivery, WebhookDelivery.id == RelayDelivery.webhook_delivery_id)
+    .where(RelayDelivery.subscription_id == bindparam("sub"), _due(func.now()))
+    .order_by(RelayDelivery.next_attempt_at, RelayDelivery.id)
+    .limit(bindparam("n"))
+    .with_for_update(of=RelayDelivery, skip_locked=True)
 )
 
 
-async def claim(conn: AsyncConnection, subscription_id: UUID, n: int, lease_seconds: float) -> list[Claimed]:
-    """Up to `n` due deliveries, oldest due first, made not due for `lease_seconds` (a dispatcher that dies
-    mid-attempt leaves them due again then): never claimed by two dispatchers at once."""
-    rows = await conn.execute(
-        CLAIM, {"sub": subscription_id, "n": n, "lease": timedelta(seconds=lease_seconds)}
-    )
+async def claim(conn: AsyncConnection, subscription_id: UUID, n: int) -> list[Claimed]:
+    """Up to `n` due deliveries, oldest due first, locked until `conn`'s transaction ends (the caller
+    writes their outcomes in it; a caller that dies releases them): never claimed by two at once."""
+    rows = await conn.execute(CLAIM, {"sub": subscription_id, "n": n})
     return [Claimed(r.id, r.event_id, r.event_type, r.body, r.attempts, r.retry_from) for r in rows]
 
 
@@ -322,7 +300,7 @@ async def finish(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> None:
 
 
 async def purge(conn: AsyncConnection, days: int) -> None:
-    """Deliveries sent or dead past retention (meta.webhook's also go with the raw delivery they relay)."""
+    """Deliveries sent or dead past retention (a scan, hourly: no index on created_at costs ingest)."""
     await conn.execute(
         delete(RelayDelivery).where(
             RelayDelivery.state.in_(("delivered", "dead")),

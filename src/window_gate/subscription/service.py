@@ -4,9 +4,10 @@ On the house's engine (subscription/jobs.py): `relay.dispatch`, a schedule (ever
 across every replica and worker), enqueues one `relay.drain` job per subscription with something due,
 keyed by the subscription, so at most one drain per subscription is queued or running anywhere and
 RELAY_CONCURRENCY holds overall. A drain sends that subscription's deliveries, `RELAY_CONCURRENCY` requests
-in flight. Each claimed delivery is not due again until its own lease passes, so a drain killed
-mid-attempt loses nothing (the delivery is attempted again: at least once) and no two drains attempt it
-together. A subscriber that hangs holds only its own drain: other subscribers' drains run in other job
+in flight. It claims them with FOR UPDATE SKIP LOCKED in a transaction that stays open until their
+outcomes are written in it: no two drains attempt one together, and a drain killed mid-attempt releases
+its rows as its connection drops (attempted again: at least once). No write marks a claim: each
+delivery's row is written once after ingest, with its outcome (bench/relay.py). A subscriber that hangs holds only its own drain: other subscribers' drains run in other job
 slots, and webhook ingest and window checks never wait for it.
 """
 
@@ -28,7 +29,6 @@ from window_gate.subscription import repository, rules
 
 DRAIN_SECONDS = 60.0  # one drain sends for this long at most; the next tick's goes on (1–2 s later: pgqueuer)
 BATCH_ROUNDS = 4  # a claim takes this many rounds of RELAY_CONCURRENCY deliveries, once the first went well
-LEASE_MARGIN_SECONDS = 5.0  # past the last attempt's timeout: the batch's outcomes are being written
 USER_AGENT = "window_gate-relay"
 
 
@@ -74,34 +74,21 @@ async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) 
         return 0  # deleted since the tick saw it
     concurrency, rounds = settings.relay_concurrency, 1
     turns, deadline, attempted = asyncio.Semaphore(concurrency), time.monotonic() + DRAIN_SECONDS, 0
-    finishing: asyncio.Task[None] | None = None  # a batch's outcomes written while the next one goes out
-    try:
-        async with _session(settings) as session:
-            while time.monotonic() < deadline:
-                lease = rounds * settings.relay_timeout_seconds + LEASE_MARGIN_SECONDS
-                async with engine.begin() as conn:
-                    claimed = await repository.claim(conn, subscription_id, rounds * concurrency, lease)
+    async with _session(settings) as session:
+        while time.monotonic() < deadline:
+            async with engine.begin() as conn:  # holds the claimed rows until their outcomes are written
+                claimed = await repository.claim(conn, subscription_id, rounds * concurrency)
                 if not claimed:
                     break
                 outcomes = await asyncio.gather(
                     *(_attempt(session, turns, settings, subscription, c) for c in claimed)
                 )
-                if finishing is not None:
-                    await finishing
-                finishing = asyncio.create_task(_finish(engine, outcomes))
-                attempted += len(claimed)
-                if any(o.state != "delivered" for o in outcomes):
-                    break
-                rounds = BATCH_ROUNDS
-    finally:
-        if finishing is not None:
-            await finishing
+                await repository.finish(conn, outcomes)
+            attempted += len(claimed)
+            if any(o.state != "delivered" for o in outcomes):
+                break
+            rounds = BATCH_ROUNDS
     return attempted
-
-
-async def _finish(engine: AsyncEngine, outcomes: Sequence[repository.Outcome]) -> None:
-    async with engine.begin() as conn:
-        await repository.finish(conn, outcomes)
 
 
 def _session(settings: Settings) -> aiohttp.ClientSession:
