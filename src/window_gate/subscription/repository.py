@@ -186,7 +186,7 @@ async def emit(conn: AsyncConnection, events: Sequence[Event]) -> None:
     )
 
 
-def time(at: datetime) -> str:
+def iso(at: datetime) -> str:
     """A time in the events' data, as the database's gate_time(...) writes it."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -166,8 +166,8 @@ def _due_event(alarm: repository.Rung, window: timedelta) -> repository.Event | 
         return None  # Meta closed it first: window.closed went out then
     expires_at = alarm.last_inbound_at + window
     data = {
-        "last_inbound_at": repository.time(alarm.last_inbound_at),
-        "expires_at": repository.time(expires_at),
+        "last_inbound_at": repository.iso(alarm.last_inbound_at),
+        "expires_at": repository.iso(expires_at),
     }
     if alarm.kind == "window.closed":
         data["reason"] = "expired"
@@ -189,8 +189,8 @@ async def closed_by_meta(
             r.wa_id,
             r.user_id,
             {
-                "last_inbound_at": repository.time(r.last_inbound_at),
-                "expires_at": repository.time(r.last_inbound_at + window),
+                "last_inbound_at": repository.iso(r.last_inbound_at),
+                "expires_at": repository.iso(r.last_inbound_at + window),
                 "reason": "closed_by_meta",
             },
         )
