@@ -22,7 +22,7 @@ from window_gate.background import registry
 from window_gate.config import Settings
 from window_gate.db import make_engine
 from window_gate.errors import ValidationFailed
-from window_gate.subscription import service
+from window_gate.subscription import repository, service
 
 HOOK = "/webhooks/whatsapp"
 PN2 = "106540352242923"
@@ -291,3 +291,22 @@ async def test_through_the_engine_a_hanging_subscriber_does_not_hold_back_anothe
         waited = time.perf_counter() - started
     assert got[1].body == second
     assert waited < 3, waited  # the next tick's drain, not after the hanging one's 8 s
+
+
+async def test_purge_forgets_sent_and_dead_deliveries_past_retention_only(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        sub = await conn.scalar(
+            text(
+                "INSERT INTO subscriptions (url, events, secret) VALUES ('http://x/', '{meta.webhook}', 's') RETURNING id"
+            )
+        )
+        for state, age in (("delivered", 40), ("dead", 40), ("failed", 40), ("delivered", 1)):
+            await conn.execute(
+                text(
+                    "INSERT INTO relay_deliveries (subscription_id, event_id, event_type, body, state, created_at) "
+                    "VALUES (:s, gen_random_uuid(), 'window.opened', '\\x7b7d', :state, now() - make_interval(days => :age))"
+                ),
+                {"s": sub, "state": state, "age": age},
+            )
+        await repository.purge(conn, 30)
+    assert await states(engine) == [("failed", 0), ("delivered", 0)]  # still due, or within retention
