@@ -233,7 +233,7 @@ async def test_retry_of_a_send_pending_past_the_upstream_timeout_answers_unknown
             await conn.execute(
                 text(
                     "UPDATE messages SET status = 'pending', response = NULL, response_status = NULL, "
-                    "created_at = now() - interval '20 seconds'"
+                    "created_at = now() - interval '20 seconds', updated_at = now() - interval '20 seconds'"
                 )
             )
         again, seconds = await timed(
@@ -244,7 +244,7 @@ async def test_retry_of_a_send_pending_past_the_upstream_timeout_answers_unknown
         assert seconds < 1
         # Still in flight (recorded just now): the retry waits for the first request's answer, as before.
         async with app.gate.engine.begin() as conn:
-            await conn.execute(text("UPDATE messages SET created_at = now()"))
+            await conn.execute(text("UPDATE messages SET created_at = now(), updated_at = now()"))
         waiting = asyncio.create_task(
             client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": "k1"})
         )

@@ -20,6 +20,8 @@ HOT = {
     "window_gate.apikey.repository.BY_HASH",
     "window_gate.message.repository.FINISH",
     "window_gate.message.repository.INSERT_PENDING",
+    # A held message released becomes the send on INSERT_PENDING's road (the hot pool): the same measure.
+    "window_gate.message.repository.CLAIM_HELD",
     "window_gate.pricing.repository.RESERVE",
     "window_gate.webhook.repository.INGEST",
     "window_gate.window.repository.LOOKUP",

@@ -37,7 +37,7 @@ from window_gate.health.endpoints import router as health_router
 from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
 from window_gate.logs import RequestLog
-from window_gate.message.endpoints import as_meta_error, graph_router
+from window_gate.message.endpoints import as_meta_error, conversation_router, graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.message.endpoints import template_router as template_send_router
 from window_gate.metrics import MetricsMiddleware
@@ -104,7 +104,7 @@ def create_app(
             app.state.gate = state
             if settings.jobs_in_serve:  # else `window-gate worker` processes run them all
                 await opened.enter_async_context(
-                    jobs.running(settings, url, job_registry(), settings.jobs_concurrency)
+                    jobs.running(settings, url, job_registry(), settings.jobs_concurrency, {Gate: state})
                 )
             try:
                 yield
@@ -138,6 +138,7 @@ def create_app(
         webhook_router,
         window_router,
         message_router,
+        conversation_router,
         template_router,
         template_send_router,
         consent_router,

@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.verb == "serve":
         _serve(settings, url, args, migrate=not args.no_migrate)
     elif args.verb == "worker":
-        _work(settings, url, args.concurrency or settings.jobs_concurrency)  # never 0: _concurrency
+        _work(settings, args.concurrency or settings.jobs_concurrency)  # never 0: _concurrency
     elif args.verb == "migrate":
         db.upgrade(url)
         print(f"database at revision {db.head_revision()}")
@@ -280,16 +280,20 @@ def _concurrency(value: str) -> int:
     return int(value)
 
 
-def _work(settings: Settings, url: str, concurrency: int) -> None:
-    """`worker`: the jobs of every feature until SIGINT or SIGTERM; running jobs get their grace."""
-    from window_gate import jobs
-    from window_gate.background import registry
+def _work(settings: Settings, concurrency: int) -> None:
+    """`worker`: the jobs of every feature until SIGINT or SIGTERM; running jobs get their grace. It is
+    the app without HTTP: its lifespan opens what a job may need (a release sends as a request does)."""
+    from window_gate.app import create_app
+    from window_gate.sandbox import in_process
 
     async def work() -> None:
         stop = asyncio.Event()
         for signum in STOP_SIGNALS:
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        async with jobs.running(settings, url, registry(), concurrency):
+        app = create_app(
+            settings.model_copy(update={"jobs_in_serve": True, "jobs_concurrency": concurrency}), in_process
+        )
+        async with app.router.lifespan_context(app):
             print(f"window_gate worker: up to {concurrency} jobs at once", flush=True)
             await stop.wait()
 

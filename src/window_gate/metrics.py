@@ -34,6 +34,12 @@ WEBHOOK_MESSAGES = Counter(
     "window_gate_webhook_messages", "Webhook items by kind and outcome", ["type", "outcome"]
 )
 WINDOW_DECISIONS = Counter("window_gate_window_decisions", "Window evaluations by state", ["state"])
+HELD = Counter(
+    "window_gate_held_messages",
+    "Continue the conversation: waits started (a template sent), messages joining a wait (a template "
+    "saved), and held messages released, expired, cancelled or failed",
+    ["event"],
+)
 JOBS = Gauge(
     "window_gate_jobs",
     "Background jobs in the queue (all replicas) by entrypoint and state: queued (due), scheduled (due "

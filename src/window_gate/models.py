@@ -138,6 +138,9 @@ class PhoneNumber(Base):
     quality_event: Mapped[str | None] = mapped_column(Text)
     messaging_limit_tier: Mapped[str | None] = mapped_column(Text)
     quality_updated_at: Mapped[datetime | None] = mapped_column(TZ)
+    # The Cloud API template object sent when a message waits for a closed window (if_window_closed
+    # without its own template); set by an admin.
+    default_reengagement_template: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class BusinessAccount(Base):
@@ -420,3 +423,56 @@ class WindowAlarm(Base):
     kind: Mapped[str] = mapped_column(Text, primary_key=True)  # the event type
     last_inbound_at: Mapped[datetime] = mapped_column(TZ)  # the message the window counts from
     due_at: Mapped[datetime] = mapped_column(TZ, index=True)
+
+
+class Continuation(Base):
+    """One wait for a customer's reply ("continue conversation"): the re-engagement template sent once,
+    the messages held until the reply (HeldMessage), then released in order by a job.
+
+    `sending` (the template on its way to Meta) → `awaiting_reply` → `replied` (a job releases) →
+    `released`; or `failed` (Meta refused the template), `expired` (nothing left waiting), `cancelled`.
+    At most one `sending` or `awaiting_reply` per (number, customer): one template per wait."""
+
+    __tablename__ = "continuations"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('sending', 'awaiting_reply', 'replied', 'released', 'failed', 'expired', 'cancelled')",
+            name="state",
+        ),
+        Index(
+            "uq_continuations_waiting",
+            "phone_number_id",
+            "customer_id",
+            unique=True,
+            postgresql_where=text("state IN ('sending', 'awaiting_reply')"),
+        ),
+        # The few not yet over, for the chore that watches them (message/jobs.py).
+        Index(
+            "ix_continuations_open",
+            "state",
+            postgresql_where=text("state IN ('sending', 'awaiting_reply', 'replied')"),
+        ),
+    )
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    phone_number_id: Mapped[str] = mapped_column(Text)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
+    api_key_id: Mapped[UUID] = mapped_column(ForeignKey("api_keys.id"))  # whose request sent the template
+    state: Mapped[str] = mapped_column(Text)
+    template_message_id: Mapped[UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    reason: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # why it failed: the refusal, Meta's error
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
+
+
+class HeldMessage(Base):
+    """A message (status `held`) waiting in a continuation; the row goes when it leaves the wait (sent,
+    expired, cancelled or failed), so this table holds only what still waits."""
+
+    __tablename__ = "held_messages"
+    __table_args__ = (Index("ix_held_messages_continuation_id_position", "continuation_id", "position"),)
+
+    message_id: Mapped[UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    continuation_id: Mapped[UUID] = mapped_column(ForeignKey("continuations.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(BigInteger, Identity())  # the order they were accepted in
+    hold_until: Mapped[datetime] = mapped_column(TZ, index=True)

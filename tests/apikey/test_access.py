@@ -85,6 +85,12 @@ SAMPLES: dict[tuple[str, str], list[Sample]] = {
         Sample(Role.READ, fixed("/v1/windows/check"), {"phone_number_id": PN, "customers": [CUSTOMER]})
     ],
     ("POST", "/v1/messages"): [Sample(Role.SEND, fixed("/v1/messages"), SEND_BODY)],
+    ("GET", "/v1/conversations/{phone_number_id}/{customer}"): [
+        Sample(Role.READ, fixed(f"/v1/conversations/{PN}/{CUSTOMER}"))
+    ],
+    ("DELETE", "/v1/conversations/{phone_number_id}/{customer}/held"): [
+        Sample(Role.SEND, fixed(f"/v1/conversations/{PN}/{CUSTOMER}/held"))
+    ],
     ("GET", "/v1/messages/{message_id}"): [
         Sample(Role.READ, lambda w: f"/v1/messages/{w.message_id}", other=404)
     ],

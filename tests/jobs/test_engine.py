@@ -158,8 +158,9 @@ async def expire_through_the_app(state: Gate) -> None:
             await conn.execute(
                 text(
                     "INSERT INTO messages (id, api_key_id, request_hash, phone_number_id, recipient_input, type, "
-                    "body, \"window\", status, created_at) VALUES (:id, :key, 'x', '123', '+15551234567', 'text', "
-                    "'{}', '{}', 'pending', now() - CAST(:age AS interval))"
+                    "body, \"window\", status, created_at, updated_at) VALUES (:id, :key, 'x', '123', "
+                    "'+15551234567', 'text', '{}', '{}', 'pending', now() - CAST(:age AS interval), "
+                    "now() - CAST(:age AS interval))"
                 ),
                 {"id": id_, "key": key, "age": age},
             )

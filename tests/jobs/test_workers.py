@@ -125,8 +125,9 @@ async def test_the_worker_verb_runs_the_chores_and_stops_on_sigterm(
         )
         stale = await conn.fetchval(
             "INSERT INTO messages (id, api_key_id, request_hash, phone_number_id, recipient_input, type, body, "
-            "\"window\", status, created_at) VALUES (gen_random_uuid(), $1, 'x', '123', '+15551234567', 'text', "
-            "'{}', '{}', 'pending', now() - interval '1 minute') RETURNING id",
+            "\"window\", status, created_at, updated_at) VALUES (gen_random_uuid(), $1, 'x', '123', "
+            "'+15551234567', 'text', '{}', '{}', 'pending', now() - interval '1 minute', "
+            "now() - interval '1 minute') RETURNING id",
             key,
         )
         with worker(database_url, tmp_path / "worker.log", "worker", module="window_gate.cli") as proc:

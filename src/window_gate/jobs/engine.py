@@ -2,9 +2,10 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 
 import asyncpg
@@ -14,7 +15,6 @@ from pgqueuer.executors import DatabaseRetryEntrypointExecutor, EntrypointExecut
 from pgqueuer.models import Job
 from pgqueuer.models import Schedule as Tick
 from sqlalchemy import column, delete, func, table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from window_gate import db
 from window_gate.config import Settings
@@ -34,15 +34,23 @@ LOG = table("pgqueuer_log", column("created"))
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, url: str, registry: Registry, concurrency: int) -> AsyncIterator[None]:
+async def running(
+    settings: Settings,
+    url: str,
+    registry: Registry,
+    concurrency: int,
+    parts: Mapping[type, object] | None = None,
+) -> AsyncIterator[None]:
     """Run `registry`'s tasks and schedules in this process while inside; `concurrency`: most jobs at
-    once. Nothing connects before entry; everything opened is closed on exit, however it ends."""
+    once; `parts`: what their Context shares (Context.part). Nothing connects before entry; everything
+    opened is closed on exit, however it ends."""
     # A connection per job slot, and two for the schedules, which run beside the slots: a job that holds
     # its connection (a relay drain awaiting a subscriber) never keeps a due schedule waiting.
     engine = db.make_engine(url, max(concurrency, 1) + 2, STATEMENT_SECONDS)
     everything = Registry().include(registry, _housekeeping())
     stop = asyncio.Event()
-    supervisor = asyncio.create_task(_supervise(settings, url, everything, engine, concurrency, stop))
+    shared = Context(settings, engine, parts=dict(parts or {}))
+    supervisor = asyncio.create_task(_supervise(shared, url, everything, concurrency, stop))
     try:
         yield
     finally:
@@ -54,12 +62,7 @@ async def running(settings: Settings, url: str, registry: Registry, concurrency:
 
 
 async def _supervise(
-    settings: Settings,
-    url: str,
-    registry: Registry,
-    engine: AsyncEngine,
-    concurrency: int,
-    stop: asyncio.Event,
+    shared: Context, url: str, registry: Registry, concurrency: int, stop: asyncio.Event
 ) -> None:
     failures = 0
     while not stop.is_set():
@@ -72,7 +75,7 @@ async def _supervise(
                 command_timeout=30,
                 server_settings={"application_name": "window_gate jobs"},
             )
-            pgq = _queuer(pool, settings, engine, registry)
+            pgq = _queuer(pool, shared, registry)
             await _run(pgq, concurrency, stop)
             return
         except Exception:
@@ -115,7 +118,7 @@ async def _run(pgq: PgQueuer, concurrency: int, stop: asyncio.Event) -> None:
                 await work
 
 
-def _queuer(pool: asyncpg.Pool, settings: Settings, engine: AsyncEngine, registry: Registry) -> PgQueuer:
+def _queuer(pool: asyncpg.Pool, shared: Context, registry: Registry) -> PgQueuer:
     pgq = PgQueuer.from_asyncpg_pool(pool)
     for task in registry.tasks.values():
         retried = functools.partial(
@@ -130,25 +133,25 @@ def _queuer(pool: asyncpg.Pool, settings: Settings, engine: AsyncEngine, registr
             accepts_context=False,
             on_failure="hold",  # dead jobs stay, status `failed`: seen in /metrics, re-queued by hand
             executor_factory=retried if task.retries else EntrypointExecutor,
-        )(functools.partial(_task, task, settings, engine))
+        )(functools.partial(_task, task, shared))
     for schedule in registry.schedules.values():
         pgq.schedule(schedule.name, schedule.cron, accepts_context=False)(
-            functools.partial(_tick, schedule, settings, engine)
+            functools.partial(_tick, schedule, shared)
         )
     return pgq
 
 
-async def _task(task: Task, settings: Settings, engine: AsyncEngine, job: Job) -> None:
+async def _task(task: Task, shared: Context, job: Job) -> None:
     payload = orjson.loads(job.payload) if job.payload else {}
     try:
-        await task.run(Context(settings, engine, job.attempts), payload)
+        await task.run(dataclasses.replace(shared, attempt=job.attempts), payload)
     except asyncio.CancelledError:
         # pgqueuer deletes a cancelled job; one cut off by our shutdown is not done: queued again at once.
         raise Retry(timedelta(0), "interrupted by shutdown") from None
 
 
-async def _tick(schedule: Schedule, settings: Settings, engine: AsyncEngine, _: Tick) -> None:
-    await schedule.run(Context(settings, engine))
+async def _tick(schedule: Schedule, shared: Context, _: Tick) -> None:
+    await schedule.run(shared)
 
 
 def _housekeeping() -> Registry:

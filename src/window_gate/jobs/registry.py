@@ -3,7 +3,7 @@
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from croniter import croniter
 from pgqueuer.errors import RetryRequested as Retry
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from window_gate.config import Settings
 
 Payload = Mapping[str, Any]
+T = TypeVar("T")
 __all__ = ["Context", "Payload", "Registry", "Retry", "Schedule", "Task"]
 
 
@@ -22,6 +23,13 @@ class Context:
     settings: Settings
     engine: AsyncEngine
     attempt: int = 0  # 0 the first time; retries count up
+    # What the entry point shares with the jobs, by type (the app's Gate: a release sends as a request
+    # does); jobs never names a feature's types.
+    parts: Mapping[type, object] = field(default_factory=dict)
+
+    def part(self, kind: type[T]) -> T:
+        """The one `kind` the entry point provided; a KeyError names a part it forgot."""
+        return cast(T, self.parts[kind])
 
 
 TaskHandler = Callable[[Context, Payload], Awaitable[None]]

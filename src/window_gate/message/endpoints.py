@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from window_gate import inputs
 from window_gate.apikey.access import SEND, Reader, Sender
+from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
     AUTH_PROBLEMS,
     BudgetExceeded,
@@ -34,10 +35,14 @@ from window_gate.errors import (
 )
 from window_gate.inputs import META_ID
 from window_gate.kit import gate, json_response
-from window_gate.message import repository, service
+from window_gate.message import held, repository, service
 from window_gate.message.schemas import (
+    CancelledOut,
+    ContinuationOut,
+    ConversationOut,
     EventOut,
     GraphErrorOut,
+    HeldOut,
     MessageOut,
     RecipientOut,
     SendIn,
@@ -45,12 +50,22 @@ from window_gate.message.schemas import (
 )
 from window_gate.template import service as templates
 from window_gate.template.schemas import TemplateSendIn
+from window_gate.window import service as window_service
+from window_gate.window.rule import Policy
 from window_gate.window.schemas import EXAMPLE_PN
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
+conversation_router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 # A send like any other, so it lives here; its path stays under the registry's (DESIGN.md).
 template_router = APIRouter(prefix="/v1/templates", tags=["templates"])
 graph_router = APIRouter(prefix="/graph", tags=["graph pass-through"])
+HELD_RESPONSE: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": HeldOut,
+        "description": "Held (`if_window_closed`): the window is not open; a re-engagement template went "
+        "out (or one already awaits the reply) and the message waits for the customer's reply",
+    }
+}
 IdempotencyKey = Annotated[
     str | None, Header(max_length=255, description="Same key (per API key) → at most one upstream send")
 ]
@@ -61,7 +76,8 @@ IdempotencyKey = Annotated[
     summary="Send a message through the gate",
     response_model=SendOut,
     status_code=201,
-    responses=problems(
+    responses=HELD_RESPONSE
+    | problems(
         *AUTH_PROBLEMS,
         InvalidRecipient,
         WindowClosed,
@@ -85,9 +101,17 @@ async def send_message(
 ) -> Response:
     """The Cloud API message body plus `phone_number_id`. Free-form types pass only while the window is
     open (outside the safety margin); otherwise 409 `window_closed` with the window and a hint. Templates
-    pass at any time. The send is recorded before it leaves; a timeout is answered 504 and never re-sent."""
-    payload = {k: v for k, v in body.model_dump().items() if v is not None}
-    return json_response((await service.send(gate(request), caller, payload, idempotency_key)).out, 201)
+    pass at any time. The send is recorded before it leaves; a timeout is answered 504 and never re-sent.
+
+    With `if_window_closed` (the gate's option, never sent to Meta) a free-form message for a window that
+    is not open is held instead (202): the re-engagement template goes out first, gated as any template
+    (its refusal is the answer, and nothing is held), or the message joins the wait already started for
+    that customer (no second template, `pricing_estimate` null). The customer's next message releases
+    the held messages in order; past `hold_seconds` a held message is `expired`, never sent."""
+    hold = body.if_window_closed
+    payload = {k: v for k, v in body.model_dump(exclude={"if_window_closed"}).items() if v is not None}
+    sent = await held.send(gate(request), caller, payload, idempotency_key, hold)
+    return json_response(sent.out, 202 if isinstance(sent, service.Held) else 201)
 
 
 @template_router.post(
@@ -118,7 +142,7 @@ async def send_template(
     name: Annotated[str, Path(max_length=512, description="Template name", examples=["order_update"])],
     body: TemplateSendIn,
     idempotency_key: IdempotencyKey = None,
-) -> SendOut:
+) -> Response:
     """A template send without Cloud API components: values by position (a list, in reading order: the
     header's placeholders, then the body's) or by name (an object, NAMED templates), a media header, and
     button values by index. The registry's components place them; the built message then goes through
@@ -129,7 +153,8 @@ async def send_template(
     state = gate(request)
     async with state.engine.connect() as conn:
         message = await templates.build_send(conn, name, body)
-    return (await service.send(state, caller, message, idempotency_key)).out
+    sent = await service.send(state, caller, message, idempotency_key)
+    return json_response(sent.out, 202 if isinstance(sent, service.Held) else 201)
 
 
 @router.get(
@@ -161,6 +186,66 @@ async def get_message(request: Request, caller: Reader, message_id: UUID) -> Mes
         created_at=row.created_at,
         history=[EventOut(status=e.status, at=e.at, detail=e.detail) for e in events],
     )
+
+
+Customer = Annotated[
+    str,
+    Path(max_length=200, description="Phone number (any spelling) or BSUID", examples=["+55 11 98765-4321"]),
+]
+PhoneNumberId = Annotated[str, Path(pattern=META_ID, max_length=64, examples=[EXAMPLE_PN])]
+
+
+@conversation_router.get(
+    "/{phone_number_id}/{customer}",
+    summary="A customer's window, wait for a reply, and held messages",
+    response_model=ConversationOut,
+    status_code=200,
+    responses=problems(*AUTH_PROBLEMS, InvalidRecipient),
+)
+async def get_conversation(
+    request: Request, caller: Reader, phone_number_id: PhoneNumberId, customer: Customer
+) -> ConversationOut:
+    """The window (as `GET /v1/windows`), the latest wait for the customer's reply (`continuation`, null
+    if none was ever started; its `state` says whether it is over) and the ids of the messages still held
+    in it, oldest first."""
+    caller.require_number(phone_number_id)
+    state = gate(request)
+    ref = parse_customer(customer)
+    [window] = await window_service.check(
+        state.hot, phone_number_id, [ref], state.part(Policy), window_service.now()
+    )
+    async with state.engine.connect() as conn:
+        wait = await repository.latest_wait(conn, phone_number_id, ref.aliases())
+    if wait is None:
+        return ConversationOut(window=window, continuation=None, held=[])
+    continuation = ContinuationOut(
+        id=wait.id,
+        state=wait.state,
+        template_message_id=wait.template_message_id,
+        held=len(wait.held),
+        reason=wait.reason,
+    )
+    return ConversationOut(window=window, continuation=continuation, held=wait.held)
+
+
+@conversation_router.delete(
+    "/{phone_number_id}/{customer}/held",
+    summary="Cancel the messages held for a customer",
+    response_model=CancelledOut,
+    status_code=200,
+    responses=problems(*AUTH_PROBLEMS, InvalidRecipient),
+)
+async def cancel_held(
+    request: Request, caller: Sender, phone_number_id: PhoneNumberId, customer: Customer
+) -> CancelledOut:
+    """Every message still held for this customer becomes `cancelled` (never sent) and the wait ends: a
+    later held message starts a new wait (a new template). Messages already released are not touched;
+    nothing held answers an empty list."""
+    caller.require_number(phone_number_id)
+    ref = parse_customer(customer)
+    async with gate(request).engine.begin() as conn:
+        cancelled = await held.cancel(conn, phone_number_id, ref.aliases())
+    return CancelledOut(cancelled=cancelled)
 
 
 # How the gate's own refusals look to a client that only knows Meta: (HTTP status, Meta code, message).
@@ -261,6 +346,8 @@ async def graph_send(
         )
     except GateError as err:
         return as_meta_error(err)
+    if isinstance(sent, service.Held):  # only a replay: the key of a held /v1/messages request
+        return JSONResponse({"messaging_product": "whatsapp", "messages": [{"message_status": "held"}]})
     return JSONResponse(sent.meta)
 
 

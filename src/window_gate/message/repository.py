@@ -1,5 +1,6 @@
 """Every SQL statement about sent messages and their history."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,18 +10,37 @@ import orjson
 from sqlalchemy import (
     Float,
     Row,
+    Text,
+    and_,
     bindparam,
     cast,
+    delete,
+    exists,
     extract,
     func,
+    insert,
+    literal,
+    or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from window_gate.db import Rows, Statement
 from window_gate.message.status import MessageStatus
-from window_gate.models import Message, MessageEvent, PhoneNumber
+from window_gate.models import (
+    ApiKey,
+    Continuation,
+    Customer,
+    CustomerAlias,
+    HeldMessage,
+    Message,
+    MessageEvent,
+    PhoneNumber,
+    Window,
+)
 
 # The record, its estimate and its first event in one round trip, which also reads the number's own token.
 INSERT_PENDING = Statement(
@@ -60,7 +80,8 @@ RETURNING message_id
 
 
 # Built once (SQLAlchemy then only keys its cache per call): replays run it per request.
-# `age` by the database's clock, the same for every replica.
+# `age` by the database's clock, the same for every replica; from the last move (a held message is
+# `pending` from its release, not from its acceptance).
 BY_IDEMPOTENCY_KEY = select(
     Message.id,
     Message.request_hash,
@@ -71,7 +92,7 @@ BY_IDEMPOTENCY_KEY = select(
     Message.recipient_input,
     Message.recipient_wa_id,
     Message.window,
-    cast(extract("epoch", func.clock_timestamp() - Message.created_at), Float).label("age"),
+    cast(extract("epoch", func.clock_timestamp() - Message.updated_at), Float).label("age"),
 ).where(Message.api_key_id == bindparam("api_key_id"), Message.idempotency_key == bindparam("key"))
 
 
@@ -86,7 +107,7 @@ class Previous:
     recipient_input: str
     recipient_wa_id: str | None
     window: dict[str, Any] | None
-    age: float  # seconds since it was recorded
+    age: float  # seconds since it was recorded (or released, if it was held)
 
 
 def _json(value: object) -> str | None:
@@ -197,8 +218,379 @@ async def expire_pending(conn: AsyncConnection, seconds: float) -> int:
             Message.response.is_(None),  # always, while pending: what its index covers
             Message.status == "pending",
             Message.created_at < func.now() - timedelta(seconds=seconds),
+            Message.updated_at < func.now() - timedelta(seconds=seconds),  # a held one: since its release
         )
         .values(status="unknown", updated_at=func.now())
         .returning(Message.id)
     )
     return len((await conn.execute(expired)).all())
+
+
+# --- continue the conversation: held messages and the waits they are in (message/held.py) --------------
+WAITING_STATES = ("sending", "awaiting_reply")
+
+# A held message leaves the wait to be sent: `pending` as any send, with the window and price of now. Only
+# one claimant gets it (the held row is deleted once); a cancelled or expired one is not claimed.
+CLAIM_HELD = Statement(
+    """
+WITH h AS (
+  DELETE FROM held_messages WHERE message_id = :id RETURNING message_id
+), m AS (
+  UPDATE messages SET status = 'pending', "window" = CAST(:window AS jsonb), pricing_category = :pricing_category,
+    market = :market, billable = :billable, estimated_amount = :estimated_amount, currency = :currency,
+    inside_csw = :inside_csw, inside_fep = :inside_fep, response_status = NULL, response = NULL, updated_at = now()
+  WHERE id IN (SELECT message_id FROM h) AND status = 'held'
+  RETURNING id
+), e AS (
+  INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
+)
+SELECT (SELECT access_token FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    id: UUID
+    state: str
+    template_message_id: UUID | None
+    reason: dict[str, Any] | None
+
+
+WAIT = select(Continuation.id, Continuation.state, Continuation.template_message_id, Continuation.reason)
+
+
+async def lock_conversation(conn: AsyncConnection, phone_number_id: str, customer_id: int) -> None:
+    """Until the transaction ends: one request at a time decides to start, or join, this pair's wait."""
+    key = func.hashtextextended(literal(f"continuation:{phone_number_id}:{customer_id}"), 0)
+    await conn.execute(select(func.pg_advisory_xact_lock(key)))
+
+
+async def waiting(conn: AsyncConnection, phone_number_id: str, customer_id: int) -> Wait | None:
+    """The pair's wait being started (`sending`) or awaiting the reply, if any (at most one)."""
+    row = (
+        await conn.execute(
+            WAIT.where(
+                Continuation.phone_number_id == phone_number_id,
+                Continuation.customer_id == customer_id,
+                Continuation.state.in_(WAITING_STATES),
+            )
+        )
+    ).first()
+    return Wait(*row) if row else None
+
+
+async def wait_by_id(conn: AsyncConnection, id: UUID) -> Wait | None:
+    row = (await conn.execute(WAIT.where(Continuation.id == id))).first()
+    return Wait(*row) if row else None
+
+
+async def start_wait(
+    conn: AsyncConnection, id: UUID, phone_number_id: str, customer_id: int, api_key_id: str
+) -> None:
+    await conn.execute(
+        insert(Continuation).values(
+            id=id,
+            phone_number_id=phone_number_id,
+            customer_id=customer_id,
+            api_key_id=api_key_id,
+            state="sending",
+        )
+    )
+
+
+async def settle_wait(
+    conn: AsyncConnection,
+    id: UUID,
+    state: str,
+    *,
+    from_states: tuple[str, ...],
+    template_message_id: UUID | None = None,
+    reason: dict[str, Any] | None = None,
+) -> bool:
+    """Move a wait on, only from `from_states` (a concurrent chore may have moved it first)."""
+    values: dict[str, Any] = {"state": state, "updated_at": func.now()}
+    if template_message_id is not None:
+        values["template_message_id"] = template_message_id
+    if reason is not None:
+        values["reason"] = reason
+    moved = await conn.execute(
+        update(Continuation)
+        .where(Continuation.id == id, Continuation.state.in_(from_states))
+        .values(**values)
+        .returning(Continuation.id)
+    )
+    return moved.first() is not None
+
+
+async def insert_held(
+    conn: AsyncConnection,
+    *,
+    id: UUID,
+    continuation_id: UUID,
+    api_key_id: str,
+    idempotency_key: str | None,
+    request_hash: str,
+    phone_number_id: str,
+    recipient_input: str,
+    type: str,
+    body: dict[str, Any],
+    window: dict[str, Any],
+    response: dict[str, Any],
+    hold_until: datetime,
+    at: datetime,
+) -> bool:
+    """Hold a message in a wait, with its 202 answer (replayed for its Idempotency-Key while it waits);
+    False when that key is taken."""
+    message = (
+        upsert(Message)
+        .values(
+            id=id,
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            phone_number_id=phone_number_id,
+            recipient_input=recipient_input,
+            type=type,
+            body=body,
+            window=window,
+            status=MessageStatus.HELD,
+            response_status=202,
+            response=response,
+        )
+        .on_conflict_do_nothing(index_elements=[Message.api_key_id, Message.idempotency_key])
+        .returning(Message.id)
+    )
+    if (await conn.execute(message)).first() is None:
+        return False
+    await conn.execute(insert(MessageEvent).values(message_id=id, status=MessageStatus.HELD, at=at))
+    await conn.execute(
+        insert(HeldMessage).values(message_id=id, continuation_id=continuation_id, hold_until=hold_until)
+    )
+    return True
+
+
+async def default_template(conn: AsyncConnection, phone_number_id: str) -> dict[str, Any] | None:
+    template: dict[str, Any] | None = (
+        await conn.execute(
+            select(PhoneNumber.default_reengagement_template).where(
+                PhoneNumber.phone_number_id == phone_number_id
+            )
+        )
+    ).scalar()
+    return template
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A held message as a release reads it, with the key that asked for it."""
+
+    id: UUID
+    phone_number_id: str
+    recipient_input: str
+    type: str
+    body: dict[str, Any]
+    request_hash: str
+    hold_until: datetime
+    api_key_id: UUID
+    key_name: str
+    role: str
+    key_numbers: list[str] | None
+
+
+async def next_held(conn: AsyncConnection, continuation_id: UUID) -> Held | None:
+    """The wait's oldest held message (the order they were accepted in)."""
+    query = (
+        select(
+            Message.id,
+            Message.phone_number_id,
+            Message.recipient_input,
+            Message.type,
+            Message.body,
+            Message.request_hash,
+            HeldMessage.hold_until,
+            ApiKey.id,
+            ApiKey.name,
+            ApiKey.role,
+            ApiKey.phone_number_ids,
+        )
+        .join(Message, Message.id == HeldMessage.message_id)
+        .join(ApiKey, ApiKey.id == Message.api_key_id)
+        .where(HeldMessage.continuation_id == continuation_id)
+        .order_by(HeldMessage.position)
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    return Held(*row) if row else None
+
+
+async def claim_held(
+    conn: Rows | AsyncConnection,
+    id: UUID,
+    *,
+    phone_number_id: str,
+    window: dict[str, Any],
+    estimate: dict[str, Any],
+    at: datetime,
+) -> Pending | None:
+    """Take a held message out of its wait, `pending`; None when it is no longer held."""
+    row = await CLAIM_HELD.run(
+        conn,
+        {"id": id, "phone_number_id": phone_number_id, "window": _json(window), "at": at, **estimate},
+    )
+    return Pending(row["access_token"]) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A held message that left its wait unsent."""
+
+    id: UUID
+    phone_number_id: str
+    continuation_id: UUID
+    wa_id: str | None
+    user_id: str | None
+
+
+async def end_held(
+    conn: AsyncConnection, ids: Sequence[UUID], status: str, error: object, at: datetime
+) -> list[Ended]:
+    """Held messages out of their wait, unsent: `expired`, `cancelled` or `failed` (with `error`). Those
+    no longer held (released or ended meanwhile) are left alone."""
+    if not ids:
+        return []
+    taken = delete(HeldMessage).where(HeldMessage.message_id.in_(ids))
+    waits = dict(
+        (await conn.execute(taken.returning(HeldMessage.message_id, HeldMessage.continuation_id))).all()
+    )
+    if not waits:
+        return []
+    ended = (
+        update(Message)
+        .where(Message.id.in_(list(waits)), Message.status == MessageStatus.HELD)
+        .values(status=status, error=error, updated_at=func.now())
+        .returning(Message.id, Message.phone_number_id)
+    )
+    numbers = dict((await conn.execute(ended)).all())
+    if not numbers:
+        return []
+    await conn.execute(
+        insert(MessageEvent),
+        [{"message_id": m, "status": status, "at": at, "detail": error} for m in numbers],
+    )
+    people = select(Continuation.id, Customer.wa_id, Customer.user_id).join(
+        Customer, Customer.id == Continuation.customer_id
+    )
+    who = {
+        row[0]: (row[1], row[2])
+        for row in await conn.execute(people.where(Continuation.id.in_(set(waits.values()))))
+    }
+    return [Ended(m, pn, waits[m], *who.get(waits[m], (None, None))) for m, pn in numbers.items()]
+
+
+async def held_ids(conn: AsyncConnection, continuation_id: UUID) -> list[UUID]:
+    query = (
+        select(HeldMessage.message_id)
+        .where(HeldMessage.continuation_id == continuation_id)
+        .order_by(HeldMessage.position)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+async def due_expiries(conn: AsyncConnection, limit: int) -> list[UUID]:
+    query = (
+        select(HeldMessage.message_id)
+        .where(HeldMessage.hold_until <= func.now())
+        .order_by(HeldMessage.hold_until)
+        .limit(limit)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class OpenWait:
+    """A wait not over, with what the chore needs to move it on."""
+
+    id: UUID
+    state: str
+    age: float  # seconds since it last moved
+    template_status: str | None  # its template send's, found by the id or by the key it was sent with
+    template_id: UUID | None
+    template_error: dict[str, Any] | None
+    held: int  # messages still waiting in it
+    answered: bool  # the customer wrote since it started (a reply ingest's statement could not mark)
+
+
+async def open_waits(conn: AsyncConnection) -> list[OpenWait]:
+    """Every wait not over (few: each is one customer who has not answered yet)."""
+    template = aliased(Message)
+    query = (
+        select(
+            Continuation.id,
+            Continuation.state,
+            cast(extract("epoch", func.now() - Continuation.updated_at), Float),
+            template.status,
+            template.id,
+            template.error,
+            select(func.count()).where(HeldMessage.continuation_id == Continuation.id).scalar_subquery(),
+            exists().where(
+                Window.phone_number_id == Continuation.phone_number_id,
+                Window.customer_id == Continuation.customer_id,
+                Window.last_inbound_at >= func.date_trunc("second", Continuation.created_at),
+            ),
+        )
+        .select_from(Continuation)
+        .outerjoin(
+            template,
+            or_(
+                template.id == Continuation.template_message_id,
+                and_(
+                    Continuation.template_message_id.is_(None),
+                    template.api_key_id == Continuation.api_key_id,
+                    template.idempotency_key == func.concat(TEMPLATE_KEY_PREFIX, cast(Continuation.id, Text)),
+                ),
+            ),
+        )
+        .where(Continuation.state.in_(("sending", "awaiting_reply", "replied")))
+    )
+    return [OpenWait(*row) for row in await conn.execute(query)]
+
+
+# The re-engagement template is sent under the requesting key with this Idempotency-Key (+ the wait's
+# id): a wait whose process died while Meta answered still finds its template's outcome.
+TEMPLATE_KEY_PREFIX = "wg-continuation:"
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: UUID
+    state: str
+    template_message_id: UUID | None
+    reason: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    held: list[UUID]
+
+
+async def latest_wait(
+    conn: AsyncConnection, phone_number_id: str, aliases: Sequence[str]
+) -> Conversation | None:
+    """The pair's latest wait (over or not), found by any spelling of the customer, with what it holds."""
+    query = (
+        select(
+            Continuation.id,
+            Continuation.state,
+            Continuation.template_message_id,
+            Continuation.reason,
+            Continuation.created_at,
+            Continuation.updated_at,
+        )
+        .join(CustomerAlias, CustomerAlias.customer_id == Continuation.customer_id)
+        .where(Continuation.phone_number_id == phone_number_id, CustomerAlias.alias.in_(list(aliases)))
+        .order_by(Continuation.created_at.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    return Conversation(**row._asdict(), held=await held_ids(conn, row.id))

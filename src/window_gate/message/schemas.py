@@ -10,6 +10,38 @@ from window_gate.inputs import META_ID
 from window_gate.pricing.schemas import EstimateOut
 from window_gate.window.schemas import EXAMPLE_PN, WindowOut
 
+HOLD_SECONDS_DEFAULT = 604_800  # 7 days
+HOLD_SECONDS_MAX = 2_592_000  # 30 days
+
+
+class HoldIn(BaseModel):
+    """What to do when the window is not open: send a re-engagement template (once per wait) and hold
+    this message until the customer replies."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "template": {"name": "reopen_conversation", "language": {"code": "en"}},
+                "hold_seconds": 86_400,
+            }
+        },
+    )
+
+    template: dict[str, Any] | None = Field(
+        None,
+        description="A Cloud API template object (`name`, `language`, `components`); default: the number's "
+        "default_reengagement_template. Neither: 409 window_closed as without this option",
+        examples=[{"name": "reopen_conversation", "language": {"code": "en"}}],
+    )
+    hold_seconds: int = Field(
+        HOLD_SECONDS_DEFAULT,
+        ge=1,
+        le=HOLD_SECONDS_MAX,
+        description="How long the message may wait for the reply; then it is `expired`, never sent",
+        examples=[86_400],
+    )
+
 
 class SendIn(BaseModel):
     """The Cloud API message body, plus the business number to send from."""
@@ -33,6 +65,11 @@ class SendIn(BaseModel):
     to: str | None = Field(None, max_length=200, description="Customer phone number, any spelling")
     recipient: str | None = Field(None, max_length=200, description="Customer BSUID, instead of `to`")
     type: str = Field("text", min_length=1, max_length=32, description="text, image, template, …")
+    if_window_closed: HoldIn | None = Field(
+        None,
+        description="The gate's option, never sent to Meta: when the window is not open, send a "
+        "re-engagement template and hold this message until the customer replies (202)",
+    )
 
 
 class RecipientOut(BaseModel):
@@ -92,3 +129,48 @@ class GraphErrorOut(BaseModel):
     """An error as Meta's Graph API writes it: Meta's own, or the gate's refusal in Meta's terms."""
 
     error: GraphErrorDetail = Field(description="Meta's error object")
+
+
+class ContinuationOut(BaseModel):
+    """A wait for the customer's reply: one re-engagement template, the messages held until the reply."""
+
+    id: UUID = Field(description="The wait's id: every message held in it names it")
+    state: str = Field(
+        description="sending (the template on its way), awaiting_reply, replied (releasing), released, "
+        "failed (Meta refused the template: see `reason`), expired (nothing left waiting), cancelled",
+        examples=["awaiting_reply"],
+    )
+    template_message_id: UUID | None = Field(
+        description="The gate's id of the template send (GET /v1/messages/{id})"
+    )
+    held: int = Field(description="Messages waiting in it now", examples=[2])
+    hold_until: datetime | None = Field(
+        None, description="This message's: when it expires unsent if no reply came (in a 202)"
+    )
+    reason: dict[str, Any] | None = Field(
+        None, description="Why it failed: the template's refusal, or Meta's error from its status webhook"
+    )
+
+
+class HeldOut(BaseModel):
+    """202: the window was not open; the message waits for the customer's reply."""
+
+    id: UUID = Field(description="The gate's id of the held message (GET /v1/messages/{id})")
+    status: str = Field(description="`held`", examples=["held"])
+    continuation: ContinuationOut = Field(description="The wait it joined or started")
+    pricing_estimate: EstimateOut | None = Field(
+        None,
+        description="The re-engagement template's price; null when the message joined a wait (nothing new paid)",
+    )
+
+
+class ConversationOut(BaseModel):
+    window: WindowOut = Field(description="The window now, as GET /v1/windows answers it")
+    continuation: ContinuationOut | None = Field(
+        description="The latest wait for the customer's reply (over or not); null if none was started"
+    )
+    held: list[UUID] = Field(description="Messages still held, oldest first (GET /v1/messages/{id})")
+
+
+class CancelledOut(BaseModel):
+    cancelled: list[UUID] = Field(description="The held messages now `cancelled`, never to be sent")

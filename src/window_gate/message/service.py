@@ -38,7 +38,7 @@ from window_gate.errors import (
 from window_gate.graph.reactions import MARKETING_HOLDS, RE_ENGAGEMENT, gate_error
 from window_gate.kit import Gate
 from window_gate.message import repository
-from window_gate.message.schemas import RecipientOut, SendOut
+from window_gate.message.schemas import HeldOut, RecipientOut, SendOut
 from window_gate.message.status import ANSWERED, LEFT, MessageStatus
 from window_gate.pricing import service as pricing
 from window_gate.pricing.rules import Estimate, Tables
@@ -59,6 +59,13 @@ log = logging.getLogger(__name__)
 class Sent:
     out: SendOut
     meta: dict[str, Any]  # Meta's own answer, for the Graph-compatible pass-through
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """202: held until the customer replies (message/held.py)."""
+
+    out: HeldOut
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +117,8 @@ class Outcome:
     refusal: GraphError | None = None  # Meta's refusal, for what the gate learns from it
 
 
-async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key: str | None) -> Sent:
+async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key: str | None) -> Sent | Held:
+    """Gated: decided, recorded, sent, settled. Held only as the replay of a held message's key."""
     request = checked(caller, body, idempotency_key)
     if idempotency_key:
         previous = await _previous(gate, caller, idempotency_key, request.request_hash)
@@ -118,8 +126,8 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
             return previous
     decision = await decide(gate, request)
     attempt = await record(gate, caller, request, decision)
-    if isinstance(attempt, Sent):  # a concurrent request with the same key won the race: its answer
-        return attempt
+    if not isinstance(attempt, Attempt):  # a concurrent request with the same key won the race: its answer
+        return await first_with_key(gate, caller, request) if attempt is None else attempt
     try:
         answer = await gate.graph.send_message(
             request.phone_number_id, outbound(attempt), attempt.access_token
@@ -217,19 +225,23 @@ async def decide(gate: Gate, request: Request) -> Decision:
     return Decision(window, template, estimate, now)
 
 
-async def record(gate: Gate, caller: Caller, request: Request, decision: Decision) -> Attempt | Sent:
+async def record(
+    gate: Gate, caller: Caller, request: Request, decision: Decision, held: uuid.UUID | None = None
+) -> Attempt | Sent | Held | None:
     """The send, `pending`, before it leaves; the answer of the first request instead when a concurrent
-    one with the same Idempotency-Key recorded first.
+    one with the same Idempotency-Key recorded first. `held`: a held message released (message/held.py)
+    becomes the send; None when it is no longer held.
 
     A free send is one statement on the hot pool (autocommit); a paid one reserves its budget in the same
     transaction there, so a budget refusal leaves nothing recorded and nothing sent."""
-    message_id = uuid.uuid4()
+    message_id = held or uuid.uuid4()
     estimate = decision.estimate
+    write = _claim if held else _insert
     if not estimate.amount:
-        pending = await _insert(gate.hot, caller, request, decision, message_id)
+        pending = await write(gate.hot, caller, request, decision, message_id)
     else:
         async with gate.hot.transaction() as conn:
-            pending = await _insert(conn, caller, request, decision, message_id)
+            pending = await write(conn, caller, request, decision, message_id)
             if pending is not None:
                 await pricing.reserve(
                     conn,
@@ -240,7 +252,7 @@ async def record(gate: Gate, caller: Caller, request: Request, decision: Decisio
                     at=decision.at,
                 )
     if pending is None:
-        return await _first_with_key(gate, caller, request)
+        return None if held else await first_with_key(gate, caller, request)
     return Attempt(gate, caller, request, decision, message_id, pending.access_token)
 
 
@@ -263,7 +275,20 @@ async def _insert(
     )
 
 
-async def _first_with_key(gate: Gate, caller: Caller, request: Request) -> Sent:
+async def _claim(
+    conn: AsyncConnection | Rows, caller: Caller, request: Request, decision: Decision, id: uuid.UUID
+) -> repository.Pending | None:
+    return await repository.claim_held(
+        conn,
+        id,
+        phone_number_id=request.phone_number_id,
+        window=decision.window.model_dump(mode="json"),
+        estimate=pricing.estimate_columns(decision.estimate),
+        at=decision.at,
+    )
+
+
+async def first_with_key(gate: Gate, caller: Caller, request: Request) -> Sent | Held:
     """The answer of the request that recorded this Idempotency-Key first (only a key collides)."""
     key = request.idempotency_key
     previous = await _previous(gate, caller, key, request.request_hash) if key else None
@@ -470,7 +495,11 @@ def stored_refusal(problem: dict[str, Any]) -> dict[str, Any]:
     return {"version": ANSWER_VERSION, "problem": problem}
 
 
-def replayed(response_status: int, stored: dict[str, Any]) -> Sent:
+def stored_hold(out: HeldOut) -> dict[str, Any]:
+    return {"version": ANSWER_VERSION, "held": out.model_dump(mode="json")}
+
+
+def replayed(response_status: int, stored: dict[str, Any]) -> Sent | Held:
     """The stored answer given again: the Sent, or the refusal raised."""
     version = stored.get("version", 1)
     if version == 1:
@@ -481,12 +510,14 @@ def replayed(response_status: int, stored: dict[str, Any]) -> Sent:
     if version == ANSWER_VERSION:
         if "problem" in stored:
             raise replay(stored["problem"])
+        if "held" in stored:  # still waiting for the customer's reply (or expired, cancelled: GET says)
+            return Held(HeldOut.model_validate(stored["held"]))
         return Sent(SendOut.model_validate(stored["out"]), stored["meta"])
     # Written by a newer gate (a rolling upgrade): better no answer than a wrong one; nothing is re-sent.
     raise GateError(f"the first answer for this Idempotency-Key has version {version}, newer than this gate")
 
 
-async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> Sent | None:
+async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> Sent | Held | None:
     """The first answer given for this Idempotency-Key, waiting while that request may still be in flight:
     a record `pending` for longer than Meta's timeout (and a little) is answered as unknown at once."""
     in_flight = gate.settings.graph_timeout_seconds + IN_FLIGHT_SLACK_SECONDS
@@ -505,7 +536,7 @@ async def _previous(gate: Gate, caller: Caller, key: str, request_hash: str) -> 
         await asyncio.sleep(0.05)
 
 
-def _answer_of(previous: repository.Previous, in_flight: float) -> Sent | None:
+def _answer_of(previous: repository.Previous, in_flight: float) -> Sent | Held | None:
     """The answer the first request gave, or would have given; None while it may still be in flight."""
     if previous.response is not None and previous.response_status is not None:
         return replayed(previous.response_status, previous.response)

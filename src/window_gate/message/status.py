@@ -19,6 +19,11 @@ class MessageStatus(StrEnum):
     SENT = "sent"
     DELIVERED = "delivered"
     READ = "read"
+    # Continue the conversation (message/held.py): waiting for the customer's reply; then `pending` as any
+    # send, or one of these two, never sent.
+    HELD = "held"
+    EXPIRED = "expired"  # its hold_until passed first
+    CANCELLED = "cancelled"  # DELETE /v1/conversations/…/held
 
 
 LEFT = frozenset({MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ})  # Meta's webhooks say so

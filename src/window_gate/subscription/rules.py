@@ -24,6 +24,8 @@ GATE_EVENTS = {
     "window.closed": "a window's 24 hours passed, or Meta closed it",
     "message.status": "a message the gate sent changed status (Meta's error included when it failed)",
     "template.status": "Meta changed a template's status (approved, paused, disabled, …)",
+    "message.released": "a held message left the wait after the customer's reply (sent, or failed with why)",
+    "message.expired": "a held message's hold_until passed before the customer replied: never sent",
 }
 EVENT_TYPES = (META_WEBHOOK, *GATE_EVENTS)
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)

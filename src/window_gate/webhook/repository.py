@@ -118,6 +118,13 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
   SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
   ON CONFLICT (message_id) DO NOTHING
   RETURNING message_id
+), replied AS (  -- continue the conversation (message/held.py): the customer's reply releases the wait
+  UPDATE continuations c SET state = 'replied', updated_at = now()
+  FROM (SELECT phone_number_id, customer_id, max(counts_from) AS at, (array_agg(message_id))[1] AS message_id
+        FROM m WHERE message_id IN (SELECT message_id FROM fresh) GROUP BY phone_number_id, customer_id) f
+  WHERE c.phone_number_id = f.phone_number_id AND c.customer_id = f.customer_id AND c.state = 'awaiting_reply'
+    AND f.at >= date_trunc('second', c.created_at)
+  RETURNING c.id, f.message_id
 ), wanted AS MATERIALIZED (  -- which of the gate's events some subscription wants (usually none)
   SELECT DISTINCT unnest(events) AS type FROM subscriptions
 ), newest AS (  -- per window, the newest fresh message: what its events count from
@@ -211,6 +218,7 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
   (SELECT array_agg(r.message_id) FROM r JOIN fresh f USING (message_id)) AS fresh,
   (SELECT array_agg(message_id) FROM r WHERE customer_id IS NULL) AS unresolved,
   (SELECT array_agg(ord) FROM sm) AS found,
+  (SELECT json_agg(json_build_array(id, message_id)) FROM replied) AS replied,
   (SELECT json_agg(json_build_array(sm.ord, o.phone_number_id, o.template))
    FROM sm JOIN moved o ON o.id = sm.message_id
    WHERE sm.status = 'failed' AND jsonb_typeof(o.template) = 'object') AS failed_templates
@@ -288,6 +296,7 @@ class Recorded:
     found: list[bool] = field(default_factory=list)  # per status: its message is the gate's
     # A template the gate sent that Meta reports failed: (index of the status, phone_number_id, template).
     failed_templates: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    replied: list[UUID] = field(default_factory=list)  # waits its messages answered (message/held.py)
 
 
 async def record(hot: HotPool, clock: "Clock", group: Sequence[Received]) -> list[Recorded]:
@@ -323,6 +332,7 @@ async def record(hot: HotPool, clock: "Clock", group: Sequence[Received]) -> lis
     failed: dict[int, tuple[str, dict[str, Any]]] = {
         n: (pn, template) for n, pn, template in orjson.loads(row["failed_templates"] or "[]")
     }
+    replied = [(UUID(wait), message_id) for wait, message_id in orjson.loads(row["replied"] or "[]")]
     answers = []
     first = 1  # this delivery's first status in the group
     for delivery_id, received in zip(row["delivery_ids"], group, strict=True):
@@ -335,6 +345,7 @@ async def record(hot: HotPool, clock: "Clock", group: Sequence[Received]) -> lis
                 ids & unresolved,
                 [n in found for n in places],
                 [(n - first, *failed[n]) for n in places if n in failed],
+                [wait for wait, message_id in replied if message_id in ids],
             )
         )
         fresh -= ids  # a message id in two deliveries is fresh in the first only

@@ -22,6 +22,7 @@ from window_gate.customer import repository as customers
 from window_gate.customer import service as customer_service
 from window_gate.db import Coalescer, HotPool
 from window_gate.kit import Gate
+from window_gate.message import held
 from window_gate.message.service import OPAQUE_PREFIX
 from window_gate.subscription import repository as relay
 from window_gate.subscription import service as relay_service
@@ -123,7 +124,7 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
         return delivery
     for st, found in zip(delivery.statuses, recorded.found, strict=True):
         delivery.counts[f"status_{st.status}", "recorded" if found else "unknown_message"] += 1
-    fresh = set(recorded.fresh)
+    fresh, replied = set(recorded.fresh), list(recorded.replied)
     late = [m for m in inbound if m.message_id in recorded.unresolved]
     lessons = [  # Meta's late word on a template the gate sent: paused, disabled, …
         (phone_number_id, template, error["code"])
@@ -145,11 +146,23 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
             if again.unresolved:
                 raise RuntimeError(f"customers of {sorted(again.unresolved)} unresolved; Meta will retry")
             fresh |= again.fresh
+            replied += again.replied
     except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
         await _keep_unapplied(gate, body, recorded.delivery_id, exc)
+    if replied:
+        await _release(gate, replied)
     for m in delivery.inbound:
         delivery.counts[m.type, "opened" if m.message_id in fresh else "duplicate"] += 1
     return delivery
+
+
+async def _release(gate: Gate, replied: list[UUID]) -> None:
+    """Wake a release for each wait the customer answered, now. Not in ingest's statement: if this
+    fails, the waits are `replied` already and message/jobs.py's chore enqueues them within a second."""
+    try:
+        await held.enqueue_releases(gate, replied)
+    except Exception:
+        log.warning("releases of %s not enqueued; the chore will", replied, exc_info=True)
 
 
 def _json(value: object) -> str | None:

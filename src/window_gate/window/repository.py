@@ -12,17 +12,19 @@ from sqlalchemy import (
     Text,
     case,
     delete,
+    exists,
     func,
     literal,
     literal_column,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from window_gate.db import HotPool, Statement
-from window_gate.models import TZ, Window
+from window_gate.models import TZ, Continuation, HeldMessage, Window
 from window_gate.window.rule import WindowFacts
 
 # One round trip (asyncpg, the hot path): the best-matching alias that has a window for this number,
@@ -151,11 +153,35 @@ async def record_verdicts(conn: AsyncConnection, verdicts: Sequence[Verdict]) ->
 
 
 async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
-    """Merge one customer's windows into another's (the facts of both kept, as if delivered together)."""
+    """Merge one customer's windows into another's (the facts of both kept, as if delivered together),
+    and the waits for their replies (message/held.py)."""
     columns = [literal(dst, BigInteger) if c is Window.customer_id else c for c in FACTS]
     source = select(*columns).where(Window.customer_id == src).order_by(Window.phone_number_id)
     await conn.execute(_upsert_facts(FACTS, source))
     await conn.execute(delete(Window).where(Window.customer_id == src))
+    waiting = ("sending", "awaiting_reply")
+    mine, theirs = aliased(Continuation), aliased(Continuation)
+    # Two open waits for one number cannot both stay: the merged-away one's held messages join the other.
+    await conn.execute(
+        update(HeldMessage)
+        .where(
+            HeldMessage.continuation_id == mine.id,
+            mine.customer_id == src,
+            mine.state.in_(waiting),
+            theirs.customer_id == dst,
+            theirs.phone_number_id == mine.phone_number_id,
+            theirs.state.in_(waiting),
+        )
+        .values(continuation_id=theirs.id)
+    )
+    clash = Continuation.state.in_(waiting) & exists().where(
+        theirs.customer_id == dst,
+        theirs.phone_number_id == Continuation.phone_number_id,
+        theirs.state.in_(waiting),
+    )
+    await conn.execute(
+        update(Continuation).where(Continuation.customer_id == src, ~clash).values(customer_id=dst)
+    )
 
 
 async def lookup(hot: HotPool, phone_number_id: str, candidates: Sequence[Sequence[str]]) -> Lookup:

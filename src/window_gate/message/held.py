@@ -1,0 +1,363 @@
+"""Continue the conversation: a message for a closed window waits for the customer's reply.
+
+The first such message for a (number, customer) starts a wait: the re-engagement template goes out as any
+gated template send (a refusal answers as for that send, and holds nothing), then the message is held. Later
+ones join the wait: one template per wait, whichever replica they reach (an advisory lock per pair decides
+start-or-join; a partial unique index backs it). The customer's next message (webhook ingest's statement
+marks the wait `replied`) is followed by a job that releases the held messages one at a time, in the order
+accepted, each gated, recorded and sent as any send, each after Meta answered the one before. A chore
+(message/jobs.py) expires what waited too long, ends the waits whose template Meta failed, settles waits a
+dead process left `sending`, and re-enqueues releases a crash lost.
+
+Never twice: a held message becomes `pending` in the statement that takes it out of the wait (one claimant),
+before it leaves; a crash then leaves it `pending`, later `unknown`, as any send.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from window_gate import jobs, metrics
+from window_gate.apikey.rules import Caller
+from window_gate.customer import service as customers
+from window_gate.customer.identity import parse_customer
+from window_gate.errors import GateError, GraphFailure, UpstreamTimeout, WindowClosed, replay
+from window_gate.kit import Gate
+from window_gate.message import repository, service
+from window_gate.message.schemas import ContinuationOut, HeldOut, HoldIn
+from window_gate.message.service import Attempt, Held, Request, Sent
+from window_gate.message.status import MessageStatus
+from window_gate.pricing.schemas import EstimateOut
+from window_gate.subscription.repository import Event, emit, iso
+from window_gate.window import repository as windows
+from window_gate.window import service as window_service
+
+log = logging.getLogger(__name__)
+RELEASE = "conversation.release"
+WAIT_POLL_SECONDS = 0.05
+
+
+async def send(
+    gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key: str | None, hold: HoldIn | None
+) -> Sent | Held:
+    """POST /v1/messages: sent now (201) if the window allows it; else, with `hold`, held (202)."""
+    if hold is None:
+        return await service.send(gate, caller, body, idempotency_key)
+    kept = dict(body)
+    try:
+        return await service.send(gate, caller, body, idempotency_key)
+    except WindowClosed as closed:
+        request = service.checked(caller, kept, idempotency_key)
+        return await _hold(gate, caller, request, hold, closed)
+
+
+async def _hold(
+    gate: Gate, caller: Caller, request: Request, hold: HoldIn, closed: WindowClosed
+) -> Sent | Held:
+    async with gate.engine.connect() as conn:
+        template = hold.template or await repository.default_template(conn, request.phone_number_id)
+    if template is None:
+        raise closed
+    window = closed.context["window"]
+    customer = window["customer"]
+    async with gate.engine.begin() as conn:
+        customer_id = await customers.link(
+            conn,
+            customer.get("wa_id") or request.ref.wa_id,
+            customer.get("user_id") or request.ref.user_id,
+            "send",
+            also_move=windows.move_windows,
+        )
+    patience = time.monotonic() + gate.settings.graph_timeout_seconds + service.IN_FLIGHT_SLACK_SECONDS
+    seen: uuid.UUID | None = None  # a wait being started by another request, which this one waits for
+    while True:
+        async with gate.engine.begin() as conn:
+            await repository.lock_conversation(conn, request.phone_number_id, customer_id)
+            wait = await repository.waiting(conn, request.phone_number_id, customer_id)
+            if wait is not None and wait.state == "awaiting_reply":
+                metrics.HELD.labels("joined").inc()
+                return await _held(conn, gate, caller, request, hold, window, wait, None)
+            if wait is None and seen is not None:
+                # The wait this request saw starting is over: its template was refused (answered as
+                # that refusal), or the customer has replied since (the window is open: a send now).
+                before = await repository.wait_by_id(conn, seen)
+                if before is not None and before.state == "failed" and before.reason:
+                    raise replay(before.reason)
+                return await send(
+                    gate,
+                    caller,
+                    {**request.body, "phone_number_id": request.phone_number_id},
+                    request.idempotency_key,
+                    hold,
+                )
+            if wait is None:
+                started = uuid.uuid4()
+                await repository.start_wait(conn, started, request.phone_number_id, customer_id, caller.id)
+                break
+        seen = wait.id
+        if time.monotonic() > patience:
+            raise UpstreamTimeout(
+                "another request's re-engagement template has no known outcome yet; nothing was held",
+                continuation_id=str(wait.id),
+            )
+        await asyncio.sleep(WAIT_POLL_SECONDS)
+    template_body = {
+        "phone_number_id": request.phone_number_id,
+        "messaging_product": "whatsapp",
+        "to": request.to,
+        "type": service.TEMPLATE,
+        service.TEMPLATE: template,
+    }
+    if "recipient" in request.body:
+        template_body["recipient"] = template_body.pop("to")
+    try:
+        sent = await service.send(gate, caller, template_body, f"{repository.TEMPLATE_KEY_PREFIX}{started}")
+    except GateError as err:
+        async with gate.engine.begin() as conn:
+            await repository.settle_wait(
+                conn, started, "failed", from_states=("sending",), reason=err.problem()
+            )
+        raise
+    async with gate.engine.begin() as conn:
+        await repository.settle_wait(
+            conn, started, "awaiting_reply", from_states=("sending",), template_message_id=sent.out.id
+        )
+        wait = repository.Wait(started, "awaiting_reply", sent.out.id, None)
+        metrics.HELD.labels("started").inc()
+        return await _held(conn, gate, caller, request, hold, window, wait, sent.out.pricing_estimate)
+
+
+async def _held(
+    conn: AsyncConnection,
+    gate: Gate,
+    caller: Caller,
+    request: Request,
+    hold: HoldIn,
+    window: dict[str, Any],
+    wait: repository.Wait,
+    estimate: EstimateOut | None,
+) -> Sent | Held:
+    """Hold the message in `wait` (the caller's transaction); its 202."""
+    now = window_service.now()
+    message_id = uuid.uuid4()
+    hold_until = now + timedelta(seconds=hold.hold_seconds)
+    waiting = len(await repository.held_ids(conn, wait.id)) + 1  # under the pair's lock: exact
+    out = HeldOut(
+        id=message_id,
+        status=MessageStatus.HELD,
+        continuation=ContinuationOut(
+            id=wait.id,
+            state=wait.state,
+            template_message_id=wait.template_message_id,
+            held=waiting,
+            hold_until=hold_until,
+        ),
+        pricing_estimate=estimate,
+    )
+    recorded = await repository.insert_held(
+        conn,
+        id=message_id,
+        continuation_id=wait.id,
+        api_key_id=caller.id,
+        idempotency_key=request.idempotency_key,
+        request_hash=request.request_hash,
+        phone_number_id=request.phone_number_id,
+        recipient_input=request.to,
+        type=request.kind,
+        body=request.body,
+        window=window,
+        response=service.stored_hold(out),
+        hold_until=hold_until,
+        at=now,
+    )
+    if not recorded:  # a concurrent request with the same Idempotency-Key recorded first
+        return await service.first_with_key(gate, caller, request)
+    return Held(out)
+
+
+# --- release: after the customer's reply, one job per wait ---------------------------------------------
+
+
+async def enqueue_releases(gate: Gate, continuation_ids: list[uuid.UUID]) -> None:
+    """A job per replied wait (at most one queued or running per wait: its key)."""
+    async with gate.engine.begin() as conn:
+        await enqueue(conn, continuation_ids)
+
+
+async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> None:
+    for continuation_id in continuation_ids:
+        await jobs.enqueue(
+            conn, RELEASE, {"continuation_id": str(continuation_id)}, key=f"{RELEASE}:{continuation_id}"
+        )
+
+
+async def release(gate: Gate, continuation_id: uuid.UUID) -> None:
+    """Send the wait's held messages in order, each after Meta answered the one before; then it is
+    `released`. Resumable: a job run again after a crash takes up where the last claim left off."""
+    while await _release_next(gate, continuation_id):
+        pass
+
+
+async def _release_next(gate: Gate, continuation_id: uuid.UUID) -> bool:
+    async with gate.engine.begin() as conn:
+        held = await repository.next_held(conn, continuation_id)
+        if held is None:
+            await repository.settle_wait(conn, continuation_id, "released", from_states=("replied",))
+            return False
+    if held.hold_until <= window_service.now():
+        async with gate.engine.begin() as conn:
+            await end(conn, [held.id], MessageStatus.EXPIRED)
+        return True
+    error: dict[str, Any] | None
+    caller = Caller(str(held.api_key_id), held.key_name, held.role, frozenset(held.key_numbers or ()))
+    request = Request(
+        held.phone_number_id,
+        held.type,
+        held.recipient_input,
+        parse_customer(held.recipient_input),
+        held.body,
+        None,
+        held.request_hash,
+    )
+    try:
+        decision = await service.decide(gate, request)
+        attempt = await service.record(gate, caller, request, decision, held=held.id)
+    except GateError as err:  # it became invalid while it waited (opted out, budget, …): it fails
+        async with gate.engine.begin() as conn:
+            await end(conn, [held.id], MessageStatus.FAILED, err.problem())
+        return True
+    if not isinstance(attempt, Attempt):  # cancelled or expired meanwhile
+        return True
+    try:
+        try:
+            answer = await gate.graph.send_message(
+                request.phone_number_id, service.outbound(attempt), attempt.access_token
+            )
+        except GraphFailure as exc:
+            refusal = await service.refused(attempt, exc)
+            status, error, wamid = service.verdict(exc)[0], refusal.problem(), None
+        else:
+            out = (await service.accepted(attempt, answer)).out
+            status, error, wamid = MessageStatus(out.status), None, out.graph_message_id
+    except GateError as lost:  # the outcome's write failed: retried in the background, unknown for now
+        status, error, wamid = MessageStatus.UNKNOWN, lost.problem(), None
+    metrics.HELD.labels("released").inc()
+    async with gate.engine.begin() as conn:
+        await emit(
+            conn,
+            [
+                Event(
+                    "message.released",
+                    window_service.now(),
+                    held.phone_number_id,
+                    attempt.decision.window.customer.wa_id,
+                    attempt.decision.window.customer.user_id,
+                    {
+                        "message_id": str(held.id),
+                        "continuation_id": str(continuation_id),
+                        "status": status,
+                        "graph_message_id": wamid,
+                        "error": error,
+                    },
+                )
+            ],
+        )
+    return True
+
+
+async def end(
+    conn: AsyncConnection, ids: list[uuid.UUID], status: MessageStatus, error: object = None
+) -> list[repository.Ended]:
+    """Held messages out of their wait unsent; `message.expired` / `message.released` (failed) said."""
+    now = window_service.now()
+    ended = await repository.end_held(conn, ids, status, error, now)
+    metrics.HELD.labels(status).inc(len(ended))
+    kind = {MessageStatus.EXPIRED: "message.expired", MessageStatus.FAILED: "message.released"}.get(status)
+    if kind:
+        await emit(
+            conn,
+            [
+                Event(
+                    kind,
+                    now,
+                    e.phone_number_id,
+                    e.wa_id,
+                    e.user_id,
+                    {
+                        "message_id": str(e.id),
+                        "continuation_id": str(e.continuation_id),
+                        "status": status,
+                        "graph_message_id": None,
+                        "error": error,
+                        **({"expired_at": iso(now)} if status == MessageStatus.EXPIRED else {}),
+                    },
+                )
+                for e in ended
+            ],
+        )
+    return ended
+
+
+# --- the chore: every second, once across replicas ----------------------------------------------------
+EXPIRE_BATCH = 1000
+
+
+async def watch(conn: AsyncConnection, in_flight: float) -> None:
+    """Expire what waited past hold_until; end waits with nothing left, or whose template Meta failed;
+    settle waits left `sending` by a dead process (by their template's outcome); release what was
+    replied to (a job per wait: one a crash lost is enqueued again, the key keeps it single)."""
+    await end(conn, await repository.due_expiries(conn, EXPIRE_BATCH), MessageStatus.EXPIRED)
+    replied = []
+    for wait in await repository.open_waits(conn):
+        if wait.state == "replied":
+            replied.append(wait.id)
+        elif wait.state == "awaiting_reply" and wait.answered:
+            if await repository.settle_wait(conn, wait.id, "replied", from_states=("awaiting_reply",)):
+                replied.append(wait.id)
+        elif wait.state == "awaiting_reply" and wait.template_status == MessageStatus.FAILED:
+            reason = {
+                "code": "template_failed",
+                "detail": "Meta failed the re-engagement template: it is not re-sent by itself",
+                "template_message_id": str(wait.template_id),
+                "error": wait.template_error,
+            }
+            await end(conn, await repository.held_ids(conn, wait.id), MessageStatus.FAILED, reason)
+            await repository.settle_wait(
+                conn, wait.id, "failed", from_states=("awaiting_reply",), reason=reason
+            )
+        elif wait.state == "awaiting_reply" and not wait.held:
+            await repository.settle_wait(conn, wait.id, "expired", from_states=("awaiting_reply",))
+        elif wait.state == "sending" and wait.age > in_flight:
+            await _settle_stale(conn, wait)
+    await enqueue(conn, replied)
+
+
+async def _settle_stale(conn: AsyncConnection, wait: repository.OpenWait) -> None:
+    """A wait whose starter died while Meta had its template: a template that may have left counts as
+    sent (never a second one); one that surely did not, or was never recorded, fails the wait."""
+    maybe_left = wait.template_status is not None and wait.template_status not in (
+        MessageStatus.FAILED,
+        MessageStatus.NOT_SENT,
+    )
+    if maybe_left:
+        await repository.settle_wait(
+            conn, wait.id, "awaiting_reply", from_states=("sending",), template_message_id=wait.template_id
+        )
+    else:
+        reason = {"code": "template_not_sent", "status": wait.template_status}
+        await repository.settle_wait(conn, wait.id, "failed", from_states=("sending",), reason=reason)
+
+
+async def cancel(conn: AsyncConnection, phone_number_id: str, aliases: list[str]) -> list[uuid.UUID]:
+    """Every message still held for the pair: `cancelled`; the wait with them."""
+    wait = await repository.latest_wait(conn, phone_number_id, aliases)
+    if wait is None or not wait.held:
+        return []
+    ended = await end(conn, wait.held, MessageStatus.CANCELLED)
+    await repository.settle_wait(conn, wait.id, "cancelled", from_states=("awaiting_reply", "sending"))
+    return [e.id for e in ended]
