@@ -321,3 +321,21 @@ async def test_two_waits_of_one_person_become_one_when_their_identities_merge(
     assert (await client.post("/webhooks/whatsapp", content=body, headers=headers)).status_code == 200
     await release_all(app_state[1])
     assert sorted(sent_texts(meta)) == ["by bsuid", "by phone"]
+
+
+async def test_a_template_with_no_known_outcome_is_never_sent_twice(gate: Gated, meta: Meta) -> None:
+    """Meta does not answer the template in time (504, it may have left): the wait stands; the retry
+    with the same Idempotency-Key joins it rather than sending a second template."""
+    client, _ = gate
+    key = {"Idempotency-Key": "refund-42"}
+
+    def no_answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("answer never came", request=request)
+
+    meta.reply = no_answer
+    first = await client.post("/v1/messages", json=held_text(), headers=key)
+    assert first.status_code == 504 and first.json()["code"] == "upstream_timeout", first.text
+    meta.reply = meta.accept
+    again = await client.post("/v1/messages", json=held_text(), headers=key)
+    assert again.status_code == 202, again.text
+    assert templates_sent(meta) == 1 and again.json()["pricing_estimate"] is None

@@ -14,7 +14,6 @@ before it leaves; a crash then leaves it `pending`, later `unknown`, as any send
 """
 
 import asyncio
-import logging
 import time
 import uuid
 from datetime import timedelta
@@ -37,7 +36,6 @@ from window_gate.subscription.repository import Event, emit, iso
 from window_gate.window import repository as windows
 from window_gate.window import service as window_service
 
-log = logging.getLogger(__name__)
 RELEASE = "conversation.release"
 WAIT_POLL_SECONDS = 0.05
 
@@ -119,9 +117,20 @@ async def _hold(
         sent = await service.send(gate, caller, template_body, f"{repository.TEMPLATE_KEY_PREFIX}{started}")
     except GateError as err:
         async with gate.engine.begin() as conn:
-            await repository.settle_wait(
-                conn, started, "failed", from_states=("sending",), reason=err.problem()
-            )
+            if isinstance(err, UpstreamTimeout) and "id" in err.context:
+                # The template may have left: the wait stands (requests joining it send no second one);
+                # this request holds nothing, and its retry with the same Idempotency-Key joins.
+                await repository.settle_wait(
+                    conn,
+                    started,
+                    "awaiting_reply",
+                    from_states=("sending",),
+                    template_message_id=uuid.UUID(str(err.context["id"])),
+                )
+            else:
+                await repository.settle_wait(
+                    conn, started, "failed", from_states=("sending",), reason=err.problem()
+                )
         raise
     async with gate.engine.begin() as conn:
         await repository.settle_wait(
@@ -314,6 +323,8 @@ async def watch(conn: AsyncConnection, in_flight: float) -> None:
     await end(conn, await repository.due_expiries(conn, EXPIRE_BATCH), MessageStatus.EXPIRED)
     replied = []
     for wait in await repository.open_waits(conn):
+        # Its template's outcome unknown, a wait may stand empty: for requests retrying to join it.
+        unknown = wait.template_status in (MessageStatus.PENDING, MessageStatus.UNKNOWN)
         if wait.state == "replied":
             replied.append(wait.id)
         elif wait.state == "awaiting_reply" and wait.answered:
@@ -330,7 +341,7 @@ async def watch(conn: AsyncConnection, in_flight: float) -> None:
             await repository.settle_wait(
                 conn, wait.id, "failed", from_states=("awaiting_reply",), reason=reason
             )
-        elif wait.state == "awaiting_reply" and not wait.held:
+        elif wait.state == "awaiting_reply" and not wait.held and (wait.age > in_flight or not unknown):
             await repository.settle_wait(conn, wait.id, "expired", from_states=("awaiting_reply",))
         elif wait.state == "sending" and wait.age > in_flight:
             await _settle_stale(conn, wait)
@@ -358,6 +369,6 @@ async def cancel(conn: AsyncConnection, phone_number_id: str, aliases: list[str]
     wait = await repository.latest_wait(conn, phone_number_id, aliases)
     if wait is None or not wait.held:
         return []
-    ended = await end(conn, wait.held, MessageStatus.CANCELLED)
+    ended = {e.id for e in await end(conn, wait.held, MessageStatus.CANCELLED)}
     await repository.settle_wait(conn, wait.id, "cancelled", from_states=("awaiting_reply", "sending"))
-    return [e.id for e in ended]
+    return [id for id in wait.held if id in ended]
