@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
@@ -339,3 +340,38 @@ async def test_a_template_with_no_known_outcome_is_never_sent_twice(gate: Gated,
     again = await client.post("/v1/messages", json=held_text(), headers=key)
     assert again.status_code == 202, again.text
     assert templates_sent(meta) == 1 and again.json()["pricing_estimate"] is None
+
+
+async def test_released_and_expired_are_told_to_subscribers_and_counted(
+    gate: Gated, meta: Meta, app_state: tuple[httpx.AsyncClient, Gate]
+) -> None:
+    client, engine = gate
+    wanted = {"url": "http://127.0.0.1:9/hook", "events": ["message.released", "message.expired"]}
+    assert (await client.post("/v1/subscriptions", json=wanted)).status_code == 201
+    before = held_counts((await client.get("/metrics")).text)
+    late = (await client.post("/v1/messages", json=held_text("late", hold_seconds=1))).json()["id"]
+    kept = (await client.post("/v1/messages", json=held_text("kept"))).json()["id"]
+    await asyncio.sleep(1.1)
+    await release_all(app_state[1])
+    await reply(client)
+    await release_all(app_state[1])
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT event_type, body FROM relay_deliveries ORDER BY id"))).all()
+    events = [(kind, orjson.loads(body)) for kind, body in rows]
+    assert [kind for kind, _ in events] == ["message.expired", "message.released"]
+    expired, released = events[0][1], events[1][1]
+    assert expired["data"]["message_id"] == late and expired["data"]["status"] == "expired"
+    assert released["data"]["message_id"] == kept and released["data"]["status"] == "accepted"
+    assert released["data"]["graph_message_id"].startswith("wamid.") and released["customer"]["wa_id"]
+    after = held_counts((await client.get("/metrics")).text)
+    changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert changed == {"started": 1, "joined": 1, "expired": 1, "released": 1}
+
+
+def held_counts(metrics: str) -> dict[str, float]:
+    prefix = 'window_gate_held_messages_total{event="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(prefix)
+    }
