@@ -1,0 +1,367 @@
+"""Continue the conversation as operators run it: `window-gate serve` processes over real sockets and
+real PostgreSQL, against a counting Meta of its own (a server that keeps every request it gets, in the
+order they came) or the sandbox simulator. A release killed with SIGKILL, and two replicas releasing at
+once, send no held message twice (message/held.py: the claim, then the send)."""
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from tests.conftest import cli_env, free_port
+from tests.factories import PN, delivery, inbound, signed
+from tests.served import run_cli, serve
+
+pytestmark = pytest.mark.slow  # `serve` as processes
+
+TEMPLATE = {"name": "reopen_conversation", "language": {"code": "en"}}
+OPAQUE = re.compile(r"^wg:(.+)$")
+DONE = ("held", "pending")  # what a released message is no longer
+
+
+class CountingMeta:
+    """Meta's Graph API as a server of its own: uvicorn on a free port in a thread of its own. It keeps
+    every send it gets, as it arrives (before answering), and accepts each `delay` seconds later."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.port = free_port()
+        self.sends: list[dict[str, Any]] = []
+        self.ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def texts(self, to: str | None = None) -> list[str]:
+        """The gate's message ids of the free-form sends, in the order they arrived."""
+        return [
+            OPAQUE.match(s["biz_opaque_callback_data"]).group(1)  # type: ignore[union-attr]
+            for s in list(self.sends)
+            if s.get("type") == "text" and (to is None or s["to"] == to)
+        ]
+
+    def templates(self) -> Counter[str]:
+        """Templates sent, by recipient."""
+        return Counter(s["to"] for s in list(self.sends) if s.get("type") == "template")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] != "POST" or not scope["path"].endswith("/messages"):
+            await _answer(send, 404, {"error": {"code": 100, "message": "not modelled here"}})
+            return
+        body = json.loads(raw)
+        self.sends.append(body)  # one thread (the server's loop) appends: the list's order is arrival's
+        await asyncio.sleep(self.delay)
+        wamid = f"wamid.COUNTED{next(self.ids)}"
+        await _answer(
+            send,
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                "messages": [{"id": wamid, "message_status": "accepted"}],
+            },
+        )
+
+
+async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+@contextlib.contextmanager
+def counting_meta(delay: float) -> Iterator[CountingMeta]:
+    meta = CountingMeta(delay)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            meta,
+            port=meta.port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+    )
+    thread = threading.Thread(
+        target=server.run, name="counting-meta"
+    )  # no signal handlers off the main thread
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the counting Meta did not start"
+            time.sleep(0.01)
+        yield meta
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> float:
+    """Seconds it took for `check` to hold (polled every 0.1 s); fails past `seconds`."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < seconds, f"{what}: not within {seconds} s"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def hold(http: httpx.Client, key: str, to: str, body: str) -> str:
+    """A free-form send to a customer whose window is not open: held (202); its id."""
+    r = http.post(
+        "/v1/messages",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "phone_number_id": PN,
+            "to": to,
+            "type": "text",
+            "text": {"body": body},
+            "if_window_closed": {"template": TEMPLATE, "hold_seconds": 600},
+        },
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "held"
+    return str(r.json()["id"])
+
+
+def reply(http: httpx.Client, wa_id: str) -> None:
+    """The customer writes (Meta's signed webhook, now)."""
+    body, headers = signed(delivery([inbound(wa_id)]))
+    r = http.post("/webhooks/whatsapp", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+
+
+def accepted_order(url: str) -> dict[str, list[str]]:
+    """Each customer's held messages in the order the gate accepted them (read while all still wait)."""
+    rows = fetch(
+        url,
+        "SELECT m.recipient_input, m.id FROM held_messages h JOIN messages m ON m.id = h.message_id "
+        "ORDER BY h.position",
+    )
+    order: dict[str, list[str]] = {}
+    for row in rows:
+        order.setdefault(row["recipient_input"], []).append(str(row["id"]))
+    return order
+
+
+def statuses(url: str) -> dict[str, str]:
+    """Every free-form message's status, by id."""
+    rows = fetch(url, "SELECT id, status FROM messages WHERE type = 'text'")
+    return {str(r["id"]): r["status"] for r in rows}
+
+
+def all_released(url: str, count: int) -> bool:
+    now = statuses(url)
+    waits = {r["state"] for r in fetch(url, "SELECT state FROM continuations")}
+    return len(now) == count and not set(now.values()) & set(DONE) and waits == {"released"}
+
+
+def key_for(env: dict[str, str]) -> str:
+    return run_cli("api-keys", "create", "e2e", "--role", "admin", env=env).stdout.strip().splitlines()[-1]
+
+
+def test_a_release_killed_mid_way_sends_each_held_message_at_most_once(
+    emptied_afterwards: str, tmp_path: Path
+) -> None:
+    """SIGKILL while Meta (slow: 300 ms a send) has one of the released messages: after restart the job
+    is claimed again (heartbeat) and goes on from the next held message; the one in flight stays `pending`,
+    then `unknown`, and is never re-sent. The rest: accepted, each once, in the order accepted."""
+    url = emptied_afterwards
+    customers = {"551187650001": 20, "551187650002": 10, "551187650003": 10}
+    with counting_meta(delay=0.3) as meta:
+        # GRAPH_TIMEOUT 1 s: a `pending` send whose process died is `unknown` after 3 × 1 + 5 s.
+        env = cli_env(DATABASE_URL=url, GRAPH_BASE_URL=meta.url, GRAPH_TIMEOUT_SECONDS="1")
+        key = key_for(env)
+        with serve(env, tmp_path / "first.log") as gate:
+            jobs = [(to, f"m{n}") for to, count in customers.items() for n in range(count)]
+            with ThreadPoolExecutor(len(jobs)) as pool:  # all at once: the first of each sends the template
+                list(pool.map(lambda job: hold(gate.http, key, *job), jobs))
+            assert meta.templates() == dict.fromkeys(customers, 1)
+            order = accepted_order(url)
+            assert {to: len(ids) for to, ids in order.items()} == customers
+            for to in customers:
+                reply(gate.http, to)
+            wait_until(lambda: len(meta.texts("551187650001")) >= 6, 20, "release under way")
+            gate.proc.kill()
+            gate.proc.wait()
+        at_kill = {to: meta.texts(to) for to in customers}
+        assert 6 <= len(at_kill["551187650001"]) < 20, at_kill  # killed mid-release
+        assert "held" in statuses(url).values()  # some never left in the first life
+
+        with serve(env, tmp_path / "second.log"):
+            wait_until(lambda: all_released(url, sum(customers.values())), 45, "all released")
+        final = statuses(url)
+
+    sent = Counter(meta.texts())
+    assert max(sent.values()) == 1, [i for i, n in sent.items() if n > 1]  # never twice
+    assert set(final.values()) <= {"accepted", "unknown"}, final
+    assert all(sent[i] == 1 for i, status in final.items() if status == "accepted")  # exactly once
+    for to, ids in order.items():
+        arrived = meta.texts(to)
+        assert arrived == [i for i in ids if i in arrived], to  # in the order accepted
+        assert at_kill[to] == ids[: len(at_kill[to])], to
+        # In flight at the kill: the last to reach Meta, or the next (claimed, not yet on its way).
+        in_flight = ids[max(len(at_kill[to]) - 1, 0) : len(at_kill[to]) + 1]
+        unknown = {i for i in ids if final[i] == "unknown"}
+        assert len(unknown) <= 1 and unknown <= set(in_flight), (to, unknown, in_flight)
+        assert set(ids) - set(arrived) <= unknown, to  # every other one reached Meta
+    assert meta.templates() == dict.fromkeys(customers, 1)  # one template per wait, no new one
+
+
+def released_here(http: httpx.Client) -> float:
+    """How many held messages this process released (its own Prometheus counter)."""
+    found = re.search(
+        r'^window_gate_held_messages_total\{event="released"\} (\S+)$', http.get("/metrics").text, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def test_two_replicas_releasing_at_once_send_no_message_twice(
+    emptied_afterwards: str, tmp_path: Path
+) -> None:
+    """Two `serve` replicas on one database: the held messages of 12 customers are accepted by either,
+    each customer's reply reaches both (two messages at once), and both run release jobs. Every message
+    leaves once, in its customer's order, after one template per customer."""
+    url = emptied_afterwards
+    customers = [f"5511876501{n:02}" for n in range(12)]
+    per_customer = 4
+    with counting_meta(delay=0.2) as meta:
+        env = cli_env(
+            DATABASE_URL=url,
+            GRAPH_BASE_URL=meta.url,
+            GRAPH_TIMEOUT_SECONDS="1",
+            JOBS_CONCURRENCY="2",
+            DB_POOL_SIZE="4",  # small: the PostgreSQL server may be shared, its connections few
+        )
+        key = key_for(env)
+        with serve(env, tmp_path / "a.log") as a, serve(env, tmp_path / "b.log") as b:
+            replicas = (a.http, b.http)
+            jobs = [
+                (replicas[(c + n) % 2], to, f"m{n}")
+                for c, to in enumerate(customers)
+                for n in range(per_customer)
+            ]
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                list(pool.map(lambda job: hold(job[0], key, job[1], job[2]), jobs))
+            assert meta.templates() == dict.fromkeys(customers, 1)
+            order = accepted_order(url)
+            with ThreadPoolExecutor(2 * len(customers)) as pool:
+                list(pool.map(lambda job: reply(*job), [(http, to) for to in customers for http in replicas]))
+            wait_until(lambda: all_released(url, len(jobs)), 30, "all released")
+            shares = (released_here(a.http), released_here(b.http))
+
+    sent = Counter(meta.texts())
+    assert max(sent.values()) == 1, [i for i, n in sent.items() if n > 1]  # never twice
+    assert set(statuses(url).values()) == {"accepted"}
+    assert len(sent) == len(jobs)
+    for to in customers:
+        assert meta.texts(to) == order[to], to  # in the order accepted
+    assert meta.templates() == dict.fromkeys(customers, 1)
+    assert sum(shares) == len(jobs) and min(shares) > 0, shares  # both replicas released
+
+
+def test_the_readme_first_run_holds_then_releases_through_the_simulator(
+    emptied_afterwards: str, tmp_path: Path
+) -> None:
+    """README "A first run", step 6, as written (a database URL instead of the embedded one, free ports):
+    `serve` in sandbox mode starts the simulator; the customer last wrote 25 h ago; the answer is held
+    behind hello_world; the customer's reply through the simulator releases it, delivered."""
+    env = cli_env(DATABASE_URL=emptied_afterwards)
+    key = key_for(env)
+    simulator = f"http://127.0.0.1:{free_port()}"
+    customer = "5511965432109"
+
+    def inbound_from_simulator(*args: str) -> None:
+        run_cli(
+            "sandbox-inbound",
+            "--simulator-url",
+            simulator,
+            "--phone-number-id",
+            PN,
+            "--from",
+            customer,
+            *args,
+            env=env,
+        )
+
+    with (
+        serve(env, tmp_path / "serve.log", "--simulator-port", simulator.rsplit(":", 1)[1]) as gate,
+        httpx.Client(base_url=simulator, timeout=5) as sim,
+    ):
+
+        def simulator_up() -> bool:
+            with contextlib.suppress(httpx.TransportError):
+                return sim.get("/sandbox/stats").status_code == 200
+            return False
+
+        wait_until(simulator_up, 20, "the simulator answers")
+        inbound_from_simulator("--hours-ago", "25")
+        r = gate.http.post(
+            "/v1/messages",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "phone_number_id": PN,
+                "to": customer,
+                "type": "text",
+                "text": {"body": "Your refund is done"},
+                "if_window_closed": {"template": {"name": "hello_world", "language": {"code": "en_US"}}},
+            },
+        )
+        assert r.status_code == 202, r.text
+        held = r.json()
+        assert held["status"] == "held"
+        assert (held["continuation"]["state"], held["continuation"]["held"]) == ("awaiting_reply", 1)
+        assert held["pricing_estimate"]["category"] == "marketing"
+        inbound_from_simulator("--text", "hi again")
+
+        def message() -> dict[str, Any]:
+            got = gate.http.get(f"/v1/messages/{held['id']}", headers={"Authorization": f"Bearer {key}"})
+            assert got.status_code == 200, got.text
+            body: dict[str, Any] = got.json()
+            return body
+
+        wait_until(lambda: message()["status"] in ("delivered", "read"), 20, "delivered")
+        history = [e["status"] for e in message()["history"]]
+        assert history[:4] == ["held", "pending", "accepted", "sent"], history
+        sent = sim.get("/sandbox/messages", params={"limit": 100}).json()["data"]
+    assert [(m["type"], m["template"], m["window_open"]) for m in reversed(sent)] == [
+        ("template", "hello_world", False),  # once, while the window was closed
+        ("text", None, True),  # then the held message, once, in the reopened window
+    ]
+    assert sent[0]["biz_opaque_callback_data"] == f"wg:{held['id']}"
+    assert sent[1]["biz_opaque_callback_data"] == f"wg:{held['continuation']['template_message_id']}"
