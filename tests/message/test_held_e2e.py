@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -22,9 +24,10 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from tests.conftest import cli_env, free_port
+from tests.conftest import cli_env, free_port, make_key
 from tests.factories import PN, delivery, inbound, signed
 from tests.served import run_cli, serve
+from window_gate import db
 
 pytestmark = pytest.mark.slow  # `serve` as processes
 
@@ -191,8 +194,17 @@ def all_released(url: str, count: int) -> bool:
     return len(now) == count and not set(now.values()) & set(DONE) and waits == {"released"}
 
 
-def key_for(env: dict[str, str]) -> str:
-    return run_cli("api-keys", "create", "e2e", "--role", "admin", env=env).stdout.strip().splitlines()[-1]
+def admin_key(url: str) -> str:
+    """An admin key, made here (a CLI process costs seconds: the CLI is tests/test_cli_e2e.py's)."""
+
+    async def make() -> str:
+        engine = db.make_engine(url, 1)
+        try:
+            return await make_key(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(make())
 
 
 def test_a_release_killed_mid_way_sends_each_held_message_at_most_once(
@@ -206,7 +218,7 @@ def test_a_release_killed_mid_way_sends_each_held_message_at_most_once(
     with counting_meta(delay=0.3) as meta:
         # GRAPH_TIMEOUT 1 s: a `pending` send whose process died is `unknown` after 3 × 1 + 5 s.
         env = cli_env(DATABASE_URL=url, GRAPH_BASE_URL=meta.url, GRAPH_TIMEOUT_SECONDS="1")
-        key = key_for(env)
+        key = admin_key(url)
         with serve(env, tmp_path / "first.log") as gate:
             jobs = [(to, f"m{n}") for to, count in customers.items() for n in range(count)]
             with ThreadPoolExecutor(len(jobs)) as pool:  # all at once: the first of each sends the template
@@ -268,7 +280,7 @@ def test_two_replicas_releasing_at_once_send_no_message_twice(
             JOBS_CONCURRENCY="2",
             DB_POOL_SIZE="4",  # small: the PostgreSQL server may be shared, its connections few
         )
-        key = key_for(env)
+        key = admin_key(url)
         with serve(env, tmp_path / "a.log") as a, serve(env, tmp_path / "b.log") as b:
             replicas = (a.http, b.http)
             jobs = [
@@ -302,7 +314,7 @@ def test_the_readme_first_run_holds_then_releases_through_the_simulator(
     `serve` in sandbox mode starts the simulator; the customer last wrote 25 h ago; the answer is held
     behind hello_world; the customer's reply through the simulator releases it, delivered."""
     env = cli_env(DATABASE_URL=emptied_afterwards)
-    key = key_for(env)
+    key = admin_key(emptied_afterwards)
     simulator = f"http://127.0.0.1:{free_port()}"
     customer = "5511965432109"
 
@@ -365,3 +377,47 @@ def test_the_readme_first_run_holds_then_releases_through_the_simulator(
     ]
     assert sent[0]["biz_opaque_callback_data"] == f"wg:{held['id']}"
     assert sent[1]["biz_opaque_callback_data"] == f"wg:{held['continuation']['template_message_id']}"
+
+
+def test_a_stalled_replica_and_the_one_that_took_over_release_one_wait_at_once(
+    emptied_afterwards: str, tmp_path: Path
+) -> None:
+    """Two replicas releasing the same wait at once: replica A is stopped (SIGSTOP) mid-release, past the
+    heartbeat B claims the job again and goes on; then A continues (SIGCONT) its own loop beside B's. Each
+    held message is claimed by one of them only: none reaches Meta twice."""
+    url = emptied_afterwards
+    to, count = "551187650001", 30
+    with counting_meta(delay=0.3) as meta:
+        env = cli_env(DATABASE_URL=url, GRAPH_BASE_URL=meta.url, GRAPH_TIMEOUT_SECONDS="1")
+        key = admin_key(url)
+        with serve(env, tmp_path / "a.log") as a:
+            for n in range(count):
+                hold(a.http, key, to, f"m{n}")
+            order = accepted_order(url)[to]
+            reply(a.http, to)
+            wait_until(lambda: len(meta.texts(to)) >= 3, 10, "A releasing")
+            os.kill(a.proc.pid, signal.SIGSTOP)
+            try:
+                stopped_at = len(meta.texts(to))
+                with serve(env, tmp_path / "b.log") as b:
+                    wait_until(lambda: len(meta.texts(to)) >= stopped_at + 3, 30, "B took over")
+                    os.kill(a.proc.pid, signal.SIGCONT)
+                    resumed_at = len(meta.texts(to))
+                    wait_until(lambda: all_released(url, count), 30, "all released")
+                    shares = (released_here(a.http), released_here(b.http))
+            finally:
+                os.kill(a.proc.pid, signal.SIGCONT)
+        final = statuses(url)
+
+    arrived = meta.texts(to)
+    sent = Counter(arrived)
+    assert max(sent.values()) == 1, [i for i, n in sent.items() if n > 1]  # never twice
+    assert set(final.values()) <= {"accepted", "unknown"}, final
+    assert all(sent[i] == 1 for i, status in final.items() if status == "accepted")
+    # At most A's send in flight at the stop: its answer came after its timeout (`unknown`, never re-sent).
+    assert list(final.values()).count("unknown") <= 1, final
+    assert len(arrived) >= count - 1 and resumed_at < count
+    assert sum(shares) == count, shares
+    assert shares[0] > stopped_at + 1 and shares[1] > 0, shares  # A went on beside B, which took over
+    assert meta.templates() == {to: 1}
+    assert arrived[:stopped_at] == order[:stopped_at]
