@@ -152,7 +152,7 @@ async def _status(conn: Any, s: dict[str, Any]) -> None:
         await conn.execute(ADD_EVENT, found, s["status"], at, orjson.dumps(s).decode())
 
 
-async def answer(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def answer(send: Send, status: int, payload: object) -> None:
     """A JSON response, as bare as ASGI allows (shared by the bench's other raw servers)."""
     await send({"type": "http.response.start", "status": status, "headers": JSON})
     await send({"type": "http.response.body", "body": orjson.dumps(payload)})

@@ -271,11 +271,19 @@ def _dispatcher(args: argparse.Namespace) -> Iterator[Server]:
         with _serving("dispatcher", serve, args.dispatcher_env, args.tmp) as server:
             yield server
         return
-    log = args.tmp / "dispatcher.log"
+    with worker(args.dispatcher_env, args.tmp) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def worker(env: dict[str, str], tmp: Path, name: str = "dispatcher") -> Iterator[Server]:
+    """A `window-gate worker` process (its own session), up once it says so; its log is tmp/<name>.log."""
+    bin_dir = Path(sys.executable).parent
+    log = tmp / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(bin_dir / "window-gate"), "worker"],
-            env=args.dispatcher_env,
+            env=env,
             stdout=out,
             stderr=out,
             start_new_session=True,
@@ -284,9 +292,9 @@ def _dispatcher(args: argparse.Namespace) -> Iterator[Server]:
         deadline = time.monotonic() + 60
         while READY not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not start:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
-        yield Server("dispatcher", proc, "")
+        yield Server(name, proc, "")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

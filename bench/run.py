@@ -197,6 +197,7 @@ SETTLED = (
     "FROM pg_stat_database WHERE datname = current_database()"
 )
 ACCEPTED = "SELECT count(*) FROM messages WHERE status = 'accepted'"
+APP_SECRET = "bench-app-secret"  # the gate's out of sandbox mode (_send_env): webhooks are signed with it
 IDLE_TICKS = 1  # CPU ticks in half a second (2 %) of a server with nothing left to answer
 _SERIES = itertools.count(10)  # numbers the body files, so that no message id repeats across them
 # With few keep-alive connections one uvicorn worker may accept nearly all of them: measure again.
@@ -451,7 +452,7 @@ def _send_env(env: dict[str, str], upstream: Server) -> dict[str, str]:
         "WINDOW_GATE_GRAPH_BASE_URL": upstream.url,
         "WINDOW_GATE_SANDBOX": "false",
         "WINDOW_GATE_GRAPH_ACCESS_TOKEN": "bench",
-        "WINDOW_GATE_APP_SECRET": "bench-app-secret",
+        "WINDOW_GATE_APP_SECRET": APP_SECRET,
         "WINDOW_GATE_VERIFY_TOKEN": "bench-verify-token",
     }
 
