@@ -3,7 +3,7 @@ references.
 
     ./dev run python -m bench.run [--workers 2] [--duration 12] [--rounds 3] [--set NAME=VALUE]
                                   [--only window,webhook,webhook-relay,send,burst] [--ingest-workers 1,2]
-                                  [--burst 50,500] [--upstream-delay-ms 300]
+                                  [--burst 50,500] [--upstream-delay-ms 300] [--relay-jobs worker]
 
 Creates a scratch database on the local PostgreSQL, migrates it, seeds 100,000 windows (for sends also
 10,000 open ones and a month of earlier sends, in the service's tables and the reference's; for statuses
@@ -20,14 +20,16 @@ bench/reference.py (same uvicorn, same worker count) on free ports and drives th
   statuses once (all of them had theirs: they go back to accepted, between loads). Counted: events
   acknowledged per second, and those stored (inbound_messages or message_events rows, read back from the
   database); a scenario storing far fewer than it acknowledged is flagged and fails;
-- webhook-relay: the known customers' single-message deliveries, the same service (its jobs engine in the
-  serve process, so the relay's dispatcher shares the worker) in paired rounds without subscriptions and
-  with 3 `meta.webhook` subscriptions for every number, made through the API and pointed at
-  bench/receiver.py (a raw ASGI app in its own uvicorn process, answering 200 at once); after each loaded
-  round the outbox must drain (every relay delivery `delivered`) and the receiver must have had every
-  delivery kept since the subscriptions were made, once per subscription, correctly signed. Reported: the
-  drain's duration and app CPU, the receiver's CPU (as upstream); bench/relay.py measures the dispatcher
-  alone;
+- webhook-relay: the known customers' single-message deliveries, the same service in paired rounds
+  without subscriptions and with 3 `meta.webhook` subscriptions for every number, made through the API and
+  pointed at bench/receiver.py (a raw ASGI app in its own uvicorn process, answering 200 at once); after
+  each loaded round the outbox must drain (every relay delivery `delivered`) and the receiver must have had
+  every delivery kept since the subscriptions were made, once per subscription, correctly signed. Where the
+  relay runs (`--relay-jobs`, both rounds alike): `worker` (the production layout: serve with
+  JOBS_IN_SERVE=false beside one `window-gate worker`, at its WORKER_NICE), `serve` (the jobs engine inside
+  the serve worker) or `after` (no jobs during the load; a worker started once it ends: what the outbox
+  write alone costs ingest). Reported: the drain's duration and the relay's CPU (serve's and the worker's)
+  per delivery, the receiver's CPU (as upstream); bench/relay.py measures the dispatcher alone;
 - send: free-form sends (POST /v1/messages, text, to seeded customers whose window is open; no
   Idempotency-Key) against bench/reference_send.py, both sending to bench/upstream.py (a minimal Graph API
   stand-in in its own uvicorn process) with the service out of sandbox mode;
@@ -170,6 +172,7 @@ WEBHOOK = tuple(f"webhook-{kind}" for kind in INGEST)  # `--only webhook` runs t
 RELAY = "webhook-relay"
 SCENARIOS = ("window", *WEBHOOK, RELAY, "send", "burst")
 RELAY_SUBSCRIBERS = 3
+RELAY_JOBS = ("worker", "serve", "after")
 RELAY_DRAIN_PATIENCE = 600  # seconds the outbox may take to drain after a load before the round fails
 UNDELIVERED = "SELECT count(*) FROM relay_deliveries WHERE state <> 'delivered'"
 RELAY_ROWS = (
@@ -242,7 +245,8 @@ class Result:
     undelivered: int = 0  # outbox rows not `delivered` when the drain ended (0 unless it timed out)
     backlog: int | None = None  # outbox rows not yet delivered at the drain's start (the load just ended)
     drain_s: float | None = None  # from the load's end until every outbox row was delivered
-    drain_app_cpu_ms: float = 0.0  # app CPU time per backlog row during the drain
+    drain_app_cpu_ms: float = 0.0  # app CPU time (serve's and the worker's) per backlog row during the drain
+    worker_cpu_ms: float = 0.0  # CPU time per request of the `window-gate worker` beside the server, if any
 
 
 def main() -> None:
@@ -275,6 +279,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--upstream-delay-ms", type=int, default=300, help="burst: how long the upstream takes to answer"
+    )
+    parser.add_argument(
+        "--relay-jobs",
+        choices=RELAY_JOBS,
+        default="worker",
+        help="webhook-relay: where the relay runs: a `window-gate worker` beside serve (JOBS_IN_SERVE=false), "
+        "the serve worker itself, or a worker started after the load (the outbox write alone)",
     )
     parser.add_argument(
         "--admin-url",
@@ -371,10 +382,12 @@ def main() -> None:
         receiver_cmd = [*uvicorn, "bench.receiver:app", "--host", "127.0.0.1", "--workers", "1"]
         for n in args.ingest_workers if RELAY in args.only else ():
             workers = ["--host", "127.0.0.1", "--workers", str(n)]
-            service_env = _metrics_env(env, tmp, n) | overrides
+            jobs_apart = {} if args.relay_jobs == "serve" else {"WINDOW_GATE_JOBS_IN_SERVE": "false"}
+            service_env = _metrics_env(env, tmp, n) | jobs_apart | overrides
             service_cmd = (f"service-{n}", [*gate[:2], *workers, "--no-migrate"], service_env)
+            worker_cmd = [str(bin_dir / "window-gate"), "worker"]
             label = _ingest_label("relay", 1, n)
-            results += _paired_relay(label, service_cmd, (receiver_cmd, env), args, rounds)
+            results += _paired_relay(label, service_cmd, (receiver_cmd, env), worker_cmd, args, rounds)
         upstream_workers = ["--host", "127.0.0.1", "--workers", str(UPSTREAM_WORKERS)]
         common = {"BENCH_MODE": "send", "BENCH_CUSTOMERS": str(SENDS), "BENCH_FIRST": str(SEND_FIRST)}
         if "send" in args.only:
@@ -540,27 +553,38 @@ def _paired_relay(
     label: str,
     service: tuple[str, list[str], dict[str, str]],
     receiver: tuple[list[str], dict[str, str]],
+    worker: list[str],
     args: argparse.Namespace,
     rounds: dict[str, list[tuple[Result, Result]]],
 ) -> list[Result]:
     """Paired rounds of the known customers' single-message deliveries, the same service (name, command,
     environment) started for each: without subscriptions, then with RELAY_SUBSCRIBERS made through the
     API, pointed at a receiver (command, environment) started for the round. After the load the service
-    runs on until the outbox has drained; then both stop and what the receiver got is checked."""
+    (and the `worker` command, with the service's environment, as --relay-jobs says) runs on until the
+    outbox has drained; then all stop and what the receiver got is checked."""
     name, cmd, env = service
     pairs = []
+    args.worker_pid = None
     for i in range(args.rounds):
         asyncio.run(_admin(args.dsn, "DELETE FROM subscriptions"))  # their outbox rows go with them
-        with _serving(name, cmd, env, args.tmp) as server:
-            without = _scenario(f"{label} · no subscriptions", server, {}, args, 1, "known")
+        with contextlib.ExitStack() as servers:
+            server = servers.enter_context(_serving(name, cmd, env, args.tmp))
+            if args.relay_jobs == "worker":
+                args.worker_pid = servers.enter_context(_working(worker, env, args.tmp)).pid
+            try:
+                without = _scenario(f"{label} · no subscriptions", server, {}, args, 1, "known")
+            finally:
+                args.worker_pid = None
         got = args.tmp / f"receiver-{name}-{i}"
         got.mkdir()
-        # The service stops first, then the receiver, which writes its counts as it stops.
+        # The service and the worker stop first, then the receiver, which writes its counts as it stops.
         with contextlib.ExitStack() as servers:
             listening = servers.enter_context(
                 _serving("receiver", receiver[0], receiver[1] | {"BENCH_RECEIVER_DIR": str(got)}, args.tmp)
             )
             server = servers.enter_context(_serving(name, cmd, env, args.tmp))
+            if args.relay_jobs == "worker":
+                args.worker_pid = servers.enter_context(_working(worker, env, args.tmp)).pid
             first = asyncio.run(_fetch(args.dsn, "SELECT coalesce(max(id), 0) FROM webhook_deliveries"))[0]
             _subscribe(server, listening, args.admin_key, got)
             args.upstream_pid = listening.proc.pid  # its CPU is the "upstream" column
@@ -568,13 +592,38 @@ def _paired_relay(
                 relaying = _scenario(
                     f"{label} · {RELAY_SUBSCRIBERS} subscriptions", server, {}, args, 1, "known"
                 )
+                if args.relay_jobs == "after":
+                    args.worker_pid = servers.enter_context(_working(worker, env, args.tmp)).pid
                 _drain_relay(relaying, server, listening, args)
             finally:
-                args.upstream_pid = None
+                args.upstream_pid = args.worker_pid = None
         _check_relay(relaying, first, got, args)
         pairs.append((without, relaying))
     asyncio.run(_admin(args.dsn, "DELETE FROM subscriptions"))
     return _median(label, pairs, rounds)
+
+
+@contextlib.contextmanager
+def _working(cmd: list[str], env: dict[str, str], tmp: Path) -> Iterator["subprocess.Popen[bytes]"]:
+    """A `window-gate worker` (it has no port: started once it says so), stopped like a server."""
+    log = tmp / "worker.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while b"window_gate worker: up to" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _subscribe(service: Server, receiver: Server, admin_key: str, got: Path) -> None:
@@ -597,7 +646,7 @@ def _subscribe(service: Server, receiver: Server, admin_key: str, got: Path) -> 
 def _drain_relay(result: Result, service: Server, receiver: Server, args: argparse.Namespace) -> None:
     """Wait (RELAY_DRAIN_PATIENCE at most) until every outbox row is delivered, sampling the service's
     CPU meanwhile; records the drain on `result`."""
-    sampler = Sampler(service.proc.pid, -1, args.database, receiver.proc.pid)
+    sampler = Sampler(service.proc.pid, -1, args.database, receiver.proc.pid, args.worker_pid)
     sampler.sample()
     deadline = time.monotonic() + RELAY_DRAIN_PATIENCE
     backlog = left = asyncio.run(_fetch(args.dsn, UNDELIVERED))[0]
@@ -608,7 +657,8 @@ def _drain_relay(result: Result, service: Server, receiver: Server, args: argpar
     sampler.sample()
     result.backlog, result.undelivered = backlog, left
     result.drain_s = round(time.monotonic() - result.ended, 2)
-    result.drain_app_cpu_ms = 1000 * sampler.cpu_seconds("app") / backlog if backlog else 0.0
+    relay_cpu = sampler.cpu_seconds("app") + sampler.cpu_seconds("worker")
+    result.drain_app_cpu_ms = 1000 * relay_cpu / backlog if backlog else 0.0
     print(
         f"bench: {result.scenario}: outbox drained in {result.drain_s:.1f} s after the load "
         f"({backlog:,} left then{f', {left:,} still not delivered' if left else ''})",
@@ -714,6 +764,7 @@ def _scenario(
             connections_opened=sessions_after - sessions - polls,
             balance=round(sampler.balance(), 2),
             upstream_cpu_ms=1000 * sampler.cpu_seconds("upstream") / done,
+            worker_cpu_ms=1000 * sampler.cpu_seconds("worker") / done,
             attempt=attempt,
             sends=sends,
             ended=ended,
@@ -745,7 +796,13 @@ def _wrk(
     proc = subprocess.Popen(
         cmd, env=os.environ | env | {"BENCH_THREADS": str(args.threads)}, stdout=subprocess.PIPE, text=True
     )
-    sampler = Sampler(server.proc.pid, proc.pid, args.database, getattr(args, "upstream_pid", None))
+    sampler = Sampler(
+        server.proc.pid,
+        proc.pid,
+        args.database,
+        getattr(args, "upstream_pid", None),
+        getattr(args, "worker_pid", None),
+    )
     deadline = time.monotonic() + seconds + 60  # wrk loads its body pool first
     try:
         while True:
@@ -774,13 +831,16 @@ def _wrk(
 
 class Sampler:
     """Reads /proc: the RSS of each uvicorn worker (the server's children, or the server itself with one
-    worker), and the CPU time of the server, of its PostgreSQL backends, of wrk, and of other processes
-    (another load on the machine makes the figures pessimistic)."""
+    worker), and the CPU time of the server, of its PostgreSQL backends, of wrk, of a `window-gate worker`
+    beside it, and of other processes (another load on the machine makes the figures pessimistic)."""
 
     TICK = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, server: int, wrk: int, database: str, upstream: int | None = None) -> None:
+    def __init__(
+        self, server: int, wrk: int, database: str, upstream: int | None = None, worker: int | None = None
+    ) -> None:
         self.server, self.wrk, self.database, self.upstream = server, wrk, database.encode(), upstream
+        self.worker = worker
         self.rss_mib: dict[int, float] = {}
         self.kind: dict[
             int, str
@@ -814,6 +874,8 @@ class Sampler:
             return "app"
         if self.upstream is not None and self.upstream in (pid, group):  # the Graph API stand-in
             return "upstream"
+        if self.worker is not None and self.worker in (pid, group):  # `window-gate worker`
+            return "worker"
         if comm == "postgres":
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if self.database in cmdline:
@@ -1122,6 +1184,7 @@ def _report(
         msgs += f" ⚠ stored under {STORED_SHARE:.0%}" if short(r) else ""
         errors = f"{r.errors}" + (f" (body pool reused {r.wrapped}×)" if r.wrapped else "")
         upstream = f" (+ {r.upstream_cpu_ms:.2f})" if r.upstream_cpu_ms else ""
+        upstream += f" (worker {r.worker_cpu_ms:.2f})" if r.worker_cpu_ms else ""
         lines.append(
             f"| {r.scenario} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {msgs} | {vs.get(id(r), '')} "
             f"| {r.app_cpu_ms:.2f} + {r.postgres_cpu_ms:.2f}{upstream} | {r.connections_opened} | {r.balance:.2f} "
@@ -1143,11 +1206,12 @@ def _report(
         )
         if label.startswith("webhook relay"):
             lines.append(
-                f"\n{label}, {RELAY_SUBSCRIBERS} subscriptions vs none in each round: {per_round}; the "
-                "median round is shown. The outbox after each load with subscriptions: "
+                f"\n{label}, relay jobs in {args.relay_jobs!r}, {RELAY_SUBSCRIBERS} subscriptions vs none "
+                f"in each round: {per_round}; the median round is shown. The outbox after each load with "
+                "subscriptions: "
                 + "; ".join(
                     f"{b.backlog:,} left, drained in {b.drain_s:.1f} s at {b.drain_app_cpu_ms:.2f} ms app "
-                    f"CPU per delivery, {b.relayed:,} of {b.relay_expected:,} relayed"
+                    f"(serve + worker) CPU per delivery, {b.relayed:,} of {b.relay_expected:,} relayed"
                     for _, b in pairs_of_label
                 )
             )
@@ -1167,7 +1231,7 @@ def _report(
         "PG conns opened: new database sessions during the load (pool churn). worker balance: CPU of "
         f"the least busy worker over the busiest's (runs under {MIN_BALANCE} are repeated, {ATTEMPTS} at most). "
         "upstream: CPU of the Graph API stand-in per send, or of the relay's receiver per delivery (not "
-        "counted as app). other CPU: CPUs' worth of work by processes outside the benchmark meanwhile "
+        "counted as app); worker: of the `window-gate worker` beside serve (not counted as app). other CPU: CPUs' worth of work by processes outside the benchmark meanwhile "
         "(> 0.2 makes req/s and latency pessimistic)."
     )
     print("\n".join(lines))
