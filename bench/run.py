@@ -26,7 +26,7 @@ bench/reference.py (same uvicorn, same worker count) on free ports and drives th
   each loaded round the outbox must drain (every relay delivery `delivered`) and the receiver must have had
   every delivery kept since the subscriptions were made, once per subscription, correctly signed. Where the
   relay runs (`--relay-jobs`, both rounds alike): `worker` (the production layout: serve with
-  JOBS_IN_SERVE=false beside one `window-gate worker`, at its WORKER_NICE), `serve` (the jobs engine inside
+  JOBS_IN_SERVE=false beside one `window-gate worker`), `serve` (the jobs engine inside
   the serve worker) or `after` (no jobs during the load; a worker started once it ends: what the outbox
   write alone costs ingest). Reported: the drain's duration and the relay's CPU (serve's and the worker's)
   per delivery, the receiver's CPU (as upstream); bench/relay.py measures the dispatcher alone;
