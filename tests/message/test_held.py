@@ -57,11 +57,7 @@ async def release_all(gate: Gate) -> None:
     """What the release jobs and the chore do, run here: every replied wait released."""
     async with gate.engine.begin() as conn:
         await held.watch(conn, 30)
-        ids = [
-            row[0] for row in await conn.execute(text("SELECT id FROM continuations WHERE state = 'replied'"))
-        ]
-    for continuation_id in ids:
-        await held.release(gate, continuation_id)
+    await held.release(gate)
 
 
 async def statuses(client: httpx.AsyncClient, ids: list[str]) -> list[str]:

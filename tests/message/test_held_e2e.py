@@ -267,7 +267,7 @@ def test_two_replicas_releasing_at_once_send_no_message_twice(
     emptied_afterwards: str, tmp_path: Path
 ) -> None:
     """Two `serve` replicas on one database: the held messages of 12 customers are accepted by either,
-    each customer's reply reaches both (two messages at once), and both run release jobs. Every message
+    each customer's reply reaches both (two messages at once), and both enqueue the release. Every message
     leaves once, in its customer's order, after one template per customer."""
     url = emptied_afterwards
     customers = [f"5511876501{n:02}" for n in range(12)]
@@ -304,7 +304,8 @@ def test_two_replicas_releasing_at_once_send_no_message_twice(
     for to in customers:
         assert meta.texts(to) == order[to], to  # in the order accepted
     assert meta.templates() == dict.fromkeys(customers, 1)
-    assert sum(shares) == len(jobs) and min(shares) > 0, shares  # both replicas released
+    # One release job at a time across replicas (its key): whichever replica claimed it released all.
+    assert sum(shares) == len(jobs), shares
 
 
 def test_the_readme_first_run_holds_then_releases_through_the_simulator(

@@ -4,8 +4,9 @@ The first such message for a (number, customer) starts a wait: the re-engagement
 gated template send (a refusal answers as for that send, and holds nothing), then the message is held. Later
 ones join the wait: one template per wait, whichever replica they reach (an advisory lock per pair decides
 start-or-join; a partial unique index backs it). The customer's next message (webhook ingest's statement
-marks the wait `replied`) is followed by a job that releases the held messages one at a time, in the order
-accepted, each gated, recorded and sent as any send, each after Meta answered the one before. A chore
+marks the wait `replied`) wakes the release job (one at a time across replicas): in rounds, the oldest held
+message of every replied wait goes out side by side (first messages first, for everyone), each gated,
+recorded and sent as any send; a wait's next message only after Meta answered the one before. A chore
 (message/jobs.py) expires what waited too long, ends the waits whose template Meta failed, settles waits a
 dead process left `sending`, and re-enqueues releases a crash lost.
 
@@ -193,35 +194,51 @@ async def _held(
 
 
 async def enqueue_releases(gate: Gate, continuation_ids: list[uuid.UUID]) -> None:
-    """A job per replied wait (at most one queued or running per wait: its key)."""
+    """Wake the release for these replied waits (one job releases every replied wait: its key)."""
     async with gate.engine.begin() as conn:
         await enqueue(conn, continuation_ids)
 
 
 async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> None:
-    for continuation_id in continuation_ids:
-        await jobs.enqueue(
-            conn, RELEASE, {"continuation_id": str(continuation_id)}, key=f"{RELEASE}:{continuation_id}"
-        )
+    if continuation_ids:
+        await jobs.enqueue(conn, RELEASE, key=RELEASE)
 
 
-async def release(gate: Gate, continuation_id: uuid.UUID) -> None:
-    """Send the wait's held messages in order, each after Meta answered the one before; then it is
-    `released`. Resumable: a job run again after a crash takes up where the last claim left off."""
-    while await _release_next(gate, continuation_id):
-        pass
+# A release round: the next held message of up to ROUND replied waits, sent side by side, at most SENDING
+# in flight (each wait's next message waits for the next round: after Meta answered this one).
+ROUND = 1000
+SENDING = 64
 
 
-async def _release_next(gate: Gate, continuation_id: uuid.UUID) -> bool:
-    async with gate.engine.begin() as conn:
-        held = await repository.next_held(conn, continuation_id)
-        if held is None:
-            await repository.settle_wait(conn, continuation_id, "released", from_states=("replied",))
-            return False
+async def release(gate: Gate) -> None:
+    """Every replied wait's held messages, in rounds until none is left: each round takes the oldest held
+    message of every replied wait (first messages first, for everyone) and sends them side by side; a
+    wait with nothing left is `released`. Resumable: a job run again after a crash goes on from the
+    next held message (the one that was in flight is `pending`, later `unknown`)."""
+    sending = asyncio.Semaphore(SENDING)
+
+    async def one(held: repository.Held) -> Event | None:
+        async with sending:
+            return await _release_one(gate, held)
+
+    while True:
+        async with gate.engine.begin() as conn:
+            await repository.settle_released(conn)
+            batch = await repository.next_held_of_replied(conn, ROUND)
+        if not batch:
+            return
+        events = [e for e in await asyncio.gather(*(one(held) for held in batch)) if e is not None]
+        metrics.HELD.labels("released").inc(len(events))
+        async with gate.engine.begin() as conn:
+            await emit(conn, events)
+
+
+async def _release_one(gate: Gate, held: repository.Held) -> Event | None:
+    """Gate, record and send one held message; its `message.released`, unless it ended otherwise."""
     if held.hold_until <= window_service.now():
         async with gate.engine.begin() as conn:
             await end(conn, [held.id], MessageStatus.EXPIRED)
-        return True
+        return None
     error: dict[str, Any] | None
     caller = Caller(str(held.api_key_id), held.key_name, held.role, frozenset(held.key_numbers or ()))
     request = Request(
@@ -239,9 +256,9 @@ async def _release_next(gate: Gate, continuation_id: uuid.UUID) -> bool:
     except GateError as err:  # it became invalid while it waited (opted out, budget, …): it fails
         async with gate.engine.begin() as conn:
             await end(conn, [held.id], MessageStatus.FAILED, err.problem())
-        return True
+        return None
     if not isinstance(attempt, Attempt):  # cancelled or expired meanwhile
-        return True
+        return None
     try:
         try:
             answer = await gate.graph.send_message(
@@ -255,28 +272,17 @@ async def _release_next(gate: Gate, continuation_id: uuid.UUID) -> bool:
             status, error, wamid = MessageStatus(out.status), None, out.graph_message_id
     except GateError as lost:  # the outcome's write failed: retried in the background, unknown for now
         status, error, wamid = MessageStatus.UNKNOWN, lost.problem(), None
-    metrics.HELD.labels("released").inc()
-    async with gate.engine.begin() as conn:
-        await emit(
-            conn,
-            [
-                Event(
-                    "message.released",
-                    window_service.now(),
-                    held.phone_number_id,
-                    attempt.decision.window.customer.wa_id,
-                    attempt.decision.window.customer.user_id,
-                    {
-                        "message_id": str(held.id),
-                        "continuation_id": str(continuation_id),
-                        "status": status,
-                        "graph_message_id": wamid,
-                        "error": error,
-                    },
-                )
-            ],
-        )
-    return True
+    customer = attempt.decision.window.customer
+    data = {
+        "message_id": str(held.id),
+        "continuation_id": str(held.continuation_id),
+        "status": status,
+        "graph_message_id": wamid,
+        "error": error,
+    }
+    return Event(
+        "message.released", window_service.now(), held.phone_number_id, customer.wa_id, customer.user_id, data
+    )
 
 
 async def end(
@@ -319,7 +325,7 @@ EXPIRE_BATCH = 1000
 async def watch(conn: AsyncConnection, in_flight: float) -> None:
     """Expire what waited past hold_until; end waits with nothing left, or whose template Meta failed;
     settle waits left `sending` by a dead process (by their template's outcome); release what was
-    replied to (a job per wait: one a crash lost is enqueued again, the key keeps it single)."""
+    replied to (the release job, if a crash lost it or it ended as a reply came: the key keeps it single)."""
     await end(conn, await repository.due_expiries(conn, EXPIRE_BATCH), MessageStatus.EXPIRED)
     replied = []
     for wait in await repository.open_waits(conn):

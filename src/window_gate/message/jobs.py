@@ -1,7 +1,6 @@
 """The message feature's background work."""
 
 from datetime import timedelta
-from uuid import UUID
 
 from window_gate import jobs
 from window_gate.kit import Gate
@@ -20,9 +19,9 @@ async def expire_pending(ctx: jobs.Context) -> None:
 
 
 @registry.task(held.RELEASE, retries=20, max_backoff=timedelta(minutes=5))
-async def release(ctx: jobs.Context, payload: jobs.Payload) -> None:
-    """A replied wait's held messages, in order (message/held.py)."""
-    await held.release(ctx.part(Gate), UUID(payload["continuation_id"]))
+async def release(ctx: jobs.Context, _: jobs.Payload) -> None:
+    """Every replied wait's held messages, in order (message/held.py): one such job at a time."""
+    await held.release(ctx.part(Gate))
 
 
 @registry.every("conversation.watch", "* * * * * *")

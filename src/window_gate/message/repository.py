@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
@@ -386,6 +387,7 @@ class Held:
     """A held message as a release reads it, with the key that asked for it."""
 
     id: UUID
+    continuation_id: UUID
     phone_number_id: str
     recipient_input: str
     type: str
@@ -398,11 +400,12 @@ class Held:
     key_numbers: list[str] | None
 
 
-async def next_held(conn: AsyncConnection, continuation_id: UUID) -> Held | None:
-    """The wait's oldest held message (the order they were accepted in)."""
+async def next_held_of_replied(conn: AsyncConnection, limit: int) -> list[Held]:
+    """The oldest held message (the order they were accepted in) of up to `limit` replied waits."""
     query = (
         select(
             Message.id,
+            HeldMessage.continuation_id,
             Message.phone_number_id,
             Message.recipient_input,
             Message.type,
@@ -414,14 +417,27 @@ async def next_held(conn: AsyncConnection, continuation_id: UUID) -> Held | None
             ApiKey.role,
             ApiKey.phone_number_ids,
         )
+        .ext(distinct_on(HeldMessage.continuation_id))
+        .join(Continuation, Continuation.id == HeldMessage.continuation_id)
         .join(Message, Message.id == HeldMessage.message_id)
         .join(ApiKey, ApiKey.id == Message.api_key_id)
-        .where(HeldMessage.continuation_id == continuation_id)
-        .order_by(HeldMessage.position)
-        .limit(1)
+        .where(Continuation.state == "replied")
+        .order_by(HeldMessage.continuation_id, HeldMessage.position)
+        .limit(limit)
     )
-    row = (await conn.execute(query)).first()
-    return Held(*row) if row else None
+    return [Held(*row) for row in await conn.execute(query)]
+
+
+async def settle_released(conn: AsyncConnection) -> None:
+    """Replied waits with nothing left held: `released`."""
+    await conn.execute(
+        update(Continuation)
+        .where(
+            Continuation.state == "replied",
+            ~exists().where(HeldMessage.continuation_id == Continuation.id),
+        )
+        .values(state="released", updated_at=func.now())
+    )
 
 
 async def claim_held(
