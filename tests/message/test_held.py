@@ -57,7 +57,8 @@ async def release_all(gate: Gate) -> None:
     """What the release jobs and the chore do, run here: every replied wait released."""
     async with gate.engine.begin() as conn:
         await held.watch(conn, 30)
-    await held.release(gate)
+    for shard in range(held.RELEASE_SHARDS):
+        await held.release(gate, shard)
 
 
 async def statuses(client: httpx.AsyncClient, ids: list[str]) -> list[str]:
@@ -371,3 +372,14 @@ def held_counts(metrics: str) -> dict[str, float]:
         for line in metrics.splitlines()
         if line.startswith(prefix)
     }
+
+
+async def test_a_wait_s_share_is_the_same_in_python_and_in_sql(engine: Any) -> None:
+    """Ingest and the chore enqueue the share's job by shard_of; the job selects its waits in SQL."""
+    ids = [uuid.uuid4() for _ in range(64)]
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id, get_byte(uuid_send(id), 15) % :n FROM unnest(CAST(:ids AS uuid[])) AS id"),
+            {"ids": ids, "n": held.RELEASE_SHARDS},
+        )
+        assert {row[0]: row[1] for row in rows} == {i: held.shard_of(i) for i in ids}

@@ -4,7 +4,7 @@ The first such message for a (number, customer) starts a wait: the re-engagement
 gated template send (a refusal answers as for that send, and holds nothing), then the message is held. Later
 ones join the wait: one template per wait, whichever replica they reach (an advisory lock per pair decides
 start-or-join; a partial unique index backs it). The customer's next message (webhook ingest's statement
-marks the wait `replied`) wakes the release job (one at a time across replicas): in rounds, the oldest held
+marks the wait `replied`) wakes its share's release job (one at a time per share): in rounds, the oldest held
 message of every replied wait goes out side by side (first messages first, for everyone), each gated,
 recorded and sent as any send; a wait's next message only after Meta answered the one before. A chore
 (message/jobs.py) expires what waited too long, ends the waits whose template Meta failed, settles waits a
@@ -194,27 +194,35 @@ async def _held(
 
 
 async def enqueue_releases(gate: Gate, continuation_ids: list[uuid.UUID]) -> None:
-    """Wake the release for these replied waits (one job releases every replied wait: its key)."""
+    """Wake the releases of these replied waits (a job per share of the waits: its key)."""
     async with gate.engine.begin() as conn:
         await enqueue(conn, continuation_ids)
 
 
 async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> None:
-    if continuation_ids:
-        await jobs.enqueue(conn, RELEASE, key=RELEASE)
+    for shard in sorted({shard_of(c) for c in continuation_ids}):
+        await jobs.enqueue(conn, RELEASE, {"shard": shard}, key=f"{RELEASE}:{shard}")
 
 
-# A release round: the next held message of up to ROUND replied waits, sent side by side, at most SENDING
-# in flight (each wait's next message waits for the next round: after Meta answered this one).
+# Waits are released by RELEASE_SHARDS jobs side by side (each its share of the waits, at most one job
+# per share queued or running), so that several processes' CPUs release at once (bench/release.py: one
+# process was the limit). A release round: the next held message of up to ROUND replied waits of the
+# share, sent side by side, at most SENDING in flight (a wait's next message waits for the next round:
+# after Meta answered this one).
+RELEASE_SHARDS = 4
 ROUND = 1000
 SENDING = 64
 
 
-async def release(gate: Gate) -> None:
-    """Every replied wait's held messages, in rounds until none is left: each round takes the oldest held
-    message of every replied wait (first messages first, for everyone) and sends them side by side; a
-    wait with nothing left is `released`. Resumable: a job run again after a crash goes on from the
-    next held message (the one that was in flight is `pending`, later `unknown`)."""
+def shard_of(continuation_id: uuid.UUID) -> int:
+    return continuation_id.int % RELEASE_SHARDS  # the uuid's last byte: repository.next_held_of_replied
+
+
+async def release(gate: Gate, shard: int) -> None:
+    """Every replied wait of this share, in rounds until none is left: each round takes the oldest held
+    message of every such wait (first messages first, for everyone) and sends them side by side; a wait
+    with nothing left is `released`. Resumable: a job run again after a crash goes on from the next held
+    message (the one that was in flight is `pending`, later `unknown`)."""
     sending = asyncio.Semaphore(SENDING)
 
     async def one(held: repository.Held) -> Event | None:
@@ -224,7 +232,7 @@ async def release(gate: Gate) -> None:
     while True:
         async with gate.engine.begin() as conn:
             await repository.settle_released(conn)
-            batch = await repository.next_held_of_replied(conn, ROUND)
+            batch = await repository.next_held_of_replied(conn, shard, RELEASE_SHARDS, ROUND)
         if not batch:
             return
         events = [e for e in await asyncio.gather(*(one(held) for held in batch)) if e is not None]

@@ -19,9 +19,9 @@ async def expire_pending(ctx: jobs.Context) -> None:
 
 
 @registry.task(held.RELEASE, retries=20, max_backoff=timedelta(minutes=5))
-async def release(ctx: jobs.Context, _: jobs.Payload) -> None:
-    """Every replied wait's held messages, in order (message/held.py): one such job at a time."""
-    await held.release(ctx.part(Gate))
+async def release(ctx: jobs.Context, payload: jobs.Payload) -> None:
+    """A share of the replied waits' held messages, in order (message/held.py)."""
+    await held.release(ctx.part(Gate), int(payload["shard"]))
 
 
 @registry.every("conversation.watch", "* * * * * *")

@@ -400,8 +400,9 @@ class Held:
     key_numbers: list[str] | None
 
 
-async def next_held_of_replied(conn: AsyncConnection, limit: int) -> list[Held]:
-    """The oldest held message (the order they were accepted in) of up to `limit` replied waits."""
+async def next_held_of_replied(conn: AsyncConnection, shard: int, shards: int, limit: int) -> list[Held]:
+    """The oldest held message (the order they were accepted in) of up to `limit` replied waits of one
+    share (the last byte of their id, modulo `shards`: a divisor of 256)."""
     query = (
         select(
             Message.id,
@@ -421,7 +422,10 @@ async def next_held_of_replied(conn: AsyncConnection, limit: int) -> list[Held]:
         .join(Continuation, Continuation.id == HeldMessage.continuation_id)
         .join(Message, Message.id == HeldMessage.message_id)
         .join(ApiKey, ApiKey.id == Message.api_key_id)
-        .where(Continuation.state == "replied")
+        .where(
+            Continuation.state == "replied",
+            func.get_byte(func.uuid_send(Continuation.id), 15) % shards == shard,
+        )
         .order_by(HeldMessage.continuation_id, HeldMessage.position)
         .limit(limit)
     )
