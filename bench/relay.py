@@ -39,7 +39,17 @@ import orjson
 
 from bench.receiver import counts as receiver_counts
 from bench.receiver import idle_share
-from bench.run import HERE, Sampler, Server, _admin, _fetch, _quiet, _revision, _serving
+from bench.run import (
+    HERE,
+    Sampler,
+    Server,
+    _admin,
+    _fetch,
+    _quiet,
+    _revision,
+    _serving,
+    database_and_settings,
+)
 from tests.factories import delivery, inbound
 from window_gate import db
 from window_gate.subscription import rules
@@ -108,18 +118,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dispatcher", choices=("worker", "serve"), default="worker")
     parser.add_argument("--receiver-workers", type=int, default=1, help="uvicorn workers of the receiver")
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get("WINDOW_GATE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="a PostgreSQL database to connect to for CREATE/DROP DATABASE",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a setting for the dispatcher, e.g. WINDOW_GATE_RELAY_CONCURRENCY=32",
-    )
+    database_and_settings(parser, "a setting for the dispatcher, e.g. WINDOW_GATE_RELAY_CONCURRENCY=32")
     args = parser.parse_args()
     try:
         args.subscriptions = [int(n) for n in args.subscriptions.split(",") if n.strip()]

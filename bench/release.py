@@ -55,6 +55,7 @@ from bench.run import (
     _revision,
     _send_env,
     _serving,
+    database_and_settings,
 )
 from tests.factories import PN, delivery, inbound, signed
 from window_gate import db
@@ -134,18 +135,7 @@ def main() -> None:
         default=0,
         help="`window-gate worker` processes running the jobs (then `serve` runs none); 0: `serve` runs them",
     )
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get("WINDOW_GATE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="a PostgreSQL database to connect to for CREATE/DROP DATABASE",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a setting for the gate's processes, e.g. WINDOW_GATE_JOBS_CONCURRENCY=32",
-    )
+    database_and_settings(parser, "a setting for the gate's processes, e.g. WINDOW_GATE_JOBS_CONCURRENCY=32")
     args = parser.parse_args()
     try:
         args.spread = [float(s) for s in args.spread.split(",") if s.strip()]

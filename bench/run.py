@@ -287,17 +287,9 @@ def main() -> None:
         help="webhook-relay: where the relay runs: a `window-gate worker` beside serve (JOBS_IN_SERVE=false), "
         "the serve worker itself, or a worker started after the load (the outbox write alone)",
     )
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get("WINDOW_GATE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="a PostgreSQL database to connect to for CREATE/DROP DATABASE",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a setting for the service only, e.g. WINDOW_GATE_DB_POOL_SIZE=20 (default: none, sandbox mode)",
+    database_and_settings(
+        parser,
+        "a setting for the service only, e.g. WINDOW_GATE_DB_POOL_SIZE=20 (default: none, sandbox mode)",
     )
     args = parser.parse_args()
     only = {name.strip() for name in args.only.split(",") if name.strip()}
@@ -468,6 +460,16 @@ def _send_env(env: dict[str, str], upstream: Server) -> dict[str, str]:
         "WINDOW_GATE_APP_SECRET": APP_SECRET,
         "WINDOW_GATE_VERIFY_TOKEN": "bench-verify-token",
     }
+
+
+def database_and_settings(parser: argparse.ArgumentParser, settings_help: str) -> None:
+    """The options every bench takes: where to make its database, and settings for the gate."""
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("WINDOW_GATE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a PostgreSQL database to connect to for CREATE/DROP DATABASE",
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=settings_help)
 
 
 @contextlib.contextmanager
