@@ -39,9 +39,11 @@ async def main() -> None:
     # The service passes its URL; the bare alembic CLI (CI's `alembic check`) reads the settings.
     url = context.config.get_main_option("sqlalchemy.url") or database_url(load_settings())
     engine = create_async_engine(url)
-    async with engine.connect() as conn:
-        await conn.run_sync(run)
-    await engine.dispose()
+    try:  # a migration that stops (0014 without ENCRYPTION_KEY) leaves no connection behind
+        async with engine.connect() as conn:
+            await conn.run_sync(run)
+    finally:
+        await engine.dispose()
 
 
 if context.is_offline_mode():

@@ -23,12 +23,15 @@ from window_gate.apikey import service as api_keys
 from window_gate.apikey.rules import Role
 from window_gate.app import create_app
 from window_gate.config import Settings, load_settings
+from window_gate.crypto import Sealer
 from window_gate.kit import Gate
 from window_gate.models import Base
 
 pytest_plugins = ["tests.upstream"]  # the scripted Meta every app fixture talks to
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+# The tests' ENCRYPTION_KEY (Fernet.generate_key()): public, like the sandbox's app secret.
+ENCRYPTION_KEY = "0PzQPfnDsrNcIUx3tB8tGa8Hk4Urt6pEEzZkYhI2A9A="
 # Every table of the models, children before their parents (the order DELETE needs): a new table is
 # emptied after each test without anyone remembering to list it.
 TABLES = tuple(table.name for table in reversed(Base.metadata.sorted_tables))
@@ -111,7 +114,13 @@ def settings(database_url: str) -> Settings:
         api_key_cache_seconds=0,
         graph_timeout_seconds=1,
         db_pool_size=5,
+        encryption_key=ENCRYPTION_KEY,
     )
+
+
+def sealed(token: str) -> str:
+    """A token as the gate stores it (phone_numbers.access_token_encrypted) under the tests' key."""
+    return Sealer([ENCRYPTION_KEY]).seal(token)
 
 
 @pytest.fixture

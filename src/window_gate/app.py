@@ -23,6 +23,7 @@ from window_gate.background import registry as job_registry
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
 from window_gate.consent.rules import Keywords
+from window_gate.crypto import Sealer
 from window_gate.errors import (
     DatabaseUnavailable,
     GateError,
@@ -78,6 +79,7 @@ def create_app(
                 pricing_tables.configured(settings),  # a bad file stops start-up here: one line
                 pricing_service.FreeTiers(),
                 Keywords.configured(settings),
+                Sealer(settings.encryption_keys),
             ]
             url = await asyncio.to_thread(db.database_url, settings)
             engine = db.make_engine(url, settings.db_pool_size, settings.db_timeout_seconds)

@@ -1,5 +1,7 @@
 """Settings: the one place that reads the environment."""
 
+import base64
+import binascii
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -136,6 +138,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log events written (stderr, one line each)"
     )
+    encryption_key: str | None = Field(
+        None,
+        description="Comma-separated Fernet keys (URL-safe base64 of 32 random bytes): the first encrypts the "
+        "phone numbers' access tokens, every one decrypts (rotation); unset: no token can be stored",
+    )
     log_format: Literal["json", "console"] = Field(
         "json", description="`json`: one JSON object per line; `console`: for a person at a terminal"
     )
@@ -160,6 +167,24 @@ class Settings(BaseSettings):
                 if not getattr(self, name):
                     raise ValueError(f"WINDOW_GATE_{name.upper()} is required unless sandbox mode is on")
         return self
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet_keys(cls, value: str | None) -> str | None:
+        for position, key in enumerate(_split(value or ""), 1):
+            try:
+                raw = base64.urlsafe_b64decode(key.encode())
+            except (ValueError, binascii.Error):
+                raw = b""
+            if len(raw) != 32:  # Fernet's key size
+                # The key itself is never echoed: it is a secret.
+                raise ValueError(f"key {position} is not URL-safe base64 of 32 bytes (Fernet.generate_key())")
+        return value or None
+
+    @property
+    def encryption_keys(self) -> list[str]:
+        """The Fernet keys, the one that encrypts first; empty: none configured."""
+        return _split(self.encryption_key or "")
 
     @field_validator("waba_ids")
     @classmethod

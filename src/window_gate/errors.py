@@ -11,6 +11,7 @@
     │   ├── Unauthorized ················ 401 unauthorized
     │   ├── Forbidden ··················· 403 forbidden
     │   ├── NotFound ···················· 404 not_found
+    │   ├── EncryptionNotConfigured ····· 409 encryption_not_configured: a token to store, no ENCRYPTION_KEY
     │   ├── DatabaseUnavailable ········· 503 database_unavailable: nothing was decided (fail closed)
     │   ├── WindowClosed ················ 409 window_closed
     │   ├── OptedOut ···················· 409 opted_out
@@ -127,6 +128,14 @@ class Forbidden(GateError):
 
 class NotFound(GateError):
     code, status, title = "not_found", 404, "Not found"
+
+
+class EncryptionNotConfigured(GateError):
+    code, status, title = (
+        "encryption_not_configured",
+        409,
+        "No WINDOW_GATE_ENCRYPTION_KEY: access tokens cannot be stored",
+    )
 
 
 class DatabaseUnavailable(GateError):

@@ -52,6 +52,8 @@ class ApiKey(Base):
     phone_number_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Written at most once a minute per key (apikey/repository.py BY_HASH): "used in the last minute or so".
+    last_used_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
 class Customer(Base):
@@ -123,12 +125,18 @@ __all__ = ["ApiKey", "Base", "Customer", "CustomerAlias", "InboundMessage", "Web
 
 
 class PhoneNumber(Base):
-    """A business phone number with its own access token (else WINDOW_GATE_GRAPH_ACCESS_TOKEN is used)."""
+    """A business phone number: learnt from webhooks, or registered by an admin (PUT /v1/phone-numbers/{id}),
+    with its own access token (else WINDOW_GATE_GRAPH_ACCESS_TOKEN is used)."""
 
     __tablename__ = "phone_numbers"
 
     phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    access_token: Mapped[str | None] = mapped_column(Text)
+    # Fernet ciphertext under ENCRYPTION_KEY (crypto.py); never the token in plain text.
+    access_token_encrypted: Mapped[str | None] = mapped_column(Text)
+    registered_at: Mapped[datetime | None] = mapped_column(TZ)  # set by an admin; null: only heard of
+    updated_at: Mapped[datetime | None] = mapped_column(TZ)  # an admin's last change
+    throughput_per_second: Mapped[int | None] = mapped_column(Integer)
+    time_zone: Mapped[str | None] = mapped_column(Text)  # IANA name
     waba_id: Mapped[str | None] = mapped_column(Text)  # its WhatsApp Business Account, learnt from webhooks
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
     # Digits, learnt from webhooks' metadata: Meta names the number only this way in quality updates.

@@ -6,6 +6,7 @@ import time
 import httpx
 from sqlalchemy import text
 
+from tests.conftest import sealed
 from tests.factories import PN, delivery, signed, status
 from tests.upstream import WA, Gated, Meta, count, meta_error, open_window, template_message, text_message
 
@@ -32,8 +33,8 @@ async def test_a_number_with_its_own_token_sends_with_it(gate: Gated, meta: Meta
     assert (await client.post("/v1/messages", json=text_message())).status_code == 201
     async with engine.begin() as conn:  # the webhook registered the number (with its account)
         await conn.execute(
-            text("UPDATE phone_numbers SET access_token = 'number-token' WHERE phone_number_id = :pn"),
-            {"pn": PN},
+            text("UPDATE phone_numbers SET access_token_encrypted = :t WHERE phone_number_id = :pn"),
+            {"pn": PN, "t": sealed("number-token")},
         )
     assert (await client.post("/v1/messages", json=text_message())).status_code == 201
     paid = await client.post("/v1/messages", json=template_message())

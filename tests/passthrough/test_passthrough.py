@@ -10,13 +10,13 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import bearer, make_key
+from tests.conftest import bearer, make_key, sealed
 from tests.factories import PN, WABA
 from window_gate.apikey.rules import Role
 from window_gate.sandbox import SimulatorConfig, create_simulator, simulator_state
 
 OTHER = "999000111222333"  # another business number of the same account
-PN_TOKEN = "EAAG-number-own-token-0123456789"  # phone_numbers.access_token of PN
+PN_TOKEN = "EAAG-number-own-token-0123456789"  # PN's own token (phone_numbers.access_token_encrypted)
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40 + b"\r\n--not-a-boundary\r\n"
 
 
@@ -54,10 +54,10 @@ async def numbers(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO phone_numbers (phone_number_id, waba_id, access_token) "
+                "INSERT INTO phone_numbers (phone_number_id, waba_id, access_token_encrypted) "
                 "VALUES (:pn, :waba, :token), (:other, :waba, NULL)"
             ),
-            {"pn": PN, "other": OTHER, "waba": WABA, "token": PN_TOKEN},
+            {"pn": PN, "other": OTHER, "waba": WABA, "token": sealed(PN_TOKEN)},
         )
 
 

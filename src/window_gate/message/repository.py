@@ -43,7 +43,8 @@ from window_gate.models import (
     Window,
 )
 
-# The record, its estimate and its first event in one round trip, which also reads the number's own token.
+# The record, its estimate and its first event in one round trip, which also reads the number's own token
+# (encrypted: the service opens it, crypto.Sealer).
 INSERT_PENDING = Statement(
     """
 WITH m AS (
@@ -58,7 +59,7 @@ WITH m AS (
 ), e AS (
   INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
 )
-SELECT (SELECT access_token FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
+SELECT (SELECT access_token_encrypted FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
 """
 )
 # A status webhook may overtake Meta's synchronous answer: the answer is stored either way, and the status
@@ -115,18 +116,20 @@ def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-ACCESS_TOKEN = select(PhoneNumber.access_token).where(PhoneNumber.phone_number_id == bindparam("id"))
+ACCESS_TOKEN = select(PhoneNumber.access_token_encrypted).where(
+    PhoneNumber.phone_number_id == bindparam("id")
+)
 
 
 async def access_token(conn: AsyncConnection, phone_number_id: str) -> str | None:
-    """The number's own token; None: WINDOW_GATE_GRAPH_ACCESS_TOKEN."""
+    """The number's own token, encrypted; None: WINDOW_GATE_GRAPH_ACCESS_TOKEN."""
     token: str | None = (await conn.execute(ACCESS_TOKEN, {"id": phone_number_id})).scalar()
     return token
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    access_token: str | None  # the number's own, if it has one
+    access_token: str | None  # the number's own, if it has one: encrypted (crypto.Sealer opens it)
 
 
 async def insert_pending(
@@ -245,7 +248,7 @@ WITH h AS (
 ), e AS (
   INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
 )
-SELECT (SELECT access_token FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
+SELECT (SELECT access_token_encrypted FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
 """
 )
 

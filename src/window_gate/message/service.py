@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller, Role
 from window_gate.consent import service as consent
+from window_gate.crypto import Sealer
 from window_gate.customer import service as customers
 from window_gate.customer.identity import CustomerRef, parse_customer
 from window_gate.db import Rows
@@ -160,7 +161,7 @@ async def update_status(
             "with it"
         )
     async with gate.autocommit.connect() as conn:
-        token = await repository.access_token(conn, phone_number_id)
+        token = gate.part(Sealer).open(await repository.access_token(conn, phone_number_id))
     try:
         return await gate.graph.send_message(phone_number_id, body, token)
     except GraphFailure as exc:
@@ -253,7 +254,8 @@ async def record(
                 )
     if pending is None:
         return None if held else await first_with_key(gate, caller, request)
-    return Attempt(gate, caller, request, decision, message_id, pending.access_token)
+    token = gate.part(Sealer).open(pending.access_token)
+    return Attempt(gate, caller, request, decision, message_id, token)
 
 
 async def _insert(

@@ -1,6 +1,7 @@
 """HTTP: the rest of Meta's Graph API under /graph, passed through with the number's token. Bodies are
 streamed both ways, never read by the gate; JSON answers are read only to point their URLs at the gate."""
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from window_gate.apikey.access import ADMIN, READ, SEND, Access
 from window_gate.apikey.rules import Caller
+from window_gate.crypto import Sealer
 from window_gate.errors import (
     PROBLEM_JSON,
     GateError,
@@ -368,9 +370,10 @@ async def _target(
     state: Gate, *, caller: Caller, method: str, node: str, edge: str | None, request: Request
 ) -> Target:
     async with state.autocommit.connect() as conn:
-        return await service.target(
+        target = await service.target(
             conn, state.settings, caller, method, node, edge, request.query_params.multi_items()
         )
+    return dataclasses.replace(target, token=state.part(Sealer).open(target.token))
 
 
 def _handed_back(

@@ -8,12 +8,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.models import PhoneNumber
 
-NUMBER = select(PhoneNumber.access_token).where(PhoneNumber.phone_number_id == bindparam("id"))
+NUMBER = select(PhoneNumber.access_token_encrypted.label("access_token")).where(
+    PhoneNumber.phone_number_id == bindparam("id")
+)
 # An account's numbers, the first with a token of its own first: that token speaks for the account.
 ACCOUNT = (
-    select(PhoneNumber.phone_number_id, PhoneNumber.access_token)
+    select(PhoneNumber.phone_number_id, PhoneNumber.access_token_encrypted.label("access_token"))
     .where(PhoneNumber.waba_id == bindparam("id"))
-    .order_by(PhoneNumber.access_token.is_(None), PhoneNumber.phone_number_id)
+    .order_by(PhoneNumber.access_token_encrypted.is_(None), PhoneNumber.phone_number_id)
 )
 
 
@@ -22,9 +24,9 @@ class Node:
     """What `phone_numbers` says of one Graph object id."""
 
     number: bool  # a business number the gate has heard of
-    number_token: str | None  # its own token
+    number_token: str | None  # its own token, encrypted (crypto.Sealer opens it)
     account: bool  # the account of a number the gate has heard of
-    account_token: str | None  # the first own token among that account's numbers
+    account_token: str | None  # the first own token among that account's numbers, encrypted
 
 
 async def node(conn: AsyncConnection, node_id: str) -> Node:

@@ -52,7 +52,9 @@ class Target:
     kind: Kind
     node: str
     params: tuple[tuple[str, str], ...]  # the caller's query without its credentials
-    token: str | None  # None: GRAPH_ACCESS_TOKEN
+    token: (
+        str | None
+    )  # None: GRAPH_ACCESS_TOKEN; encrypted as `service.target` gives it (crypto.Sealer opens it)
     phone_number_id: str | None  # the number a media object is asked of
     media_only: bool  # a limited key on an object that is not its number: only media objects pass
 
