@@ -45,6 +45,7 @@ from window_gate.metrics import MetricsMiddleware
 from window_gate.middlewares import BodyLimit, HotPaths
 from window_gate.passthrough.endpoints import PROXIED
 from window_gate.passthrough.endpoints import router as passthrough_router
+from window_gate.phonenumber.endpoints import router as phone_number_router
 from window_gate.pricing import service as pricing_service
 from window_gate.pricing import tables as pricing_tables
 from window_gate.pricing.endpoints import budgets_router, costs_router
@@ -147,6 +148,7 @@ def create_app(
         costs_router,
         budgets_router,
         subscription_router,
+        phone_number_router,
         graph_router,
         passthrough_router,  # after graph_router: POST …/messages is the gated send's
     )

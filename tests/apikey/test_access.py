@@ -162,6 +162,14 @@ SAMPLES: dict[tuple[str, str], list[Sample]] = {
         Sample(Role.ADMIN, fixed(f"{SUB}/deliveries/{SUB_DELIVERY}/retry"), other=404)
     ],
     ("DELETE", "/v1/subscriptions/{subscription_id}"): [Sample(Role.ADMIN, fixed(SUB), other=404)],
+    # PN, registered (seeded by seed_accounts); its token, never shown.
+    ("PUT", "/v1/phone-numbers/{phone_number_id}"): [
+        Sample(Role.ADMIN, fixed(f"/v1/phone-numbers/{PN}"), {"time_zone": "America/Sao_Paulo"}),
+        Sample(Role.ADMIN, fixed(f"/v1/phone-numbers/{PN}"), {"access_token": "EAAG-a-token-of-pn-0123"}),
+    ],
+    ("GET", "/v1/phone-numbers"): [Sample(Role.ADMIN, fixed("/v1/phone-numbers"), other=FILTERED)],
+    ("GET", "/v1/phone-numbers/{phone_number_id}"): [Sample(Role.ADMIN, fixed(f"/v1/phone-numbers/{PN}"))],
+    ("DELETE", "/v1/phone-numbers/{phone_number_id}"): [Sample(Role.ADMIN, fixed(f"/v1/phone-numbers/{PN}"))],
 }
 
 
@@ -313,6 +321,7 @@ async def test_scope_matrix_every_route_times_every_key(
                 await seed_budget(engine, "phone_number", PN)
                 await seed_budget(engine, "api_key", pn_key_id)
                 await seed_subscription(engine)
+                await seed_accounts(engine, (PN, WABA))  # DELETE /v1/phone-numbers/{PN} forgets it
                 r = await client.request(
                     method,
                     sample.url(world),
