@@ -18,6 +18,7 @@ from starlette.responses import Response
 from window_gate import __doc__ as description
 from window_gate import db, jobs
 from window_gate.apikey import access
+from window_gate.apikey.endpoints import router as api_key_router
 from window_gate.apikey.service import Authenticator
 from window_gate.background import registry as job_registry
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
@@ -149,6 +150,7 @@ def create_app(
         budgets_router,
         subscription_router,
         phone_number_router,
+        api_key_router,
         graph_router,
         passthrough_router,  # after graph_router: POST …/messages is the gated send's
     )

@@ -48,6 +48,7 @@ class World:
 
     message_id: str  # a send from PN
     pn_key_id: str  # a key limited to PN: the target of api_key budgets
+    spare_key_id: str  # a key limited to PN nobody calls with: the one revoked
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,14 @@ SAMPLES: dict[tuple[str, str], list[Sample]] = {
     ("GET", "/v1/phone-numbers"): [Sample(Role.ADMIN, fixed("/v1/phone-numbers"), other=FILTERED)],
     ("GET", "/v1/phone-numbers/{phone_number_id}"): [Sample(Role.ADMIN, fixed(f"/v1/phone-numbers/{PN}"))],
     ("DELETE", "/v1/phone-numbers/{phone_number_id}"): [Sample(Role.ADMIN, fixed(f"/v1/phone-numbers/{PN}"))],
+    # The key limited to PN (pn_key_id): a limited admin of PN reaches it, one of OTHER does not.
+    ("POST", "/v1/api-keys"): [
+        Sample(Role.ADMIN, fixed("/v1/api-keys"), {"name": "pn", "role": "send", "phone_number_ids": [PN]})
+    ],
+    ("GET", "/v1/api-keys"): [Sample(Role.ADMIN, fixed("/v1/api-keys"), other=FILTERED)],
+    ("DELETE", "/v1/api-keys/{api_key_id}"): [
+        Sample(Role.ADMIN, lambda w: f"/v1/api-keys/{w.spare_key_id}", other=404)
+    ],
 }
 
 
@@ -272,6 +281,11 @@ async def seed_subscription(engine: AsyncEngine) -> None:
         )
 
 
+async def unrevoke(engine: AsyncEngine, api_key_id: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE api_keys SET revoked_at = NULL WHERE id = :id"), {"id": api_key_id})
+
+
 async def budgets_in_db(engine: AsyncEngine) -> set[tuple[str, str]]:
     async with engine.connect() as conn:
         return {
@@ -308,7 +322,8 @@ async def test_scope_matrix_every_route_times_every_key(
     }
     pn_key_id = await key_of(engine, keys[Role.SEND, (PN,)])
     await seed_accounts(engine, (PN, WABA), (OTHER, OTHER_WABA))
-    world = World(await seed_message(engine, pn_key_id), pn_key_id)
+    spare_key_id = await key_of(engine, await make_key(engine, Role.READ, (PN,)))
+    world = World(await seed_message(engine, pn_key_id), pn_key_id, spare_key_id)
     cells = 0
     for (method, _), samples in SAMPLES.items():
         for sample in samples:
@@ -322,6 +337,7 @@ async def test_scope_matrix_every_route_times_every_key(
                 await seed_budget(engine, "api_key", pn_key_id)
                 await seed_subscription(engine)
                 await seed_accounts(engine, (PN, WABA))  # DELETE /v1/phone-numbers/{PN} forgets it
+                await unrevoke(engine, spare_key_id)
                 r = await client.request(
                     method,
                     sample.url(world),

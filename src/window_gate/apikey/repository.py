@@ -1,18 +1,39 @@
 """Every SQL statement about API keys."""
 
 from collections.abc import Sequence
+from uuid import UUID
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy import insert as insert_into
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller
-from window_gate.db import HotPool, Statement
+from window_gate.db import AnyRow, HotPool, Statement
 from window_gate.models import ApiKey
 
-# On every /v1 request, so on the hot pool.
+# On every /v1 request the Authenticator does not remember, so on the hot pool. It also stamps the key's
+# last use, at most once a minute (the CTE's snapshot: the SELECT sees the row as before the stamp).
 BY_HASH = Statement(
-    "SELECT id, name, role, phone_number_ids FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL"
+    """
+WITH used AS (
+  UPDATE api_keys SET last_used_at = now()
+  WHERE key_hash = :key_hash AND revoked_at IS NULL
+    AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+  RETURNING id
+)
+SELECT id, name, role, phone_number_ids FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL
+"""
+)
+
+
+SHOWN = (
+    ApiKey.id,
+    ApiKey.name,
+    ApiKey.key_prefix,
+    ApiKey.role,
+    ApiKey.phone_number_ids,
+    ApiKey.created_at,
+    ApiKey.last_used_at,
 )
 
 
@@ -23,16 +44,38 @@ async def insert(
     key_prefix: str,
     role: str,
     phone_number_ids: Sequence[str],
-) -> None:
-    await conn.execute(
-        insert_into(ApiKey).values(
-            name=name,
-            key_hash=key_hash,
-            key_prefix=key_prefix,
-            role=role,
-            phone_number_ids=list(phone_number_ids),
-        )
+) -> AnyRow:
+    statement = insert_into(ApiKey).values(
+        name=name,
+        key_hash=key_hash,
+        key_prefix=key_prefix,
+        role=role,
+        phone_number_ids=list(phone_number_ids),
     )
+    return (await conn.execute(statement.returning(*SHOWN))).one()
+
+
+async def listing(conn: AsyncConnection) -> Sequence[AnyRow]:
+    """The keys not revoked, oldest first."""
+    query = select(*SHOWN).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.created_at, ApiKey.id)
+    return (await conn.execute(query)).all()
+
+
+async def get(conn: AsyncConnection, api_key_id: UUID) -> AnyRow | None:
+    query = select(*SHOWN).where(ApiKey.id == api_key_id, ApiKey.revoked_at.is_(None))
+    return (await conn.execute(query)).one_or_none()
+
+
+async def revoke(conn: AsyncConnection, api_key_id: UUID) -> bool:
+    """Kept (messages and budgets name it), refused from now on: the Authenticators forget it within
+    API_KEY_CACHE_SECONDS."""
+    done = await conn.execute(
+        update(ApiKey)
+        .where(ApiKey.id == api_key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+        .returning(ApiKey.id)
+    )
+    return done.first() is not None
 
 
 async def by_hash(hot: HotPool, key_hash: str) -> Caller | None:

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from window_gate import logs
 from window_gate.apikey import repository
 from window_gate.apikey.rules import PREFIX, Caller, Role, hash_key, new_key
-from window_gate.db import HotPool
+from window_gate.db import AnyRow, HotPool
 from window_gate.errors import Unauthorized
 
 
@@ -16,9 +16,18 @@ async def create(
     conn: AsyncConnection, name: str, role: Role = Role.SEND, phone_number_ids: Sequence[str] = ()
 ) -> str:
     """Store a new key's hash; the key itself is returned once and never stored."""
+    return (await issue(conn, name, role, phone_number_ids))[0]
+
+
+async def issue(
+    conn: AsyncConnection, name: str, role: Role, phone_number_ids: Sequence[str]
+) -> tuple[str, AnyRow]:
+    """A new key and its stored row (without the key: only its hash is stored)."""
     key = new_key()
-    await repository.insert(conn, name, hash_key(key), key[: len(PREFIX) + 6], role.value, phone_number_ids)
-    return key
+    row = await repository.insert(
+        conn, name, hash_key(key), key[: len(PREFIX) + 6], role.value, sorted(set(phone_number_ids))
+    )
+    return key, row
 
 
 class Authenticator:
