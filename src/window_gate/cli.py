@@ -1,5 +1,5 @@
-"""`window-gate`: serve, worker, migrate, api-keys create, subscriptions, templates sync, simulator,
-sandbox-inbound."""
+"""`window-gate`: serve, worker, migrate, api-keys, phone-numbers, subscriptions, templates sync,
+simulator, sandbox-inbound."""
 
 import argparse
 import asyncio
@@ -48,6 +48,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     create.add_argument("name")
     create.add_argument("--phone-number", action="append", default=[], dest="phone_numbers", metavar="ID")
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.SEND.value)
+    keys.add_parser("list", help="every key not revoked, one JSON object per line (never the key)")
+    revoke = keys.add_parser("revoke", help="refused on every replica within API_KEY_CACHE_SECONDS")
+    revoke.add_argument("id")
+
+    numbers = verbs.add_parser("phone-numbers", help="business numbers: tokens, accounts, settings")
+    number_verbs = numbers.add_subparsers(dest="action", required=True)
+    number_set = number_verbs.add_parser(
+        "set", help="register a number or change it (what is not given stays); prints it, never its token"
+    )
+    number_set.add_argument("phone_number_id", metavar="ID")
+    number_set.add_argument("--waba-id", metavar="ID")
+    number_set.add_argument(
+        "--access-token-stdin",
+        action="store_true",
+        help="read its token from stdin (kept out of the shell history); encrypted with ENCRYPTION_KEY",
+    )
+    number_set.add_argument("--no-access-token", action="store_true", help="drop its own token")
+    number_set.add_argument("--display-phone-number", metavar="DIGITS")
+    number_set.add_argument("--throughput", type=int, dest="throughput_per_second", metavar="PER_SECOND")
+    number_set.add_argument("--time-zone", metavar="IANA_NAME")
+    number_set.add_argument(
+        "--default-template", metavar="JSON", help='e.g. \'{"name":"reconnect","language":{"code":"en_US"}}\''
+    )
+    number_verbs.add_parser("list", help="every number the gate knows, one JSON object per line")
+    number_verbs.add_parser(
+        "reencrypt", help="encrypt every stored token anew under ENCRYPTION_KEY's first key (rotation)"
+    )
 
     subs = verbs.add_parser("subscriptions", help="who receives Meta's webhooks and the gate's events")
     sub_verbs = subs.add_subparsers(dest="action", required=True)
@@ -134,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(asyncio.run(_set_budget(settings, url, args)))
     elif args.verb == "subscriptions":
         sys.exit(asyncio.run(_subscriptions(settings, url, args)))
+    elif args.verb == "phone-numbers":
+        sys.exit(asyncio.run(_phone_numbers(settings, url, args)))
+    elif args.verb == "api-keys" and args.action != "create":
+        sys.exit(asyncio.run(_api_keys(url, args)))
     else:
         key = asyncio.run(_create_key(url, args.name, Role(args.role), args.phone_numbers))
         print(f"API key {args.name!r} ({args.role}); it is shown only this once:")
@@ -413,6 +444,77 @@ async def _subscriptions(settings: Settings, url: str, args: argparse.Namespace)
             print("Its secret (app secret for meta.webhook consumers; shown only this once):")
             print(row.secret)
             return 0
+    finally:
+        await engine.dispose()
+
+
+async def _phone_numbers(settings: Settings, url: str, args: argparse.Namespace) -> int:
+    """`phone-numbers set|list|reencrypt`: the same rules as PUT /v1/phone-numbers/{id}."""
+    from pydantic import ValidationError
+
+    from window_gate.crypto import Sealer
+    from window_gate.errors import GateError
+    from window_gate.phonenumber import repository, service
+    from window_gate.phonenumber.schemas import PhoneNumberIn, shown
+
+    sealer = Sealer(settings.encryption_keys)
+    engine = db.make_engine(url, 1)
+    try:
+        async with engine.begin() as conn:
+            if args.action == "list":
+                for row in await repository.listing(conn):
+                    print(shown(row).model_dump_json())
+                return 0
+            if args.action == "reencrypt":
+                print(
+                    f"{await service.reencrypt(conn, sealer)} access token(s) encrypted under the first key"
+                )
+                return 0
+            given: dict[str, object] = {
+                name: getattr(args, name)
+                for name in ("waba_id", "display_phone_number", "throughput_per_second", "time_zone")
+                if getattr(args, name) is not None
+            }
+            if args.default_template is not None:
+                given["default_reengagement_template"] = json.loads(args.default_template)
+            if args.access_token_stdin:
+                given["access_token"] = sys.stdin.readline().strip()
+            elif args.no_access_token:
+                given["access_token"] = None
+            asked = PhoneNumberIn.model_validate(given)
+            row = await service.put(conn, sealer, OPERATOR, args.phone_number_id, asked)
+            print(shown(row).model_dump_json())
+            return 0
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        print(f"window-gate: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        return 2
+    except (GateError, ValueError) as exc:  # ValueError: --default-template is not JSON
+        print(f"window-gate: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+        return 2
+    finally:
+        await engine.dispose()
+
+
+async def _api_keys(url: str, args: argparse.Namespace) -> int:
+    """`api-keys list|revoke`: what GET and DELETE /v1/api-keys do, with the operator's rights."""
+    from uuid import UUID
+
+    from window_gate.apikey.schemas import ApiKeyOut
+
+    engine = db.make_engine(url, 1)
+    try:
+        async with engine.begin() as conn:
+            if args.action == "list":
+                for row in await api_keys.listing(conn):
+                    print(ApiKeyOut.model_validate(row, from_attributes=True).model_dump_json())
+                return 0
+            try:
+                gone = await api_keys.revoke(conn, UUID(args.id))
+            except ValueError:
+                gone = False
+            print(f"API key {args.id} revoked" if gone else f"window-gate: no API key {args.id}")
+            return 0 if gone else 1
     finally:
         await engine.dispose()
 
