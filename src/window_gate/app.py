@@ -19,7 +19,7 @@ from window_gate import __doc__ as description
 from window_gate import db, jobs
 from window_gate.apikey import access
 from window_gate.apikey.endpoints import router as api_key_router
-from window_gate.apikey.service import Authenticator
+from window_gate.apikey.service import AllowList, Authenticator
 from window_gate.background import registry as job_registry
 from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings
 from window_gate.consent.endpoints import router as consent_router
@@ -101,6 +101,7 @@ def create_app(
             graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
             parts += [
                 Authenticator(hot, settings.api_key_cache_seconds),
+                AllowList(engine, settings.api_key_cache_seconds, settings.allow_listed_numbers_only),
                 DeliveryRecorder.configured(hot, settings),
             ]
             autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")

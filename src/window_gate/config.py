@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         description="Comma-separated Fernet keys (URL-safe base64 of 32 random bytes): the first encrypts the "
         "phone numbers' access tokens, every one decrypts (rotation); unset: no token can be stored",
     )
+    allow_listed_numbers_only: bool = Field(
+        False,
+        description="Serve only the phone numbers registered with PUT /v1/phone-numbers/{id}; webhooks for "
+        "others are kept, not applied",
+    )
     log_format: Literal["json", "console"] = Field(
         "json", description="`json`: one JSON object per line; `console`: for a person at a terminal"
     )

@@ -11,6 +11,7 @@
     │   ├── Unauthorized ················ 401 unauthorized
     │   ├── Forbidden ··················· 403 forbidden
     │   ├── NotFound ···················· 404 not_found
+    │   ├── UnknownPhoneNumber ·········· 404 unknown_phone_number: ALLOW_LISTED_NUMBERS_ONLY and not registered
     │   ├── EncryptionNotConfigured ····· 409 encryption_not_configured: a token to store, no ENCRYPTION_KEY
     │   ├── DatabaseUnavailable ········· 503 database_unavailable: nothing was decided (fail closed)
     │   ├── WindowClosed ················ 409 window_closed
@@ -128,6 +129,10 @@ class Forbidden(GateError):
 
 class NotFound(GateError):
     code, status, title = "not_found", 404, "Not found"
+
+
+class UnknownPhoneNumber(GateError):
+    code, status, title = "unknown_phone_number", 404, "This phone number is not registered with the gate"
 
 
 class EncryptionNotConfigured(GateError):

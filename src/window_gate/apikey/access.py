@@ -10,6 +10,7 @@ pass-through answering in Meta's shapes) call `Access.caller` themselves and are
 `Access.declared`.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
@@ -19,7 +20,7 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from starlette.routing import BaseRoute
 
 from window_gate.apikey.rules import Caller, Role
-from window_gate.apikey.service import Authenticator
+from window_gate.apikey.service import AllowList, Authenticator
 from window_gate.kit import Gate, gate
 
 GUARDED_PREFIXES = ("/v1/", "/graph/")
@@ -31,8 +32,10 @@ Authorization = Annotated[str | None, Header(description="`Bearer <api key>`", e
 class Access:
     """A route's declaration of the role it needs (and, through the Caller, the objects it touches)."""
 
-    def __init__(self, role: Role) -> None:
+    def __init__(self, role: Role, *, registered_only: bool = True) -> None:
         self.role = role
+        # False: the routes that register numbers (ALLOW_LISTED_NUMBERS_ONLY must not refuse them).
+        self.registered_only = registered_only
 
     def __repr__(self) -> str:
         return f"Access({self.role.value})"
@@ -45,6 +48,8 @@ class Access:
         """The key behind `authorization`, if it has the role and may use each of these numbers:
         401 unauthorized, else 403 forbidden."""
         caller = await state.part(Authenticator).caller(authorization)
+        if self.registered_only and (registered := await state.part(AllowList).numbers()) is not None:
+            caller = dataclasses.replace(caller, registered=registered)
         caller.require(self.role)
         for phone_number_id in numbers:
             if phone_number_id is not None:
@@ -59,9 +64,11 @@ class Access:
 
 _SELF_CHECKED: dict[Callable[..., Any], Access] = {}
 READ, SEND, ADMIN = Access(Role.READ), Access(Role.SEND), Access(Role.ADMIN)
+REGISTRAR = Access(Role.ADMIN, registered_only=False)
 Reader = Annotated[Caller, Depends(READ)]
 Sender = Annotated[Caller, Depends(SEND)]
 Admin = Annotated[Caller, Depends(ADMIN)]
+Registrar = Annotated[Caller, Depends(REGISTRAR)]  # an admin, on any number: /v1/phone-numbers
 
 
 def declared(route: APIRoute | RouteContext) -> Access | None:

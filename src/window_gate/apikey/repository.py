@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.rules import Caller
 from window_gate.db import AnyRow, HotPool, Statement
-from window_gate.models import ApiKey
+from window_gate.models import ApiKey, PhoneNumber
 
 # On every /v1 request the Authenticator does not remember, so on the hot pool. It also stamps the key's
 # last use, at most once a minute (the CTE's snapshot: the SELECT sees the row as before the stamp).
@@ -84,6 +84,12 @@ async def by_hash(hot: HotPool, key_hash: str) -> Caller | None:
     if row is None:
         return None
     return Caller(str(row["id"]), row["name"], row["role"], frozenset(row["phone_number_ids"]))
+
+
+async def registered(conn: AsyncConnection) -> frozenset[str]:
+    """The numbers an admin registered (ALLOW_LISTED_NUMBERS_ONLY: the only ones served)."""
+    query = select(PhoneNumber.phone_number_id).where(PhoneNumber.registered_at.is_not(None))
+    return frozenset((await conn.execute(query)).scalars())
 
 
 async def count(conn: AsyncConnection) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
-from window_gate.errors import Forbidden
+from window_gate.errors import Forbidden, UnknownPhoneNumber
 
 PREFIX = "wg_"
 
@@ -39,6 +39,8 @@ class Caller:
     name: str
     role: str
     phone_number_ids: frozenset[str]  # empty: every number
+    # ALLOW_LISTED_NUMBERS_ONLY: the numbers an admin registered, the only ones served; None: any number.
+    registered: frozenset[str] | None = None
 
     def reaches(self, numbers: Collection[str]) -> bool:
         """Whether an object bound to these phone numbers (empty: every number) is within this key's scope."""
@@ -57,6 +59,12 @@ class Caller:
         if not self.may_use(phone_number_id):
             raise Forbidden(
                 f"this key may not use phone number {phone_number_id}", phone_number_id=phone_number_id
+            )
+        if self.registered is not None and phone_number_id not in self.registered:
+            raise UnknownPhoneNumber(
+                f"phone number {phone_number_id} is not registered (ALLOW_LISTED_NUMBERS_ONLY): an admin "
+                "registers it with PUT /v1/phone-numbers/{id}",
+                phone_number_id=phone_number_id,
             )
 
 

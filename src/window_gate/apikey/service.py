@@ -3,7 +3,7 @@
 import time
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from window_gate import logs
 from window_gate.apikey import repository
@@ -59,3 +59,26 @@ class Authenticator:
             raise Unauthorized("unknown or revoked API key")
         logs.note(key_id=caller.id)
         return caller
+
+
+class AllowList:
+    """ALLOW_LISTED_NUMBERS_ONLY: the registered numbers, re-read at most every ``ttl`` seconds (as keys
+    are), so a number registered or deleted is served or refused on every replica within that time."""
+
+    def __init__(self, engine: AsyncEngine, ttl: float, enabled: bool) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self.enabled = enabled
+        self._numbers: frozenset[str] = frozenset()
+        self._until = 0.0
+
+    async def numbers(self) -> frozenset[str] | None:
+        """The numbers served; None: every number (the setting is off)."""
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        if now >= self._until:
+            async with self.engine.connect() as conn:
+                self._numbers = await repository.registered(conn)
+            self._until = now + self.ttl
+        return self._numbers

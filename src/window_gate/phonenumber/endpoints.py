@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from window_gate.apikey.access import Admin
+from window_gate.apikey.access import Registrar
 from window_gate.crypto import Sealer
 from window_gate.errors import (
     AUTH_PROBLEMS,
@@ -35,7 +35,7 @@ PhoneNumberId = Annotated[
     responses=problems(*AUTH_PROBLEMS, ValidationFailed, EncryptionNotConfigured),
 )
 async def put_phone_number(
-    request: Request, caller: Admin, phone_number_id: PhoneNumberId, body: PhoneNumberIn
+    request: Request, caller: Registrar, phone_number_id: PhoneNumberId, body: PhoneNumberIn
 ) -> PhoneNumberOut:
     """Fields left out stay as they are; null clears one. The access token is encrypted with
     WINDOW_GATE_ENCRYPTION_KEY before it is stored (409 `encryption_not_configured` without one) and is
@@ -53,7 +53,7 @@ async def put_phone_number(
     response_model=PhoneNumberList,
     responses=problems(*AUTH_PROBLEMS),
 )
-async def list_phone_numbers(request: Request, caller: Admin) -> PhoneNumberList:
+async def list_phone_numbers(request: Request, caller: Registrar) -> PhoneNumberList:
     """Registered ones and those only heard of in Meta's webhooks (`registered: false`). A key limited to
     phone numbers sees its own only."""
     async with gate(request).engine.connect() as conn:
@@ -67,7 +67,9 @@ async def list_phone_numbers(request: Request, caller: Admin) -> PhoneNumberList
     response_model=PhoneNumberOut,
     responses=problems(*AUTH_PROBLEMS, NotFound),
 )
-async def get_phone_number(request: Request, caller: Admin, phone_number_id: PhoneNumberId) -> PhoneNumberOut:
+async def get_phone_number(
+    request: Request, caller: Registrar, phone_number_id: PhoneNumberId
+) -> PhoneNumberOut:
     """How it is set up and what Meta last said of its quality; never its token."""
     async with gate(request).engine.connect() as conn:
         row = await repository.get(conn, phone_number_id)
@@ -83,7 +85,9 @@ async def get_phone_number(request: Request, caller: Admin, phone_number_id: Pho
     status_code=204,
     responses=problems(*AUTH_PROBLEMS, NotFound, Forbidden),
 )
-async def delete_phone_number(request: Request, caller: Admin, phone_number_id: PhoneNumberId) -> Response:
+async def delete_phone_number(
+    request: Request, caller: Registrar, phone_number_id: PhoneNumberId
+) -> Response:
     """Its token and settings are gone (sends fall back to WINDOW_GATE_GRAPH_ACCESS_TOKEN); what Meta's
     next webhooks say of it is learnt again. Windows, messages and costs are kept."""
     async with gate(request).engine.begin() as conn:

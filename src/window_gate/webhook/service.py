@@ -14,6 +14,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
+from window_gate.apikey.service import AllowList
 from window_gate.config import Settings
 from window_gate.consent import repository as consent
 from window_gate.consent import service as consent_service
@@ -88,6 +89,14 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
         delivery = parse_delivery(body)
     except ValueError as exc:
         await _keep_unapplied(gate, body, None, exc)
+        return Delivery()
+    if (allowed := await gate.part(AllowList).numbers()) is not None and (
+        delivery.phone_number_ids and not delivery.phone_number_ids & allowed
+    ):
+        # ALLOW_LISTED_NUMBERS_ONLY: kept (Meta does not send it again), applied to nothing, relayed to no one.
+        reason = f"ALLOW_LISTED_NUMBERS_ONLY: not registered: {', '.join(sorted(delivery.phone_number_ids))}"
+        async with gate.engine.begin() as conn:
+            await repository.store(conn, body, reason)
         return Delivery()
     policy = gate.part(Policy)
     _keyword_consents(delivery, gate.part(Keywords), received_at, policy)
