@@ -161,3 +161,12 @@ async def test_rotation_old_key_still_decrypts_and_reencrypt_moves_to_the_first(
         assert await service.reencrypt(conn, rotated) == 1
         sealed = (await conn.execute(text("SELECT access_token_encrypted FROM phone_numbers"))).scalar_one()
     assert Sealer([new]).decrypt(sealed) == TOKEN
+
+
+@pytest.mark.parametrize("token", ["short-tok", "EAAG" + "x" * 5000, 12345678901234567])
+async def test_a_refused_token_is_not_echoed(gate: Gated, token: object, debug_lines: Lines) -> None:
+    client, engine = gate
+    r = await client.put(f"/v1/phone-numbers/{PN}", json={"access_token": token})
+    assert_problem(r, 422, "validation_error")
+    assert str(token)[:9] not in r.text and str(token)[:9] not in str(debug_lines())
+    assert await stored(engine) == []
