@@ -58,24 +58,26 @@ def upgrade() -> None:
         "WHERE access_token IS NOT NULL OR default_reengagement_template IS NOT NULL"
     )
     plain = _tokens("access_token")
-    fernet = _fernet(len(plain), "encrypt") if plain else None
+    fernet = _fernet(len(plain), "encrypt") if plain else None  # before any change: it may stop here
     op.alter_column("phone_numbers", "access_token", new_column_name="access_token_encrypted")
-    for phone_number_id, token in plain if fernet else ():
-        op.get_bind().execute(
-            sa.text("UPDATE phone_numbers SET access_token_encrypted = :t WHERE phone_number_id = :p"),
-            {"t": fernet.encrypt(token.encode()).decode(), "p": phone_number_id},
-        )
+    if fernet is not None:
+        for phone_number_id, token in plain:
+            op.get_bind().execute(
+                sa.text("UPDATE phone_numbers SET access_token_encrypted = :t WHERE phone_number_id = :p"),
+                {"t": fernet.encrypt(token.encode()).decode(), "p": phone_number_id},
+            )
 
 
 def downgrade() -> None:
     sealed = _tokens("access_token_encrypted")
     fernet = _fernet(len(sealed), "decrypt") if sealed else None
     op.alter_column("phone_numbers", "access_token_encrypted", new_column_name="access_token")
-    for phone_number_id, token in sealed if fernet else ():
-        op.get_bind().execute(
-            sa.text("UPDATE phone_numbers SET access_token = :t WHERE phone_number_id = :p"),
-            {"t": fernet.decrypt(token.encode()).decode(), "p": phone_number_id},
-        )
+    if fernet is not None:
+        for phone_number_id, token in sealed:
+            op.get_bind().execute(
+                sa.text("UPDATE phone_numbers SET access_token = :t WHERE phone_number_id = :p"),
+                {"t": fernet.decrypt(token.encode()).decode(), "p": phone_number_id},
+            )
     for column in ("time_zone", "throughput_per_second", "updated_at", "registered_at"):
         op.drop_column("phone_numbers", column)
     op.drop_column("api_keys", "last_used_at")
