@@ -69,6 +69,7 @@ def test_docs_render_the_operations_without_any_cdn(
         operations = re.findall(r'opblock-summary-method">(\w+)</span>.*?data-path="([^"]+)"', dom)
         assert ("POST", "/v1/messages") in operations, operations
         assert ("GET", "/v1/windows/{phone_number_id}/{customer}") in operations, operations
+        assert "btn authorize" in dom, "no Authorize button: the bearer scheme is missing"
 
         redoc = rendered(chromium, f"{base}/redoc", tmp_path / "chromium")
         assert 'data-section-id="operation/send_message_v1_messages_post"' in redoc, redoc[:2000]
