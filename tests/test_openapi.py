@@ -65,3 +65,23 @@ def test_error_responses_are_documented_as_problem_json(spec: dict[str, Any]) ->
     assert "HTTPValidationError" not in spec["components"]["schemas"], (
         "422 bodies are problem+json, not FastAPI's"
     )
+
+
+def test_every_guarded_operation_declares_the_bearer_scheme(spec: dict[str, Any]) -> None:
+    """/docs' Authorize button: the API key as an HTTP bearer scheme on every /v1 and /graph operation."""
+    assert spec["components"]["securitySchemes"]["bearer"] | {"description": ""} == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "wg_ API key",
+        "description": "",
+    }
+    missing = [
+        f"{method.upper()} {path}"
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if method in METHODS and path.startswith(("/v1/", "/graph/"))
+        if operation.get("security") != [{"bearer": []}]
+    ]
+    assert not missing, missing
+    unguarded = [path for path in spec["paths"] if not path.startswith(("/v1/", "/graph/"))]
+    assert all("security" not in op for p in unguarded for op in spec["paths"][p].values()), unguarded

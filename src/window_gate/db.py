@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import re
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +31,12 @@ MIGRATIONS = _HERE / "migrations" if (_HERE / "migrations").is_dir() else _HERE.
 
 
 def embedded_url(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL kept in ``data_dir/pg``; it outlives this process."""
+    """Start (or join) the embedded PostgreSQL kept in ``data_dir/pg``; it outlives this process
+    (`./dev stop-db` stops it)."""
+    # pgserver asks platformdirs for a runtime dir at import, which warns on every command where
+    # XDG_RUNTIME_DIR is unset (servers, containers) and then uses /tmp/runtime-<uid>: that default is
+    # fine for pgserver's lock file. Other runtime-dir problems still warn.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", category=UserWarning)
     from pgserver import get_server  # type: ignore[attr-defined]  # lazily: only embedded mode needs it
 
     pgdata = (data_dir / "pg").resolve()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from window_gate import inputs
-from window_gate.apikey.access import SEND, Reader, Sender
+from window_gate.apikey.access import SEND, Authorization, Reader, Sender
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
     AUTH_PROBLEMS,
@@ -327,7 +327,7 @@ async def graph_send(
     request: Request,
     version: Annotated[str, Path(pattern=r"^v\d+\.\d+$", examples=["v25.0"])],
     phone_number_id: Annotated[str, Path(pattern=META_ID, examples=[EXAMPLE_PN])],
-    authorization: Annotated[str | None, Header(description="`Bearer <gate API key>`")] = None,
+    authorization: Authorization = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Exactly Meta's `POST /{version}/{phone_number_id}/messages`: an existing WhatsApp client changes

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 
 import httpx
 import orjson
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.convertors import PathConvertor, StringConvertor, register_url_convertor
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from window_gate.apikey.access import ADMIN, READ, SEND, Access
+from window_gate.apikey.access import ADMIN, READ, SEND, Access, Authorization
 from window_gate.apikey.rules import Caller
 from window_gate.crypto import Sealer
 from window_gate.errors import (
@@ -99,7 +99,6 @@ AccessToken = Annotated[
     str | None,
     Query(description="The gate API key, where a Graph client sends its token in the query; never passed on"),
 ]
-Authorization = Annotated[str | None, Header(description="`Bearer <gate API key>`")]
 
 
 def _responses(success: dict[str, Any]) -> dict[int | str, dict[str, Any]]:

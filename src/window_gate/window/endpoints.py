@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Request, Response
 
-from window_gate.apikey.access import READ, Reader
+from window_gate.apikey.access import READ, SECURITY, Reader
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
     AUTH_PROBLEMS,
@@ -38,14 +38,6 @@ GET_PARAMETERS = [
         "schema": {"type": "string", "maxLength": MAX_CUSTOMER},
         "examples": {"phone": {"value": "+55 11 98765-4321"}, "bsuid": {"value": "US.13491208655302741918"}},
     },
-    {
-        "name": "authorization",
-        "in": "header",
-        "required": False,
-        "description": "`Bearer <api key>`",
-        "schema": {"type": "string"},
-        "example": "Bearer wg_...",  # a header is Latin-1: no ellipsis character
-    },
 ]
 
 
@@ -55,7 +47,7 @@ GET_PARAMETERS = [
     response_model=WindowOut,
     status_code=200,
     responses=ERRORS,
-    openapi_extra={"parameters": GET_PARAMETERS},
+    openapi_extra={"parameters": GET_PARAMETERS, "security": SECURITY},
 )
 @READ.declared
 async def get_window(request: Request) -> Response:
