@@ -383,3 +383,17 @@ async def test_a_wait_s_share_is_the_same_in_python_and_in_sql(engine: Any) -> N
             {"ids": ids, "n": held.RELEASE_SHARDS},
         )
         assert {row[0]: row[1] for row in rows} == {i: held.shard_of(i) for i in ids}
+
+
+async def test_a_conversation_of_an_unreadable_customer_is_refused_and_nothing_is_written(
+    gate: Gated,
+) -> None:
+    client, engine = gate
+    for method in ("GET", "DELETE"):
+        suffix = "/held" if method == "DELETE" else ""
+        r = await client.request(method, f"/v1/conversations/{PN}/not-a-number{suffix}")
+        assert r.status_code == 422 and r.json()["code"] == "invalid_recipient", r.text
+        r = await client.request(method, f"/v1/conversations/12ab/{WA}{suffix}")
+        assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM customers"))).scalar() == 0
