@@ -84,7 +84,7 @@ INGEST = ("known", "new", "status")
 PER_BODY = (1, 100)
 BSUID_SHARE = 0.5  # new customers whose delivery carries a BSUID too: the wa_id ↔ BSUID linking path
 # Pre-signed deliveries per second of load; a run faster than this reuses bodies and says so ("wrapped").
-POOL_RATE = {1: 5_000, 100: 250}
+POOL_RATE = {1: 5_000, 100: 500}
 SEED = (
     f"INSERT INTO customers (wa_id) SELECT '1555' || lpad(i::text, 7, '0') FROM generate_series(1, {WINDOWS}) i",
     "INSERT INTO customer_aliases (alias, customer_id, source) SELECT wa_id, id, 'bench' FROM customers",
