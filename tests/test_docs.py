@@ -45,3 +45,17 @@ def test_docs_links_resolve_inside_the_repository() -> None:
             if not (doc.parent / target).resolve().is_relative_to(ROOT) or not (doc.parent / target).exists():
                 broken.append(f"{doc.relative_to(ROOT)} → {target}")
     assert not broken, broken
+
+
+def test_code_cites_only_documents_the_repository_carries() -> None:
+    """Code and docs cite docs/, never the design or platform notes the project was built from (a clone has none)."""
+    outside = re.compile(r"whatsapp-platform\.md|DESIGN\.md|STYLE\.md|\.\./shared")
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("src", "tests", "bench", "migrations", "docs")
+        for path in [ROOT / "README.md", *(ROOT / folder).rglob("*")]
+        if path.suffix in {".py", ".md", ".csv", ".lua"} and path.is_file()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if outside.search(line) and path != Path(__file__)
+    ]
+    assert not cited, cited

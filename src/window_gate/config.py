@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     safety_margin_seconds: int = Field(60, ge=0, le=86_400)
     sandbox: bool | None = None
 
-    # Additions to the DESIGN.md table (documented in the README).
+    # Additions to the contract's settings (docs/settings.md) (documented in the README).
     window_hours: int = Field(24, ge=1, le=168)
     free_entry_point_hours: int = Field(72, ge=1, le=24 * 14)
     max_clock_skew_seconds: int = Field(300, ge=0, le=86_400)

@@ -2,7 +2,7 @@
 
     Exception
     ├── GateError: a refusal or failure the caller can act on; a stable `code` and an HTTP status (the
-    │   │          table in DESIGN.md is a contract), rendered as RFC 9457 problem+json by one handler;
+    │   │          table in docs/errors.md is a contract), rendered as RFC 9457 problem+json by one handler;
     │   │          raised itself, 500 internal_error: what should not happen
     │   ├── ValidationFailed ············ 422 validation_error
     │   ├── PayloadTooLarge ············· 413 payload_too_large

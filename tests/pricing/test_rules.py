@@ -67,7 +67,7 @@ def tables(*, apply_unsure: bool = False, card: str = CARD) -> Tables:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The billability matrix (whatsapp-platform.md §3), every cell
+# The billability matrix (docs/meta-rules.md: pricing), every cell
 
 
 @pytest.mark.parametrize(

@@ -514,7 +514,7 @@ def test_build_without_known_components_puts_values_in_the_body() -> None:
     assert build_components(None, None, []) == []
 
 
-# --- Meta's limits on text parameters (whatsapp-platform.md §8) -------------------------------------------
+# --- Meta's limits on text parameters (docs/meta-rules.md: limits) ---------------------------------
 @pytest.mark.parametrize(
     ("value", "why"),
     [

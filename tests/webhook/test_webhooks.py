@@ -214,7 +214,7 @@ NON_OPENERS = ["system", "request_welcome", "ephemeral", "unknown_future_type"]
 
 
 def test_opening_types_follow_the_platform_facts() -> None:
-    # whatsapp-platform.md §1: every user-sent type opens (reaction and unsupported are unsure, so the
+    # docs/meta-rules.md: every user-sent type opens (reaction and unsupported are unsure, so the
     # table may flip them); system messages are identity events and never open.
     certain = {"text", "image", "audio", "video", "document", "sticker", "location", "contacts"}
     certain |= {"button", "interactive", "order"}

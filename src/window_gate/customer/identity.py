@@ -7,7 +7,7 @@ from window_gate.errors import InvalidRecipient
 
 # BSUIDs look like "US.13491208655302741918": a country code, a dot, an opaque id; a parent BSUID (one id
 # across a business portfolio) puts "ENT." before the id. Meta has not published a grammar, so this one
-# pattern is the whole rule (unsure, see whatsapp-platform.md §5).
+# pattern is the whole rule (unsure, see docs/meta-rules.md: sending).
 BSUID = re.compile(r"^[A-Z]{2}\.(?:ENT\.)?[0-9A-Za-z_-]{1,128}$")
 SEPARATORS = re.compile(r"[\s().\-/]")
 MIN_DIGITS, MAX_DIGITS = 7, 15  # E.164 allows at most 15

@@ -1,4 +1,4 @@
-"""What the gate does with each Meta error code (whatsapp-platform.md §5, §8): one table row per code."""
+"""What the gate does with each Meta error code (docs/meta-rules.md): one table row per code."""
 
 from window_gate.errors import (
     GateError,

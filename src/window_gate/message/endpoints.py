@@ -56,7 +56,7 @@ from window_gate.window.schemas import EXAMPLE_PN
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 conversation_router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
-# A send like any other, so it lives here; its path stays under the registry's (DESIGN.md).
+# A send like any other, so it lives here; its path stays under the registry's (docs/api.md).
 template_router = APIRouter(prefix="/v1/templates", tags=["templates"])
 graph_router = APIRouter(prefix="/graph", tags=["graph pass-through"])
 HELD_RESPONSE: dict[int | str, dict[str, Any]] = {

@@ -1,7 +1,7 @@
 """What a message costs: Meta's rate card, the billability matrix and the markets, as data. No I/O.
 
-Pricing changes at quarter starts and some of it is only reported, not documented (whatsapp-platform.md
-§3), so nothing here hard-codes a price or a rule: `estimate` reads three tables parsed from CSV text
+Pricing changes at quarter starts and some of it is only reported, not documented (docs/meta-rules.md:
+pricing), so nothing here hard-codes a price or a rule: `estimate` reads three tables parsed from CSV text
 (tables.py reads the files the settings name).
 """
 
@@ -45,7 +45,7 @@ def message_category(template_category: str | None) -> Category:
     return category
 
 
-# Meta's `pricing.category` in status webhooks, read as a rate-card column (whatsapp-platform.md §3).
+# Meta's `pricing.category` in status webhooks, read as a rate-card column (docs/meta-rules.md: pricing).
 REPORTED_CATEGORIES: dict[str, Category | None] = {
     "marketing": Category.MARKETING,
     "marketing_lite": Category.MARKETING,  # Marketing Messages Lite: same list rates (unsure)

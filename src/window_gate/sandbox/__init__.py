@@ -1,4 +1,4 @@
-"""The Graph API simulator: Meta's stand-in for tests and a newcomer's first run (DESIGN.md "Sandbox").
+"""The Graph API simulator: Meta's stand-in for tests and a newcomer's first run (README "A first run").
 
 Only the entry points (cli.py, asgi.py) and tests import it (pyproject's import-linter contracts): the
 service itself never depends on its test double.

@@ -2,7 +2,7 @@
 
 Meta checks the same when the message arrives (132000 count, 132012 format, 131008 missing value), but
 answers with a code and little else; checked here, the caller learns which component and which parameter
-is wrong before anything leaves (whatsapp-platform.md §4).
+is wrong before anything leaves (docs/meta-rules.md: templates).
 
 Templates come in Meta's `message_templates` shape (components HEADER / BODY / FOOTER / BUTTONS with
 `format`, `text`, `buttons`); sends in the Cloud API's (`components: [{type: header|body|button, ...}]`).
@@ -32,7 +32,7 @@ BUTTON_SUB_TYPES = {
 }
 NO_PARAMETER_BUTTONS = frozenset({"PHONE_NUMBER", "VOICE_CALL"})
 MAX_BUTTON_INDEX = 9
-# What Meta refuses in a text parameter (whatsapp-platform.md §8: reported as 132018, 132000 or 100) and
+# What Meta refuses in a text parameter (docs/meta-rules.md: limits: reported as 132018, 132000 or 100) and
 # how long a text may be (132005 for a body too long once filled in). One row each: a changed limit is a
 # one-line change.
 FORBIDDEN_IN_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (

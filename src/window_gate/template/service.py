@@ -1,5 +1,5 @@
 """The template registry: synced from Meta, kept current by webhooks and by Meta's answers, and the check
-every template send passes before it leaves (whatsapp-platform.md §4).
+every template send passes before it leaves (docs/meta-rules.md: templates).
 
 Which registry a send is checked against: the WhatsApp Business Account of its phone number (learnt from
 webhooks), else the only account the gate knows of. When there is none, or that account was never synced

@@ -12,7 +12,7 @@ from window_gate.consent.rules import comparable
 from window_gate.graph.reactions import MARKETING_HOLDS
 from window_gate.message.status import MessageStatus
 
-# Which user-sent `messages[].type` open or renew the customer service window (whatsapp-platform.md §1).
+# Which user-sent `messages[].type` open or renew the customer service window (docs/meta-rules.md).
 # Meta says "messages or calls"; reaction and unsupported are unsure: change a row to change the rule.
 # A type not listed here does not open the window (fail closed) and is counted as `ignored`.
 OPENS_WINDOW: dict[str, bool] = {
@@ -397,7 +397,7 @@ def _calls(value: dict[str, Any], out: Delivery) -> None:
 
 
 def _preferences(value: dict[str, Any], out: Delivery) -> None:
-    """Marketing opt-outs from the customer's own settings (whatsapp-platform.md §7)."""
+    """Marketing opt-outs from the customer's own settings (docs/meta-rules.md: webhooks)."""
     pn = str(_dict(value.get("metadata")).get("phone_number_id") or "")
     for p in _dicts(value.get("user_preferences")):
         category = PREFERENCE_CATEGORIES.get(str(p.get("category")))
