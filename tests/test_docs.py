@@ -52,8 +52,10 @@ def test_code_cites_only_documents_the_repository_carries() -> None:
     outside = re.compile(r"whatsapp-platform\.md|DESIGN\.md|STYLE\.md|\.\./shared")
     cited = [
         f"{path.relative_to(ROOT)}:{number}"
-        for folder in ("src", "tests", "bench", "migrations", "docs")
-        for path in [ROOT / "README.md", *(ROOT / folder).rglob("*")]
+        for path in [
+            ROOT / "README.md",
+            *(p for d in ("src", "tests", "bench", "migrations", "docs") for p in (ROOT / d).rglob("*")),
+        ]
         if path.suffix in {".py", ".md", ".csv", ".lua"} and path.is_file()
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if outside.search(line) and path != Path(__file__)
