@@ -1,5 +1,5 @@
 """ALLOW_LISTED_NUMBERS_ONLY: only registered numbers are served (404 unknown_phone_number); webhooks for
-others are kept, applied to nothing."""
+others are kept, applied to nothing (a delivery naming both: applied for the registered numbers only)."""
 
 from collections.abc import AsyncIterator
 
@@ -51,3 +51,23 @@ async def test_an_unregistered_number_is_not_served_and_its_webhooks_are_kept_un
     window = await client.get(f"/v1/windows/{PN}/{WA}")
     assert window.status_code == 200 and window.json()["state"] == "open"
     assert (await client.post("/v1/messages", json=text_message())).status_code == 201
+
+
+async def test_a_delivery_naming_registered_and_unregistered_numbers_is_applied_for_the_registered_only(
+    listed: tuple[httpx.AsyncClient, AsyncEngine],
+) -> None:
+    client, engine = listed
+    other = "109876543210"
+    assert (await client.put(f"/v1/phone-numbers/{PN}", json={"time_zone": "UTC"})).status_code == 200
+    mixed = delivery([inbound(WA)])
+    [unregistered] = delivery([inbound(WA)], phone_number_id=other)["entry"]
+    mixed["entry"].append(unregistered)
+    body, headers = signed(mixed)
+    assert (await client.post("/webhooks/whatsapp", content=body, headers=headers)).status_code == 200
+
+    async with engine.connect() as conn:
+        windows = (await conn.execute(text("SELECT phone_number_id FROM windows"))).scalars().all()
+        [error] = (await conn.execute(text("SELECT error FROM webhook_deliveries"))).scalars().all()
+    assert windows == [PN] and error is None
+    metrics = (await client.get("/metrics")).text
+    assert 'window_gate_webhook_messages_total{outcome="not_registered",type="messages"} 1.0' in metrics

@@ -2,6 +2,7 @@
 
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -221,13 +222,16 @@ class Delivery:
     holds: list[HoldEvent] = field(default_factory=list)
     numbers: set[tuple[str, str]] = field(default_factory=set)  # (phone_number_id, display digits) seen
     phone_number_ids: set[str] = field(default_factory=set)  # every number a change names: relay filters
+    unserved: set[str] = field(default_factory=set)  # numbers whose changes were left out (not registered)
     echoes: list[EchoEvent] = field(default_factory=list)
     qualities: list[QualityEvent] = field(default_factory=list)
     account: list[AccountEvent] = field(default_factory=list)
 
 
-def parse_delivery(body: bytes) -> Delivery:
-    """Everything the window cares about in one delivery; the rest is counted and left alone."""
+def parse_delivery(body: bytes, served: Collection[str] | None = None) -> Delivery:
+    """Everything the window cares about in one delivery; the rest is counted and left alone. With
+    ``served`` (ALLOW_LISTED_NUMBERS_ONLY's registered numbers), a change naming another number is left
+    out, its number noted in ``unserved``."""
     out = Delivery()
     payload = orjson.loads(body)
     if not isinstance(payload, dict) or payload.get("object") != "whatsapp_business_account":
@@ -242,6 +246,10 @@ def parse_delivery(body: bytes) -> Delivery:
                 continue
             metadata = _dict(value.get("metadata"))
             pn = metadata.get("phone_number_id")
+            if pn and served is not None and str(pn) not in served:
+                out.unserved.add(str(pn))
+                out.counts[str(change.get("field")), "not_registered"] += 1
+                continue
             if pn:
                 out.phone_number_ids.add(str(pn))
             if waba_id and pn:

@@ -86,15 +86,14 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     once: a retry cannot help. Any other failure (database down, deadlock) raises, so Meta delivers again.
     """
     try:
-        delivery = parse_delivery(body)
+        delivery = parse_delivery(body, await gate.part(AllowList).numbers())
     except ValueError as exc:
         await _keep_unapplied(gate, body, None, exc)
         return Delivery()
-    if (allowed := await gate.part(AllowList).numbers()) is not None and (
-        delivery.phone_number_ids and not delivery.phone_number_ids & allowed
-    ):
+    if delivery.unserved and not delivery.phone_number_ids:
         # ALLOW_LISTED_NUMBERS_ONLY: kept (Meta does not send it again), applied to nothing, relayed to no one.
-        reason = f"ALLOW_LISTED_NUMBERS_ONLY: not registered: {', '.join(sorted(delivery.phone_number_ids))}"
+        # A delivery naming registered numbers too is applied for those only (parse left the rest out).
+        reason = f"ALLOW_LISTED_NUMBERS_ONLY: not registered: {', '.join(sorted(delivery.unserved))}"
         async with gate.engine.begin() as conn:
             await repository.store(conn, body, reason)
         return Delivery()
