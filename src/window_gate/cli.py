@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     number_verbs.add_parser("list", help="every number the gate knows, one JSON object per line")
     number_verbs.add_parser(
-        "reencrypt", help="encrypt every stored token anew under ENCRYPTION_KEY's first key (rotation)"
+        "reencrypt",
+        help="encrypt every stored token and subscription secret anew under ENCRYPTION_KEY's first key (rotation)",
     )
 
     subs = verbs.add_parser("subscriptions", help="who receives Meta's webhooks and the gate's events")
@@ -395,6 +396,7 @@ async def _subscriptions(settings: Settings, url: str, args: argparse.Namespace)
 
     from pydantic import ValidationError
 
+    from window_gate.crypto import Sealer
     from window_gate.errors import GateError
     from window_gate.subscription import repository, service
     from window_gate.subscription.schemas import SubscriptionIn, SubscriptionOut
@@ -425,9 +427,10 @@ async def _subscriptions(settings: Settings, url: str, args: argparse.Namespace)
                     phone_number_ids=args.phone_numbers,
                     description=args.description,
                 )
-                row = await service.create(
+                made = await service.create(
                     conn,
                     settings,
+                    Sealer(settings.encryption_keys),
                     url=asked.url,
                     events=asked.events,
                     phone_number_ids=asked.phone_number_ids,
@@ -440,9 +443,9 @@ async def _subscriptions(settings: Settings, url: str, args: argparse.Namespace)
             except GateError as exc:
                 print(f"window-gate: {exc.detail}", file=sys.stderr)
                 return 2
-            print(shown(row))
+            print(shown(made))
             print("Its secret (app secret for meta.webhook consumers; shown only this once):")
-            print(row.secret)
+            print(made["secret"])
             return 0
     finally:
         await engine.dispose()
@@ -456,6 +459,7 @@ async def _phone_numbers(settings: Settings, url: str, args: argparse.Namespace)
     from window_gate.errors import GateError
     from window_gate.phonenumber import repository, service
     from window_gate.phonenumber.schemas import PhoneNumberIn, shown
+    from window_gate.subscription import service as subscription_service
 
     sealer = Sealer(settings.encryption_keys)
     engine = db.make_engine(url, 1)
@@ -466,8 +470,10 @@ async def _phone_numbers(settings: Settings, url: str, args: argparse.Namespace)
                     print(shown(row).model_dump_json())
                 return 0
             if args.action == "reencrypt":
+                tokens = await service.reencrypt(conn, sealer)
+                secrets = await subscription_service.reencrypt(conn, sealer)
                 print(
-                    f"{await service.reencrypt(conn, sealer)} access token(s) encrypted under the first key"
+                    f"{tokens} access token(s), {secrets} subscription secret(s) encrypted under the first key"
                 )
                 return 0
             given: dict[str, object] = {

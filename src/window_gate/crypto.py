@@ -1,8 +1,9 @@
-"""The phone numbers' access tokens at rest: Fernet (AES-128-CBC + HMAC-SHA256, authenticated, versioned),
+"""Secrets at rest — the phone numbers' access tokens, the subscriptions' secrets: Fernet (AES-128-CBC + HMAC-SHA256, authenticated, versioned),
 through `cryptography`'s MultiFernet so that ENCRYPTION_KEY may list several keys: the first encrypts,
 every one decrypts (rotation: put the new key first, `window-gate phone-numbers reencrypt`, drop the old).
 
-Decrypted tokens are remembered per process for a minute, keyed by their ciphertext, so a send pays no
+Subscription secrets are sealed only when ENCRYPTION_KEY is set (a gate without one keeps them as shown,
+`whsec_…`, which a Fernet token never starts with). Decrypted tokens are remembered per process for a minute, keyed by their ciphertext, so a send pays no
 cryptography in the steady state; a token set anew is a new ciphertext, so it is never served stale."""
 
 import time
@@ -48,17 +49,15 @@ class Sealer:
         self._opened[sealed] = (now + CACHE_SECONDS, token)
         return token
 
-    def decrypt(self, sealed: str) -> str:
+    def decrypt(self, sealed: str, what: str = "this number's access token") -> str:
         if self._fernet is None:
-            raise UpstreamConfiguration(
-                "this number's access token is encrypted and WINDOW_GATE_ENCRYPTION_KEY is not set"
-            )
+            raise UpstreamConfiguration(f"{what} is encrypted and WINDOW_GATE_ENCRYPTION_KEY is not set")
         try:
             return self._fernet.decrypt(sealed.encode()).decode()
         except InvalidToken:
             raise UpstreamConfiguration(
-                "this number's access token was encrypted with a key WINDOW_GATE_ENCRYPTION_KEY no longer "
-                "lists: add that key back, or set the token again"
+                f"{what} was encrypted with a key WINDOW_GATE_ENCRYPTION_KEY no longer lists: add that key "
+                "back, or set it again"
             ) from None
 
     def rotate(self, sealed: str) -> str:

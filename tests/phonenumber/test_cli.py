@@ -66,7 +66,7 @@ def test_phone_numbers_set_list_and_reencrypt(
     new = Fernet.generate_key().decode()
     monkeypatch.setenv("WINDOW_GATE_ENCRYPTION_KEY", f"{new},{ENCRYPTION_KEY}")
     code, out, _ = run(capsys, "phone-numbers", "reencrypt")
-    assert code == 0 and out.startswith("1 access token(s)")
+    assert code == 0 and out.startswith("1 access token(s), 0 subscription secret(s)")
     assert Sealer([new]).decrypt(sealed_token(env)) == TOKEN
 
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem, bearer, make_key
+from tests.conftest import ENCRYPTION_KEY, assert_problem, bearer, make_key
 from tests.factories import PN, delivery, inbound, signed
 from tests.subscription.conftest import dispatch
 from tests.subscription.receiver import Receiver, receiving
@@ -20,8 +21,9 @@ from window_gate import jobs
 from window_gate.apikey.rules import Role
 from window_gate.background import registry
 from window_gate.config import Settings
+from window_gate.crypto import Sealer
 from window_gate.db import make_engine
-from window_gate.errors import ValidationFailed
+from window_gate.errors import UpstreamConfiguration, ValidationFailed
 from window_gate.subscription import repository, service
 
 HOOK = "/webhooks/whatsapp"
@@ -52,6 +54,12 @@ async def states(engine: AsyncEngine) -> list[tuple[str, int]]:
         return [(r.state, r.attempts) for r in rows]
 
 
+async def stored_secret(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        secret: str = (await conn.execute(text("SELECT secret FROM subscriptions"))).scalar_one()
+    return secret
+
+
 def meta_signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -69,6 +77,8 @@ async def test_meta_webhook_relayed_byte_for_byte_signed_with_the_subscription_s
         (got,) = receiver.received
     assert got.body == body  # byte for byte
     assert got.headers["x-hub-signature-256"] == meta_signature(sub["secret"], body)
+    stored = await stored_secret(engine)  # at rest: sealed under ENCRYPTION_KEY, not as shown
+    assert sub["secret"] not in stored and Sealer([ENCRYPTION_KEY]).decrypt(stored) == sub["secret"]
     assert got.headers["content-type"] == "application/json"
     assert await states(engine) == [("delivered", 1)]
     r = await client.get(f"/v1/subscriptions/{sub['id']}/deliveries", headers=admin_headers)
@@ -247,22 +257,65 @@ async def test_only_admins_manage_subscriptions_and_bad_ones_write_nothing(
     assert [s["id"] for s in r.json()["subscriptions"]] == [created["id"]]
 
 
+async def test_without_encryption_key_a_secret_is_kept_as_shown_until_reencrypt_seals_it(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], engine: AsyncEngine, settings: Settings
+) -> None:
+    keyless = settings.model_copy(update={"encryption_key": None})
+    async with engine.begin() as conn:
+        made = await service.create(
+            conn,
+            keyless,
+            Sealer(keyless.encryption_keys),
+            url="http://127.0.0.1:9/",
+            events=["meta.webhook"],
+            phone_number_ids=None,
+            description=None,
+        )
+    assert await stored_secret(engine) == made["secret"]
+    async with receiving() as receiver:
+        async with engine.begin() as conn:  # the receiver's URL, and a key set since: rotation's first step
+            await conn.execute(text("UPDATE subscriptions SET url = :u"), {"u": receiver.url})
+            assert await service.reencrypt(conn, Sealer([ENCRYPTION_KEY])) == 1
+        sealed = await stored_secret(engine)
+        assert made["secret"] not in sealed and Sealer([ENCRYPTION_KEY]).decrypt(sealed) == made["secret"]
+        body = await meta_delivers(client)
+        assert await dispatch(engine, settings) == 1
+        (got,) = receiver.received
+    assert got.headers["x-hub-signature-256"] == meta_signature(made["secret"], body)
+
+
+async def test_a_secret_sealed_under_a_key_no_longer_listed_is_not_sent_unsigned(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], engine: AsyncEngine, settings: Settings
+) -> None:
+    async with receiving() as receiver:
+        await subscribe(client, admin_headers, receiver.url)
+        await meta_delivers(client)
+        other_key = settings.model_copy(update={"encryption_key": Fernet.generate_key().decode()})
+        with pytest.raises(UpstreamConfiguration, match="a subscription's secret was encrypted with a key"):
+            await dispatch(engine, other_key)
+        assert receiver.received == [] and await states(engine) == [("pending", 0)]
+        assert await dispatch(engine, settings) == 1  # the key back: sent
+        assert len(receiver.received) == 1
+
+
 async def test_the_url_allowlist(engine: AsyncEngine, settings: Settings) -> None:
     narrowed = settings.model_copy(update={"relay_url_allowlist": "https://hooks.example.com/, http://10."})
     async with engine.begin() as conn:
         made = await service.create(
             conn,
             narrowed,
+            Sealer(narrowed.encryption_keys),
             url="https://hooks.example.com/wa",
             events=["meta.webhook"],
             phone_number_ids=None,
             description=None,
         )
-        assert made.url == "https://hooks.example.com/wa"
+        assert made["url"] == "https://hooks.example.com/wa"
         with pytest.raises(ValidationFailed) as refused:
             await service.create(
                 conn,
                 narrowed,
+                Sealer(narrowed.encryption_keys),
                 url="https://hooks.example.com.evil.io/",
                 events=["meta.webhook"],
                 phone_number_ids=None,

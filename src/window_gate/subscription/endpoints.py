@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.apikey.access import Admin
 from window_gate.apikey.rules import Caller
+from window_gate.crypto import Sealer
 from window_gate.db import AnyRow
 from window_gate.errors import AUTH_PROBLEMS, Forbidden, NotFound, ValidationFailed, problems
 from window_gate.kit import gate
@@ -55,12 +56,13 @@ async def create(request: Request, caller: Admin, body: SubscriptionIn) -> Subsc
         row = await service.create(
             conn,
             g.settings,
+            g.part(Sealer),
             url=body.url,
             events=body.events,
             phone_number_ids=body.phone_number_ids,
             description=body.description,
         )
-    return SubscriptionCreated.model_validate(row, from_attributes=True)
+    return SubscriptionCreated.model_validate(row)
 
 
 @router.get(

@@ -68,6 +68,10 @@ async def listing(conn: AsyncConnection) -> Sequence[AnyRow]:
     return (await conn.execute(select(Subscription).order_by(Subscription.created_at, Subscription.id))).all()
 
 
+async def set_secret(conn: AsyncConnection, subscription_id: UUID, secret: str) -> None:
+    await conn.execute(update(Subscription).where(Subscription.id == subscription_id).values(secret=secret))
+
+
 async def get(conn: AsyncConnection, subscription_id: UUID) -> AnyRow | None:
     return (await conn.execute(select(Subscription).where(Subscription.id == subscription_id))).one_or_none()
 

@@ -17,13 +17,14 @@ import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from window_gate.config import Settings
-from window_gate.db import AnyRow
+from window_gate.crypto import Sealer
 from window_gate.errors import ValidationFailed
 from window_gate.subscription import repository, rules
 
@@ -39,25 +40,48 @@ def now() -> datetime:
 async def create(
     conn: AsyncConnection,
     settings: Settings,
+    sealer: Sealer,
     *,
     url: str,
     events: Sequence[str],
     phone_number_ids: Sequence[str] | None,
     description: str | None,
-) -> AnyRow:
+) -> dict[str, Any]:
     prefixes = settings.relay_url_prefixes
     if prefixes and not any(url.startswith(p) for p in prefixes):
         raise ValidationFailed(
             "url is not under WINDOW_GATE_RELAY_URL_ALLOWLIST", url=url, allowed_prefixes=prefixes
         )
-    return await repository.create(
+    secret = rules.new_secret()
+    row = await repository.create(
         conn,
         url=url,
         events=sorted(set(events), key=rules.EVENT_TYPES.index),
         phone_number_ids=None if phone_number_ids is None else sorted(set(phone_number_ids)),
         description=description,
-        secret=rules.new_secret(),
+        secret=sealer.seal(secret) if sealer.configured else secret,  # at rest: sealed when a key is set
     )
+    return {**row._mapping, "secret": secret}  # shown this once
+
+
+def readable(stored: str, sealer: Sealer) -> str:
+    """The secret as shown at creation, from what is stored (sealed, or as shown without ENCRYPTION_KEY)."""
+    return (
+        stored
+        if stored.startswith(rules.SECRET_PREFIX)
+        else sealer.decrypt(stored, "a subscription's secret")
+    )
+
+
+async def reencrypt(conn: AsyncConnection, sealer: Sealer) -> int:
+    """Every subscription's secret encrypted anew under ENCRYPTION_KEY's first key (those stored as shown,
+    from before a key was set, encrypted for the first time); how many."""
+    rows = await repository.listing(conn)
+    for row in rows:
+        stored = row.secret
+        sealed = sealer.seal(stored) if stored.startswith(rules.SECRET_PREFIX) else sealer.rotate(stored)
+        await repository.set_secret(conn, row.id, sealed)
+    return len(rows)
 
 
 # --- the dispatcher -------------------------------------------------------------------------------------
@@ -72,6 +96,7 @@ async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) 
         subscription = await repository.get(conn, subscription_id)
     if subscription is None:
         return 0  # deleted since the tick saw it
+    secret = readable(subscription.secret, Sealer(settings.encryption_keys))
     concurrency, rounds = settings.relay_concurrency, 1
     turns, deadline, attempted = asyncio.Semaphore(concurrency), time.monotonic() + DRAIN_SECONDS, 0
     async with _session(settings) as session:
@@ -81,7 +106,7 @@ async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) 
                 if not claimed:
                     break
                 outcomes = await asyncio.gather(
-                    *(_attempt(session, turns, settings, subscription, c) for c in claimed)
+                    *(_attempt(session, turns, settings, subscription.url, secret, c) for c in claimed)
                 )
                 await repository.finish(conn, outcomes)
             attempted += len(claimed)
@@ -106,20 +131,19 @@ async def _attempt(
     session: aiohttp.ClientSession,
     turns: asyncio.Semaphore,
     settings: Settings,
-    subscription: AnyRow,
+    url: str,
+    secret: str,
     delivery: repository.Claimed,
 ) -> repository.Outcome:
     async with turns:
         at, started = now(), time.perf_counter()
         headers = {
             "content-type": "application/json",
-            **rules.headers(
-                delivery.event_type, str(delivery.event_id), delivery.body, subscription.secret, at
-            ),
+            **rules.headers(delivery.event_type, str(delivery.event_id), delivery.body, secret, at),
         }
         status_code: int | None = None
         try:
-            async with session.post(subscription.url, data=delivery.body, headers=headers) as answer:
+            async with session.post(url, data=delivery.body, headers=headers) as answer:
                 status_code, text = answer.status, await answer.text(errors="replace")  # read: kept alive
             error = None if 200 <= status_code < 300 else f"HTTP {status_code}: {text[:200]}"
         except (aiohttp.ClientError, TimeoutError) as exc:
