@@ -259,7 +259,11 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
             ]
         )
     mode = (
-        f"sandbox simulator at {upstream} (nothing reaches WhatsApp)" if settings.sandbox_mode else upstream
+        f"sandbox simulator at {upstream} (nothing reaches WhatsApp)"
+        if simulator
+        else f"{upstream} (sandbox mode)"
+        if settings.sandbox_mode
+        else upstream
     )
     print(
         f"window_gate on http://{host}:{port} · upstream: {mode} · docs: http://{host}:{port}/docs",

@@ -85,7 +85,12 @@ def test_pywa_client_works_through_the_graph_pass_through(
     loop: tuple[int, httpx.Client, dict[str, str], str], tmp_path: Path
 ) -> None:
     port, sim, env, key = loop
-    with serve(env, tmp_path / "gate.log", "--no-migrate", port=port), httpx.Client(timeout=10) as session:
+    with (
+        serve(env, tmp_path / "gate.log", "--no-migrate", port=port) as served,
+        httpx.Client(timeout=10) as session,
+    ):
+        # Its own GRAPH_BASE_URL: no simulator started beside it, and the banner does not claim one.
+        assert f"upstream: {env['WINDOW_GATE_GRAPH_BASE_URL']} (sandbox mode)" in served.output()
         assert sim.post("/sandbox/inbound", json={"phone_number_id": PN, "from": OPEN}).json()["webhook"][
             "delivered"
         ]
