@@ -1,6 +1,7 @@
 """The `window-gate` command as operators run it: real processes, a real socket, real PostgreSQL."""
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -8,8 +9,18 @@ import pytest
 
 from tests.conftest import cli_env
 from tests.factories import PN
-from tests.served import CUSTOMER, KEY, deliver_inbound, run_cli, serve, stop_embedded_postgres, window
+from tests.served import (
+    CUSTOMER,
+    KEY,
+    WINDOW_GATE,
+    deliver_inbound,
+    run_cli,
+    serve,
+    stop_embedded_postgres,
+    window,
+)
 from window_gate import db
+from window_gate.cli import EMBEDDED_IN_CONTAINER
 
 pytestmark = pytest.mark.slow  # the CLI and `serve` as processes
 
@@ -38,7 +49,7 @@ def test_created_key_works_against_a_served_gate(emptied_afterwards: str, tmp_pa
 def test_embedded_first_start_prints_an_admin_key_and_data_survives_restart() -> None:
     # Short path: PostgreSQL's socket lives in the data folder and socket paths are limited in length.
     home = Path(tempfile.mkdtemp(prefix="wg-e2e-"))
-    env = cli_env(DATA_DIR=str(home / "data"))
+    env = cli_env(DATA_DIR=str(home / "data"), EMBEDDED_IN_CONTAINER="true")  # this may run in a container
     pgdata = home / "data" / "pg"
     try:
         with serve(env, home / "first.log") as gate:
@@ -65,3 +76,46 @@ def test_embedded_first_start_prints_an_admin_key_and_data_survives_restart() ->
     finally:
         stop_embedded_postgres(pgdata)
         shutil.rmtree(home, ignore_errors=True)
+
+
+# What Kubernetes sets in every pod: the CLI then knows it runs in a container, wherever the test runs.
+IN_A_POD = {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+
+
+@pytest.mark.parametrize(
+    "verb", [["migrate"], ["serve", "--port", "1"], ["worker"], ["api-keys", "list"]], ids=" ".join
+)
+def test_in_a_container_without_database_url_nothing_starts_an_embedded_database(
+    verb: list[str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [WINDOW_GATE, *verb],
+        env=cli_env(DATA_DIR=str(data)) | IN_A_POD,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == EMBEDDED_IN_CONTAINER, done.stderr  # after any warning
+    assert not data.exists()  # no embedded PostgreSQL was started: nothing to lose, nothing to clean up
+
+
+def test_in_a_container_the_embedded_database_is_used_when_asked_for() -> None:
+    home = Path(tempfile.mkdtemp(prefix="wg-pod-"))  # short: PostgreSQL's socket lives in the data folder
+    env = cli_env(DATA_DIR=str(home / "data"), EMBEDDED_IN_CONTAINER="true") | IN_A_POD
+    try:
+        done = run_cli("migrate", env=env)
+        assert done.stdout.strip().endswith(f"database at revision {db.head_revision()}")
+        assert (home / "data" / "pg" / "PG_VERSION").exists()
+    finally:
+        stop_embedded_postgres(home / "data" / "pg")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_in_a_container_a_database_url_is_used_as_ever(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(DATABASE_URL=database_url, DATA_DIR=str(tmp_path / "data")) | IN_A_POD
+    assert run_cli("migrate", env=env).stdout.strip().endswith(f"database at revision {db.head_revision()}")
+    assert not (tmp_path / "data").exists()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_env
-from window_gate.config import SANDBOX_APP_SECRET, SettingsError, load_settings
+from window_gate import config
+from window_gate.config import SANDBOX_APP_SECRET, SettingsError, in_container, load_settings
 
 WINDOW_GATE = Path(sys.executable).parent / "window-gate"
 
@@ -89,3 +90,17 @@ def test_cli_refuses_bad_setting_with_one_line(verb: list[str], bad: str) -> Non
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], done.stderr
+
+
+def test_a_container_is_known_by_its_marker_file_or_by_kubernetes(
+    environ: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    marker = tmp_path / ".dockerenv"
+    environ.setattr(config, "CONTAINER_MARKERS", (marker, tmp_path / ".containerenv"))
+    environ.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert not in_container()
+    marker.touch()
+    assert in_container()
+    marker.unlink()
+    environ.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    assert in_container()

@@ -20,7 +20,13 @@ from window_gate import db, lifeline, logs
 from window_gate.apikey import repository as api_keys
 from window_gate.apikey import service as api_key_service
 from window_gate.apikey.rules import OPERATOR, Role
-from window_gate.config import DEFAULT_GRAPH_BASE_URL, Settings, SettingsError, load_settings
+from window_gate.config import (
+    DEFAULT_GRAPH_BASE_URL,
+    Settings,
+    SettingsError,
+    in_container,
+    load_settings,
+)
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -148,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.verb in ("simulator", "sandbox-inbound"):
         _sandbox(args, settings)  # before the database URL: the simulator needs no database
         return
+    if settings.database_url is None and not settings.embedded_in_container and in_container():
+        sys.exit(EMBEDDED_IN_CONTAINER)  # before anything is created: a refused start leaves nothing behind
     url = db.database_url(settings)
     if args.verb == "serve":
         _serve(settings, url, args, migrate=not args.no_migrate)
@@ -170,6 +178,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         key = asyncio.run(_create_key(url, args.name, Role(args.role), args.phone_numbers))
         print(f"API key {args.name!r} ({args.role}); it is shown only this once:")
         print(key)
+
+
+EMBEDDED_IN_CONTAINER = (
+    "window-gate: WINDOW_GATE_DATABASE_URL is not set and this runs in a container: the embedded PostgreSQL "
+    "would keep its data inside the container and lose it with the container. Set WINDOW_GATE_DATABASE_URL="
+    "postgresql+asyncpg://…, or WINDOW_GATE_EMBEDDED_IN_CONTAINER=true to use the embedded one anyway "
+    "(with WINDOW_GATE_DATA_DIR on a volume)"
+)
 
 
 def _read_configured(settings: Settings) -> None:

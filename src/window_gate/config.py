@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(None, description="postgresql+asyncpg://…; unset → embedded PostgreSQL")
     data_dir: Path = Path(".window-gate")
+    embedded_in_container: bool = Field(
+        False,
+        description="Use the embedded PostgreSQL even in a container (Docker, Podman, a Kubernetes pod); "
+        "without it, there every command that needs the database refuses to start one when DATABASE_URL is "
+        "unset, as its data would go with the container (keep DATA_DIR on a volume if you set it)",
+    )
     graph_base_url: str = DEFAULT_GRAPH_BASE_URL
     graph_api_version: str = Field("v25.0", pattern=r"^v\d+\.\d+$")
     graph_access_token: str | None = None
@@ -236,6 +243,15 @@ class Settings(BaseSettings):
 SANDBOX_APP_SECRET = "sandbox-app-secret"  # noqa: S105
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105
 SANDBOX_WABA_ID = "102290129340398"  # the simulator's account (SimulatorConfig.waba_id)
+
+
+# Docker writes the first into every container, Podman the second; Kubernetes sets the variable in every pod.
+CONTAINER_MARKERS = (Path("/.dockerenv"), Path("/run/.containerenv"))
+
+
+def in_container() -> bool:
+    """Whether this process runs in a container, where an embedded database does not outlive a restart."""
+    return "KUBERNETES_SERVICE_HOST" in os.environ or any(marker.exists() for marker in CONTAINER_MARKERS)
 
 
 def _split(value: str) -> list[str]:
