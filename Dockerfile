@@ -19,7 +19,8 @@ COPY migrations ./migrations
 RUN uv sync --locked --no-dev --no-editable
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --create-home --uid 10001 gate
+# DATA_DIR exists, owned by the user, so a volume mounted there (the sandbox's state) is writable by it.
+RUN useradd --create-home --uid 10001 gate && install -d -o gate -g gate /home/gate/data
 COPY --from=build /opt/venv /opt/venv
 # Bytecode was compiled at build time: nothing writes beside the code, so the root filesystem can be
 # read-only (Kubernetes: readOnlyRootFilesystem, with /tmp and DATA_DIR as emptyDir volumes).
