@@ -83,15 +83,23 @@ IN_A_POD = {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}
 
 
 @pytest.mark.parametrize(
-    "verb", [["migrate"], ["serve", "--port", "1"], ["worker"], ["api-keys", "list"]], ids=" ".join
+    ("verb", "settings"),
+    [
+        (["migrate"], {}),
+        (["migrate"], {"DATABASE_URL": ""}),  # empty is unset, as compose's `${VAR:-}` gives it
+        (["serve", "--port", "1"], {}),
+        (["worker"], {}),
+        (["api-keys", "list"], {}),
+    ],
+    ids=["migrate", "migrate-empty-url", "serve", "worker", "api-keys"],
 )
 def test_in_a_container_without_database_url_nothing_starts_an_embedded_database(
-    verb: list[str], tmp_path: Path
+    verb: list[str], settings: dict[str, str], tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     done = subprocess.run(
         [WINDOW_GATE, *verb],
-        env=cli_env(DATA_DIR=str(data)) | IN_A_POD,
+        env=cli_env(DATA_DIR=str(data), **settings) | IN_A_POD,
         capture_output=True,
         text=True,
         timeout=60,

@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.verb in ("simulator", "sandbox-inbound"):
         _sandbox(args, settings)  # before the database URL: the simulator needs no database
         return
-    if settings.database_url is None and not settings.embedded_in_container and in_container():
+    if not settings.database_url and not settings.embedded_in_container and in_container():
         sys.exit(EMBEDDED_IN_CONTAINER)  # before anything is created: a refused start leaves nothing behind
     url = db.database_url(settings)
     if args.verb == "serve":
