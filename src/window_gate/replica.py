@@ -45,7 +45,7 @@ class Replica:
     ) -> None:
         self.primary, self.replica, self.engines = primary, replica, engines
         self.max_lag = max_lag
-        self.every = min(1.0, max_lag / 2)
+        self.every = min(1.0, max_lag / 4)  # a caught-up replica then reads at most ~2 probes behind
         self.clock = clock
         # Primary positions (and when they were read) the replica has not yet been seen to replay.
         self.pending: deque[tuple[float, int]] = deque(maxlen=64)
