@@ -52,6 +52,7 @@ class Replica:
         self.confirmed = -math.inf  # the replica holds every transaction committed before this instant
         self.probed = -math.inf
         self.probing: asyncio.Task[None] | None = None
+        self.failing = False  # a failed probe is logged once, not every second
 
     def lag(self) -> float:
         """Seconds the replica may be behind the primary, at most (inf: never confirmed)."""
@@ -80,12 +81,14 @@ class Replica:
         metrics.REPLICA_READS.labels("primary").inc()
         return await getattr(self.primary, method)(query, *args)
 
-    async def refresh(self) -> float:
-        """Probe now (or join the probe in flight); the lag bound after it."""
+    async def refresh(self, within: float = 1.0) -> None:
+        """Probe now (or join the probe in flight), waiting `within` seconds at most (a scrape must not
+        wait on a silent server); the gauge then says the bound as of now either way."""
         if self.probing is None:
             self.probing = asyncio.create_task(self.probe())
-        await asyncio.shield(self.probing)
-        return self.lag()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.probing), within)
+        metrics.REPLICA_LAG.set(self.lag())
 
     async def probe(self) -> None:
         """One reading of both positions, the primary's first; an unreadable one confirms nothing."""
@@ -96,8 +99,11 @@ class Replica:
             replayed = await _scalar(self.engines[1], REPLAYED)
             while replayed is not None and self.pending and self.pending[0][1] <= replayed:
                 self.confirmed = max(self.confirmed, self.pending.popleft()[0])
+            self.failing = False
         except Exception as exc:
-            log.warning("replica lag probe failed: %s", exc)
+            if not self.failing:
+                log.warning("replica lag probe failed (window checks read the primary meanwhile): %s", exc)
+            self.failing = True
         finally:
             metrics.REPLICA_LAG.set(self.lag())
             self.probing = None
