@@ -17,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.responses import Response
 
 from window_gate import __doc__ as description
-from window_gate import db, jobs
+from window_gate import db, jobs, replica
 from window_gate.apikey import access
 from window_gate.apikey.endpoints import router as api_key_router
 from window_gate.apikey.service import AllowList, Authenticator
@@ -106,7 +106,10 @@ def create_app(
                 DeliveryRecorder.configured(hot, settings),
             ]
             autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-            state = Gate(settings, engine, autocommit, hot, graph, {type(p): p for p in parts})
+            reads: db.Rows = hot
+            if settings.read_database_url:
+                reads = await replica.connect(settings, settings.read_database_url, hot, autocommit, opened)
+            state = Gate(settings, engine, autocommit, hot, reads, graph, {type(p): p for p in parts})
             app.state.gate = state
             if settings.jobs_in_serve:  # else `window-gate worker` processes run them all
                 await opened.enter_async_context(

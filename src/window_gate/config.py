@@ -34,6 +34,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WINDOW_GATE_", extra="ignore")
 
     database_url: str | None = Field(None, description="postgresql+asyncpg://…; unset → embedded PostgreSQL")
+    read_database_url: str | None = Field(
+        None,
+        description="postgresql+asyncpg://… of a streaming replica of DATABASE_URL: window checks read "
+        "there while it is provably at most READ_MAX_LAG_SECONDS behind (README, Past one machine); "
+        "sends, API keys and every write stay on the primary. Unset → everything reads the primary",
+    )
+    read_max_lag_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Window checks leave the replica for the primary while it may be further behind "
+        "than this (a lag bound measured against the primary's WAL, at most every second)",
+    )
     data_dir: Path = Path(".window-gate")
     embedded_in_container: bool = Field(
         False,
@@ -164,7 +177,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "read_database_url")
     @classmethod
     def _asyncpg_url(cls, url: str | None) -> str | None:
         # Caught here, a wrong URL is one line; later it is a driver-import traceback.

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from window_gate.config import Settings
-from window_gate.db import HotPool
+from window_gate.db import HotPool, Rows
 from window_gate.graph.client import GraphClient
 
 T = TypeVar("T")
@@ -28,6 +28,7 @@ class Gate:
     engine: AsyncEngine
     autocommit: AsyncEngine  # the same pool, for single statements: no BEGIN/COMMIT round trips
     hot: HotPool  # asyncpg, for the hot paths
+    reads: Rows  # where window checks read: `hot`, or a read replica in front of it (replica.py)
     graph: GraphClient
     parts: dict[type, object] = field(default_factory=dict)
     background: "set[asyncio.Task[None]]" = field(default_factory=set)  # best-effort work; ends with the app

@@ -1,5 +1,5 @@
-"""Prometheus metrics: request counts and latency by route, webhook messages, window decisions, and the
-backlog of background jobs."""
+"""Prometheus metrics: request counts and latency by route, webhook messages, window decisions, the read
+replica's lag, and the backlog of background jobs."""
 
 import logging
 import os
@@ -34,6 +34,18 @@ WEBHOOK_MESSAGES = Counter(
     "window_gate_webhook_messages", "Webhook items by kind and outcome", ["type", "outcome"]
 )
 WINDOW_DECISIONS = Counter("window_gate_window_decisions", "Window evaluations by state", ["state"])
+REPLICA_READS = Counter(
+    "window_gate_replica_reads",
+    "Window checks (READ_DATABASE_URL set) by the server that answered: replica, or primary when the "
+    "replica may be too far behind or failed",
+    ["server"],
+)
+REPLICA_LAG = Gauge(
+    "window_gate_replica_lag_seconds",
+    "At most this far behind the primary is the read replica: seconds since the newest primary WAL "
+    "position it is known to have replayed (+Inf until a probe confirms one)",
+    multiprocess_mode="mostrecent",  # the worker answering the scrape has just probed
+)
 HELD = Counter(
     "window_gate_held_messages",
     "Continue the conversation: waits started (a template sent), messages joining a wait (a template "

@@ -9,6 +9,7 @@ from window_gate import db
 from window_gate.errors import DatabaseUnavailable, GateError, problems
 from window_gate.kit import gate
 from window_gate.metrics import metrics_endpoint, read_job_backlog
+from window_gate.replica import Replica
 
 router = APIRouter(tags=["operations"])
 
@@ -60,6 +61,9 @@ async def readyz(request: Request) -> Readiness:
 )
 async def metrics(request: Request) -> Response:
     """Request counts and latency by route, webhook items by type and outcome, window decisions by state,
-    background jobs by entrypoint and state."""
-    await read_job_backlog(gate(request).engine)
+    the read replica's lag (READ_DATABASE_URL), background jobs by entrypoint and state."""
+    state = gate(request)
+    if isinstance(state.reads, Replica):
+        await state.reads.refresh()
+    await read_job_backlog(state.engine)
     return await metrics_endpoint(request)

@@ -71,7 +71,7 @@ async def one_window(
     if len(customer) > MAX_CUSTOMER:
         raise ValidationFailed(f"customer: at most {MAX_CUSTOMER} characters")
     ref = parse_customer(customer)
-    [answer] = await service.check(state.hot, phone_number_id, [ref], state.part(Policy), service.now())
+    [answer] = await service.check(state.reads, phone_number_id, [ref], state.part(Policy), service.now())
     return answer
 
 
@@ -89,5 +89,5 @@ async def check_windows(request: Request, caller: Reader, body: WindowCheckIn) -
     caller.require_number(body.phone_number_id)
     state = gate(request)
     refs = service.parse_all(body.customers)
-    windows = await service.check(state.hot, body.phone_number_id, refs, state.part(Policy), service.now())
+    windows = await service.check(state.reads, body.phone_number_id, refs, state.part(Policy), service.now())
     return json_response(WindowCheckOut(windows=windows))

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
-from window_gate.db import HotPool, Statement
+from window_gate.db import Rows, Statement
 from window_gate.models import TZ, Continuation, HeldMessage, Window
 from window_gate.window.rule import WindowFacts
 
@@ -184,9 +184,9 @@ async def move_windows(conn: AsyncConnection, src: int, dst: int) -> None:
     )
 
 
-async def lookup(hot: HotPool, phone_number_id: str, candidates: Sequence[Sequence[str]]) -> Lookup:
+async def lookup(hot: Rows, phone_number_id: str, candidates: Sequence[Sequence[str]]) -> Lookup:
     """For each customer (given as its candidate aliases, best first), what is known of its window; and
-    what is known of the number. `hot` is the asyncpg pool of the hot paths."""
+    what is known of the number. `hot`: the asyncpg road (the hot pool, or a replica.Replica)."""
     idx: list[int] = []
     aliases: list[str] = []
     ranks: list[int] = []

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from window_gate import metrics
 from window_gate.config import Settings
 from window_gate.customer.identity import CustomerRef, parse_customer
-from window_gate.db import HotPool
+from window_gate.db import Rows
 from window_gate.errors import InvalidRecipient
 from window_gate.window import repository
 from window_gate.window.rule import Policy, WindowView, evaluate
@@ -45,9 +45,10 @@ def parse_all(customers: Sequence[str]) -> list[CustomerRef]:
 
 
 async def check(
-    hot: HotPool, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
+    hot: Rows, phone_number_id: str, refs: Sequence[CustomerRef], policy: Policy, at: datetime
 ) -> list[WindowOut]:
-    """`hot`: the asyncpg pool of the hot paths (kit.Gate.hot)."""
+    """`hot`: the asyncpg pool of the hot paths (kit.Gate.hot: sends decide on the primary), or where
+    window checks read (kit.Gate.reads: perhaps a replica)."""
     found = await repository.lookup(hot, phone_number_id, [r.aliases() for r in refs])
     number = number_out(found.number, at)
     answers = []
