@@ -17,8 +17,63 @@ log = structlog.stdlib.get_logger(__name__)
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
+def _delivery(field_value: dict[str, object]) -> dict[str, object]:
+    """A delivery as Meta posts it: one change of the account's `messages` field."""
+    metadata = {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"}
+    value = {"messaging_product": "whatsapp", "metadata": metadata, **field_value}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}],
+    }
+
+
+# In the shape of Meta's own samples: a customer's message (it opens the window), a send's status.
+DELIVERY_EXAMPLES = {
+    "message": {
+        "summary": "A customer wrote: the window opens",
+        "value": _delivery(
+            {
+                "contacts": [{"profile": {"name": "Ana Souza"}, "wa_id": "5511987654321"}],
+                "messages": [
+                    {
+                        "from": "5511987654321",
+                        "id": "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFDNBMDJBRjYyMkQ3QkQ4OEEzNDU3AA==",
+                        "timestamp": "1764667800",
+                        "type": "text",
+                        "text": {"body": "Hi, where is my order?"},
+                    }
+                ],
+            }
+        ),
+    },
+    "status": {
+        "summary": "Meta delivered a send",
+        "value": _delivery(
+            {
+                "statuses": [
+                    {
+                        "id": "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABEYEjQ4QzVGQkQ3RjU5RjNBRDZGOAA=",
+                        "status": "delivered",
+                        "timestamp": "1764667802",
+                        "recipient_id": "5511987654321",
+                        "biz_opaque_callback_data": "wg:5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13",
+                        "pricing": {
+                            "billable": False,
+                            "pricing_model": "PMP",
+                            "category": "service",
+                            "type": "free_customer_service",
+                        },
+                    }
+                ],
+            }
+        ),
+    },
+}
+
+
 class VerificationFailed(GateError):
     code, status, title = "verification_failed", 403, "Webhook verification failed"
+    sample = ("hub.mode must be subscribe and hub.verify_token must match", {})
 
 
 @router.get(
@@ -63,7 +118,10 @@ async def verify_subscription(
                 "schema": {"type": "string"},
             }
         ],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}, "examples": DELIVERY_EXAMPLES}},
+        },
     },
 )
 async def receive(request: Request) -> Response:
