@@ -549,7 +549,8 @@ def _methods_on(request: Request) -> list[str]:
 
 def _document_problems(app: FastAPI) -> None:
     """Make the OpenAPI document say what the handlers above send. FastAPI files a `responses` model
-    under application/json and adds its own 422 schema; both bodies really are problem+json."""
+    under the route's media type (application/json, text/plain …) and adds its own 422 schema; both
+    bodies really are problem+json."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -569,8 +570,9 @@ def _document_problems(app: FastAPI) -> None:
                     response["description"] = f"`{ValidationFailed.code}`: {ValidationFailed.title}"
                     content.pop("application/json")
                     content[PROBLEM_JSON] = problem
-                elif PROBLEM_JSON in content and "application/json" in content:
-                    content[PROBLEM_JSON] = content.pop("application/json") | content[PROBLEM_JSON]
+                elif PROBLEM_JSON in content:  # the model's schema, filed under the route's media type
+                    for kind in [kind for kind in content if kind != PROBLEM_JSON]:
+                        content[PROBLEM_JSON] = content.pop(kind) | content[PROBLEM_JSON]
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
         for unused in ("HTTPValidationError", "ValidationError"):

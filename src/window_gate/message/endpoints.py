@@ -357,7 +357,7 @@ def meta_answer(err: GateError, fbtrace_id: str) -> tuple[int, dict[str, Any]]:
 
 def meta_examples(*codes: str) -> dict[int, dict[str, Any]]:
     """By HTTP status, an example of each of the gate's refusals `codes` in Meta's shape, as the Graph
-    routes answer them (rendered by `as_meta_error` from the code's sample, without Meta's own error)."""
+    routes answer them (`meta_answer` on the code's sample, without Meta's own error)."""
     kinds = errors.by_code()
     out: dict[int, dict[str, Any]] = {}
     for code in codes:

@@ -7,7 +7,7 @@ import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from window_gate.errors import GateError, Unauthorized
+from window_gate.errors import DatabaseUnavailable, GateError, PayloadTooLarge, Unauthorized, problems
 from window_gate.kit import gate
 from window_gate.webhook import service
 from window_gate.webhook.signature import verify
@@ -76,11 +76,23 @@ class VerificationFailed(GateError):
     sample = ("hub.mode must be subscribe and hub.verify_token must match", {})
 
 
+BAD_SIGNATURE = "bad or missing X-Hub-Signature-256"
+MEANING: dict[int | str, str] = {
+    401: "X-Hub-Signature-256 missing or wrong: nothing written",
+    413: "over WINDOW_GATE_MAX_BODY_BYTES (3 MB)",
+    503: "Meta will retry",
+}
+RECEIVE_REFUSALS = {
+    status: refusal | {"description": f"{refusal['description']}; {MEANING[status]}"}
+    for status, refusal in problems(Unauthorized(BAD_SIGNATURE), PayloadTooLarge, DatabaseUnavailable).items()
+}
+
+
 @router.get(
     "/whatsapp",
     summary="Meta's webhook verification handshake",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {"example": "1158201444"}}}, 403: {"model": None}},
+    responses={200: {"content": {"text/plain": {"example": "1158201444"}}}, **problems(VerificationFailed)},
 )
 async def verify_subscription(
     request: Request,
@@ -101,12 +113,7 @@ async def verify_subscription(
     summary="Receive Meta's webhook deliveries",
     status_code=200,
     response_class=Response,
-    responses={
-        200: {"description": "Stored (and applied where understood)"},
-        401: {"description": "Missing or bad X-Hub-Signature-256: nothing written"},
-        413: {"description": "Body over WINDOW_GATE_MAX_BODY_BYTES (3 MB)"},
-        503: {"description": "Database unavailable: Meta will retry"},
-    },
+    responses={200: {"description": "Stored (and applied where understood)"}, **RECEIVE_REFUSALS},
     # Read by the endpoint itself (the hot path skips FastAPI's parameter solving): documented here.
     openapi_extra={
         "parameters": [
@@ -133,7 +140,7 @@ async def receive(request: Request) -> Response:
     if not verify(signature := request.headers.get("x-hub-signature-256"), body, state.settings.app_secrets):
         # Every one is an operator's question: a wrong WINDOW_GATE_APP_SECRET, or someone else posting.
         log.warning("webhook signature refused", signature_sent=signature is not None, body_bytes=len(body))
-        raise Unauthorized("bad or missing X-Hub-Signature-256")
+        raise Unauthorized(BAD_SIGNATURE)
     received_at = datetime.now(UTC)
     service.count(await service.ingest(state, body, received_at))
     return Response(status_code=200)
