@@ -42,11 +42,12 @@ Errors of start-up and of the bundled data (config.SettingsError, pricing.rules.
 process with one line; they are not answers, so they are not in the tree.
 """
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -57,6 +58,7 @@ from window_gate import logs
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://window-gate.dev/problems/"
 MAX_ECHO = 200  # characters of one string a problem repeats: the input it quotes may be megabytes
+K = TypeVar("K")
 
 
 class GateError(Exception):
@@ -65,6 +67,12 @@ class GateError(Exception):
     code: ClassVar[str] = "internal_error"
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
+    # (detail, context) of a typical instance: the OpenAPI document shows its problem() as the example of
+    # this code (`problems`), so the example is what the handler would send.
+    sample: ClassVar[tuple[str, dict[str, Any]]] = (
+        "an unexpected error: report it with the X-Request-ID",
+        {},
+    )
 
     def __init__(self, detail: str, **context: Any) -> None:
         super().__init__(detail)
@@ -101,22 +109,48 @@ def clip(value: Any) -> Any:
 
 class ValidationFailed(GateError):
     code, status, title = "validation_error", 422, "Request is not valid"
+    sample = (
+        "body.phone_number_id: Field required",
+        {"errors": [{"loc": ["body", "phone_number_id"], "msg": "Field required", "type": "missing"}]},
+    )
 
 
 class PayloadTooLarge(GateError):
     code, status, title = "payload_too_large", 413, "Request body is too large"
+    sample = ("the body is larger than 3145728 bytes; nothing was written", {})
 
 
 class InvalidRecipient(GateError):
     code, status, title = "invalid_recipient", 422, "Not a phone number or BSUID"
+    sample = (
+        "'+55 11 9876' is neither a phone number (7 to 15 digits, '+', spaces and dashes allowed) nor a BSUID",
+        {"customer": "+55 11 9876"},
+    )
 
 
 class Undeliverable(GateError):
     code, status, title = "undeliverable", 422, "Meta cannot deliver to this customer"
+    sample = (
+        "Meta answered (131026) Message undeliverable: Message Undeliverable.",
+        {
+            "meta_error": {
+                "error": {
+                    "message": "(#131026) Message undeliverable",
+                    "type": "OAuthException",
+                    "code": 131026,
+                    "error_data": {"messaging_product": "whatsapp", "details": "Message Undeliverable."},
+                    "fbtrace_id": "AVCnGQ1aJx8Z3kKq7Xx2pXb",
+                }
+            },
+            "meta_status": 400,
+            "id": "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13",
+        },
+    )
 
 
 class Unauthorized(GateError):
     code, status, title = "unauthorized", 401, "Missing or invalid credentials"
+    sample = ("unknown or revoked API key", {})
 
     def __init__(self, detail: str, **context: Any) -> None:
         super().__init__(detail, **context)
@@ -125,14 +159,21 @@ class Unauthorized(GateError):
 
 class Forbidden(GateError):
     code, status, title = "forbidden", 403, "Not allowed for this key"
+    sample = ("this key has role 'read'; 'send' is needed", {"role": "read"})
 
 
 class NotFound(GateError):
     code, status, title = "not_found", 404, "Not found"
+    sample = ("no message 5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13", {})
 
 
 class UnknownPhoneNumber(GateError):
     code, status, title = "unknown_phone_number", 404, "This phone number is not registered with the gate"
+    sample = (
+        "phone number 106540352242922 is not registered (ALLOW_LISTED_NUMBERS_ONLY): an admin registers it "
+        "with PUT /v1/phone-numbers/{id}",
+        {"phone_number_id": "106540352242922"},
+    )
 
 
 class EncryptionNotConfigured(GateError):
@@ -141,18 +182,58 @@ class EncryptionNotConfigured(GateError):
         409,
         "No WINDOW_GATE_ENCRYPTION_KEY: access tokens cannot be stored",
     )
+    sample = (
+        "set WINDOW_GATE_ENCRYPTION_KEY (Fernet.generate_key()) to store access tokens; they are never "
+        "stored in plain text",
+        {},
+    )
 
 
 class DatabaseUnavailable(GateError):
     code, status, title = "database_unavailable", 503, "Window state cannot be read"
+    sample = ("the database cannot be reached; nothing was decided (fail closed)", {})
 
 
 class WindowClosed(GateError):
     code, status, title = "window_closed", 409, "Customer service window is not open"
+    sample = (
+        "free-form messages need an open window; it is expired: send an approved template",
+        {
+            "window": {
+                "phone_number_id": "106540352242922",
+                "customer": {"input": "+55 11 98765-4321", "wa_id": "5511987654321", "user_id": None},
+                "state": "expired",
+                "can_send_free_form": False,
+                "last_inbound_at": "2026-11-24T10:00:00Z",
+                "expires_at": "2026-11-25T10:00:00Z",
+                "safe_until": "2026-11-25T09:59:00Z",
+                "seconds_remaining": 0,
+                "free_entry_point": None,
+                "phone_number": None,
+            },
+            "hint": "send a template message (type `template`); only the customer's reply reopens the window",
+        },
+    )
 
 
 class OptedOut(GateError):
     code, status, title = "opted_out", 409, "Customer stopped marketing messages"
+    sample = (
+        "the customer stopped marketing messages from this number (keyword, 2026-11-25T10:00:00+00:00); "
+        "utility and authentication templates still pass",
+        {
+            "phone_number_id": "106540352242922",
+            "customer": {"wa_id": "5511987654321", "user_id": None},
+            "consent": {
+                "opted_out": True,
+                "source": "keyword",
+                "changed_at": "2026-11-25T10:00:00Z",
+                "category": "marketing",
+            },
+            "hint": "only the customer resumes marketing: WhatsApp settings, an opt-in keyword, or "
+            "DELETE /v1/opt-outs/{phone_number_id}/{customer} when they asked you elsewhere",
+        },
+    )
 
 
 class MarketingLimited(GateError):
@@ -160,6 +241,22 @@ class MarketingLimited(GateError):
     130472: a marketing experiment). Other customers are not concerned: only this one waits."""
 
     code, status, title = "marketing_limited", 429, "Meta holds marketing messages to this customer"
+    sample = (
+        "Meta refused a marketing message to this customer (131049) at 2026-12-01T18:00:00+00:00: no "
+        "marketing messages to them from this number before 2026-12-02T18:00:00+00:00; nothing was sent",
+        {
+            "retry_after": 23400,
+            "phone_number_id": "106540352242922",
+            "customer": {"wa_id": "5511987654321", "user_id": None},
+            "retry_not_before": "2026-12-02T18:00:00+00:00",
+            "hold": {
+                "code": 131049,
+                "since": "2026-12-01T18:00:00+00:00",
+                "until": "2026-12-02T18:00:00+00:00",
+            },
+            "hint": "other customers are not concerned; utility and authentication templates still pass",
+        },
+    )
 
     def __init__(self, detail: str, retry_after: int = 86_400, **context: Any) -> None:
         super().__init__(detail, retry_after=retry_after, **context)
@@ -168,30 +265,109 @@ class MarketingLimited(GateError):
 
 class MarketingUnavailable(GateError):
     code, status, title = "marketing_unavailable", 409, "Marketing templates are not delivered there"
+    sample = (
+        "Meta does not deliver marketing templates to US numbers (since 2025-04-01); nothing was sent",
+        {"country": "US", "effective_from": "2025-04-01"},
+    )
 
 
 class TemplateNotFound(GateError):
     code, status, title = "template_not_found", 422, "Template does not exist in that language"
+    sample = (
+        "template 'order_update' does not exist in language 'pt_BR'; it exists in en",
+        {
+            "template": {"name": "order_update", "language": "pt_BR"},
+            "waba_id": "102290129340398",
+            "languages": ["en"],
+            "hint": "`GET /v1/templates` shows what the registry knows; `POST /v1/templates/sync` refreshes it "
+            "from Meta",
+        },
+    )
 
 
 class TemplateNotApproved(GateError):
     code, status, title = "template_not_approved", 422, "Template is not approved"
+    sample = (
+        "template 'order_update' (en) is PAUSED: LOW_QUALITY; only APPROVED templates can be sent",
+        {
+            "template": {"name": "order_update", "language": "en"},
+            "waba_id": "102290129340398",
+            "template_id": "1000000000000002",
+            "template_status": "PAUSED",
+            "reason": "LOW_QUALITY",
+        },
+    )
 
 
 class TemplateParametersInvalid(GateError):
     code, status, title = "template_parameters_invalid", 422, "Template parameters do not match the template"
+    sample = (
+        "template 'order_update' (en): body: the template expects 2 parameters ({{1}}, {{2}}); 1 given: {{2}} is missing",
+        {
+            "template": {"name": "order_update", "language": "en"},
+            "waba_id": "102290129340398",
+            "template_id": "1000000000000002",
+            "parameter_format": "POSITIONAL",
+            "component": "body",
+            "parameter": "{{2}}",
+            "problems": [
+                {
+                    "component": "body",
+                    "parameter": "{{2}}",
+                    "detail": "body: the template expects 2 parameters ({{1}}, {{2}}); 1 given: {{2}} is missing",
+                }
+            ],
+        },
+    )
 
 
 class BudgetExceeded(GateError):
     code, status, title = "budget_exceeded", 402, "The send would pass a monthly budget"
+    sample = (
+        "this send (about 0.062500 USD) would take the phone_number budget of 106540352242922 past 250.00 USD "
+        "for 2026-12 (spent so far 249.980000); nothing was sent",
+        {
+            "scope": "phone_number",
+            "scope_id": "106540352242922",
+            "limit": "250.00",
+            "spent": "249.980000",
+            "amount": "0.062500",
+            "currency": "USD",
+            "month": "2026-12-01",
+        },
+    )
 
 
 class IdempotencyConflict(GateError):
     code, status, title = "idempotency_conflict", 409, "Idempotency-Key reused with another body"
+    sample = (
+        "this Idempotency-Key was used with a different body",
+        {"id": "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13"},
+    )
 
 
 class RateLimited(GateError):
     code, status, title = "rate_limited", 429, "Throttled: retry later"
+    sample = (
+        "Meta answered (130429) Rate limit hit: Cloud API message throughput has been reached.",
+        {
+            "retry_after": 1,
+            "meta_error": {
+                "error": {
+                    "message": "(#130429) Rate limit hit",
+                    "type": "OAuthException",
+                    "code": 130429,
+                    "error_data": {
+                        "messaging_product": "whatsapp",
+                        "details": "Cloud API message throughput has been reached.",
+                    },
+                    "fbtrace_id": "A3hQ0yZf1pP2cW9vN7xR4sT",
+                }
+            },
+            "meta_status": 400,
+            "id": "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13",
+        },
+    )
 
     def __init__(self, detail: str, retry_after: int = 1, **context: Any) -> None:
         super().__init__(detail, retry_after=retry_after, **context)
@@ -200,6 +376,10 @@ class RateLimited(GateError):
 
 class UpstreamError(GateError):
     code, status, title = "upstream_error", 502, "Meta refused or failed the request"
+    sample = (
+        "Meta could not be reached (All connection attempts failed); nothing was sent",
+        {"id": "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13"},
+    )
 
 
 class UpstreamConfiguration(GateError):
@@ -211,10 +391,32 @@ class UpstreamConfiguration(GateError):
         502,
         "Meta refused: the account, number or token needs fixing",
     )
+    sample = (
+        "Meta answered (190) Error validating access token: Session has expired on Tuesday, 01-Dec-26 "
+        "09:00:00 PST.",
+        {
+            "meta_error": {
+                "error": {
+                    "message": "Error validating access token: Session has expired on Tuesday, 01-Dec-26 "
+                    "09:00:00 PST.",
+                    "type": "OAuthException",
+                    "code": 190,
+                    "error_subcode": 463,
+                    "fbtrace_id": "AyV3m1pQx9T0fHs2kLw8rZc",
+                }
+            },
+            "meta_status": 401,
+            "id": "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13",
+        },
+    )
 
 
 class UpstreamTimeout(GateError):
     code, status, title = "upstream_timeout", 504, "No answer from Meta: outcome unknown, not re-sent"
+    sample = (
+        "no answer from Meta (ReadTimeout); the message may have left: it is not re-sent",
+        {"id": "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13"},
+    )
 
 
 class GraphFailure(Exception):
@@ -265,16 +467,21 @@ class GraphUnreadable(GraphOutcomeUnknown):
     """Meta answered, but nothing the gate can use: not a JSON object, a listing without `data` or end."""
 
 
+def by_code() -> dict[str, type[GateError]]:
+    """Every GateError by its code (those of the features too, once they are imported)."""
+    return {kind.code: kind for kind in _subclasses(GateError)}
+
+
 def replay(problem: dict[str, Any]) -> GateError:
     """A refusal stored earlier (idempotent replay), raised again with the same code and context."""
-    kinds = {kind.code: kind for kind in _subclasses(GateError)}
+    kinds = by_code()
     context = {k: v for k, v in problem.items() if k not in {"type", "title", "status", "detail", "code"}}
     err = kinds.get(str(problem.get("code")), GateError)(str(problem.get("detail", "")), **context)
     err.headers.update({"Retry-After": str(context["retry_after"])} if "retry_after" in context else {})
     return err
 
 
-def _subclasses(kind: type[GateError]) -> list[type[GateError]]:
+def _subclasses(kind: type[K]) -> list[type[K]]:
     return [sub for direct in kind.__subclasses__() for sub in (direct, *_subclasses(direct))]
 
 
@@ -308,21 +515,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        code = codes.get(exc.status_code, "http_error")
-        body = {
-            "type": TYPE_BASE + code,
-            "title": str(exc.detail),
-            "status": exc.status_code,
-            "detail": str(exc.detail),
-            "code": code,
-        }
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
             headers["Allow"] = ", ".join(_methods_on(request))
-        return problem_response(exc.status_code, body, headers)
+        return problem_response(exc.status_code, http_problem(exc), headers)
 
     _document_problems(app)
+
+
+def http_problem(exc: StarletteHTTPException) -> dict[str, Any]:
+    """The problem body of Starlette's own refusals (no such route, method or size)."""
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    code = codes.get(exc.status_code, "http_error")
+    return {
+        "type": TYPE_BASE + code,
+        "title": str(exc.detail),
+        "status": exc.status_code,
+        "detail": str(exc.detail),
+        "code": code,
+    }
 
 
 def _methods_on(request: Request) -> list[str]:
@@ -338,14 +549,19 @@ def _methods_on(request: Request) -> list[str]:
 
 def _document_problems(app: FastAPI) -> None:
     """Make the OpenAPI document say what the handlers above send. FastAPI files a `responses` model
-    under application/json and adds its own 422 schema; both bodies really are problem+json."""
+    under the route's media type (application/json, text/plain …) and adds its own 422 schema; both
+    bodies really are problem+json."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         spec = generate()
-        problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
+        _examples_as_declared(app, spec)
+        problem = {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            **problems(ValidationFailed)[422]["content"][PROBLEM_JSON],
+        }
         for operation in (op for item in spec.get("paths", {}).values() for op in item.values()):
             for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
@@ -354,8 +570,9 @@ def _document_problems(app: FastAPI) -> None:
                     response["description"] = f"`{ValidationFailed.code}`: {ValidationFailed.title}"
                     content.pop("application/json")
                     content[PROBLEM_JSON] = problem
-                elif PROBLEM_JSON in content and "application/json" in content:
-                    content[PROBLEM_JSON] = content.pop("application/json")
+                elif PROBLEM_JSON in content:  # the model's schema, filed under the route's media type
+                    for kind in [kind for kind in content if kind != PROBLEM_JSON]:
+                        content[PROBLEM_JSON] = content.pop(kind) | content[PROBLEM_JSON]
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
         for unused in ("HTTPValidationError", "ValidationError"):
@@ -363,6 +580,33 @@ def _document_problems(app: FastAPI) -> None:
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _examples_as_declared(app: FastAPI, spec: dict[str, Any]) -> None:
+    """FastAPI renders its document without nulls (exclude_none), examples' nulls too, so an example of
+    `"user_id": null` would lose a required field: put every example back as the routes and models
+    declare it."""
+    for route in iter_route_contexts(app.routes):  # included routers' routes too, with their prefixes
+        if isinstance(route.original_route, APIRoute) and route.include_in_schema:
+            for method in route.methods or ():
+                operation = spec["paths"][route.path_format][method.lower()]
+                _overlay(operation, route.openapi_extra or {})
+                for status, declared in route.responses.items():
+                    _overlay(operation["responses"][str(status)], declared)
+    schemas = spec.get("components", {}).get("schemas", {})
+    for model in _subclasses(BaseModel):
+        # FastAPI names a schema by its model, or by module and model when two models share a name.
+        for name in (model.__name__, f"{model.__module__}.{model.__name__}".replace(".", "__")):
+            if name in schemas and model.__module__.startswith("window_gate."):
+                _overlay(schemas[name], model.model_json_schema())
+
+
+def _overlay(rendered: dict[str, Any], declared: dict[str, Any]) -> None:
+    for key, value in declared.items():
+        if key in ("example", "examples"):
+            rendered[key] = value
+        elif isinstance(value, dict) and isinstance(rendered.get(key), dict):
+            _overlay(rendered[key], value)
 
 
 class Problem(BaseModel):
@@ -377,14 +621,19 @@ class Problem(BaseModel):
     code: str = Field(description="Stable, snake_case: branch on this", examples=["window_closed"])
 
 
-def problems(*errors: type[GateError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the refusals an endpoint may give."""
+def problems(*errors: type[GateError] | GateError) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the refusals an endpoint may give, each code with its example: the
+    problem of its `sample`, or of the instance given where the route's refusal says more."""
     out: dict[int | str, dict[str, Any]] = {}
-    for err in errors:
+    for given in dict.fromkeys(errors):
+        err = type(given) if isinstance(given, GateError) else given
         entry = out.setdefault(
-            err.status, {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": ""}
+            err.status, {"model": Problem, "content": {PROBLEM_JSON: {"examples": {}}}, "description": ""}
         )
         entry["description"] = " · ".join(filter(None, [entry["description"], f"`{err.code}`: {err.title}"]))
+        instance = given if isinstance(given, GateError) else err(err.sample[0], **err.sample[1])
+        example = {"summary": err.title, "value": instance.problem()}
+        entry["content"][PROBLEM_JSON]["examples"][err.code] = example
     return out
 
 

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from window_gate import db
@@ -16,13 +16,18 @@ router = APIRouter(tags=["operations"])
 
 class NotMigrated(GateError):
     code, status, title = "not_migrated", 503, "Database schema is not at the latest migration"
+    sample = ("database is at '0013', code expects '0014'", {"revision": "0013"})
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"status": "ok"}})
+
     status: str = Field(examples=["ok"])
 
 
 class Readiness(Health):
+    model_config = ConfigDict(json_schema_extra={"example": {"status": "ok", "revision": "0014"}})
+
     revision: str | None = Field(description="Alembic revision of the database", examples=["0001"])
 
 

@@ -5,10 +5,10 @@ import secrets
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Body, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from window_gate import inputs
+from window_gate import errors, inputs
 from window_gate.apikey.access import SEND, Authorization, Reader, Sender
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
@@ -37,6 +37,8 @@ from window_gate.inputs import META_ID
 from window_gate.kit import gate, json_response
 from window_gate.message import held, repository, service
 from window_gate.message.schemas import (
+    EXAMPLE_RECIPIENT,
+    EXAMPLE_WAMID,
     CancelledOut,
     ContinuationOut,
     ConversationOut,
@@ -65,6 +67,45 @@ HELD_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "Held (`if_window_closed`): the window is not open; a re-engagement template went "
         "out (or one already awaits the reply) and the message waits for the customer's reply",
     }
+}
+TEXT = {
+    "messaging_product": "whatsapp",
+    "to": "+55 11 98765-4321",
+    "type": "text",
+    "text": {"body": "Your order has shipped"},
+}
+TEMPLATE = {
+    "messaging_product": "whatsapp",
+    "to": "+55 11 98765-4321",
+    "type": "template",
+    "template": {
+        "name": "order_update",
+        "language": {"code": "en"},
+        "components": [
+            {
+                "type": "body",
+                "parameters": [{"type": "text", "text": "Ana"}, {"type": "text", "text": "#1234"}],
+            }
+        ],
+    },
+}
+SEND_EXAMPLES = {
+    "text": {
+        "summary": "Free-form text: only while the window is open",
+        "value": {"phone_number_id": EXAMPLE_PN, **TEXT},
+    },
+    "template": {"summary": "A template: at any time", "value": {"phone_number_id": EXAMPLE_PN, **TEMPLATE}},
+    "hold": {
+        "summary": "Text, held for the reply when the window is not open (202)",
+        "value": {
+            "phone_number_id": EXAMPLE_PN,
+            **TEXT,
+            "if_window_closed": {
+                "template": {"name": "reopen_conversation", "language": {"code": "en"}},
+                "hold_seconds": 86_400,
+            },
+        },
+    },
 }
 IdempotencyKey = Annotated[
     str | None, Header(max_length=255, description="Same key (per API key) → at most one upstream send")
@@ -97,7 +138,10 @@ IdempotencyKey = Annotated[
     ),
 )
 async def send_message(
-    request: Request, caller: Sender, body: SendIn, idempotency_key: IdempotencyKey = None
+    request: Request,
+    caller: Sender,
+    body: Annotated[SendIn, Body(openapi_examples=SEND_EXAMPLES)],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """The Cloud API message body plus `phone_number_id`. Free-form types pass only while the window is
     open (outside the safety margin); otherwise 409 `window_closed` with the window and a hint. Templates
@@ -278,6 +322,58 @@ META_SHAPES: dict[str, tuple[int, int, str]] = {
     "payload_too_large": (413, 100, "Invalid parameter"),
 }
 INVALID_PARAMETER = (400, 100, "Invalid parameter")
+EXAMPLE_TRACE = "WG5f0c9e2a7b1d3c8e4f6a"  # the gate's own fbtrace_id: WG and 20 hex digits
+
+
+def as_meta_error(err: GateError) -> Response:
+    """The gate's refusal as Meta would answer it; what Meta has no code for is 100, Invalid parameter.
+    Meta's own refusal is passed on unchanged, with Meta's HTTP status: SDKs map some statuses (401, 404,
+    5xx) to their own exceptions."""
+    status, body = meta_answer(err, "WG" + secrets.token_hex(10))
+    return JSONResponse(body, status_code=status, headers=err.headers)
+
+
+def meta_answer(err: GateError, fbtrace_id: str) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of `as_meta_error`; `fbtrace_id` names the gate's own refusal."""
+    problem = err.problem()
+    meta_error = problem.get("meta_error")
+    if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words and status, unchanged
+        status = problem.get("meta_status")
+        if not isinstance(status, int) or not 400 <= status <= 599:  # stored before the status was kept
+            # A refusal only the business can fix stays a 4xx, as at Meta: a 5xx invites a retry.
+            status = 400 if err.status < 500 or isinstance(err, UpstreamConfiguration) else 502
+        return status, meta_error
+    status, code, message = META_SHAPES.get(err.code, INVALID_PARAMETER)
+    error = {
+        "message": f"(#{code}) {message}",
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": problem["detail"]},
+        "fbtrace_id": fbtrace_id,
+        "window_gate": {"code": err.code, **{k: v for k, v in problem.items() if k == "window"}},
+    }
+    return status, {"error": error}
+
+
+def meta_examples(*codes: str) -> dict[int, dict[str, Any]]:
+    """By HTTP status, an example of each of the gate's refusals `codes` in Meta's shape, as the Graph
+    routes answer them (`meta_answer` on the code's sample, without Meta's own error)."""
+    kinds = errors.by_code()
+    out: dict[int, dict[str, Any]] = {}
+    for code in codes:
+        kind = kinds[code]
+        detail, context = kind.sample
+        own = kind(detail, **{k: v for k, v in context.items() if k not in {"meta_error", "meta_status"}})
+        status, body = meta_answer(own, EXAMPLE_TRACE)
+        out.setdefault(status, {})[code] = {"summary": f"the gate's `{code}`", "value": body}
+    return out
+
+
+def meta_passed_on() -> dict[str, Any]:
+    """An example of Meta's own error passed on unchanged, with Meta's status (190: an expired token)."""
+    kind = UpstreamConfiguration
+    status, body = meta_answer(kind(kind.sample[0], **kind.sample[1]), EXAMPLE_TRACE)
+    return {"meta": {"summary": f"Meta's own error, with Meta's HTTP status ({status})", "value": body}}
 
 
 def _graph_responses() -> dict[int | str, dict[str, Any]]:
@@ -285,17 +381,46 @@ def _graph_responses() -> dict[int | str, dict[str, Any]]:
     shapes: dict[int, list[str]] = {}
     for status, code, message in (INVALID_PARAMETER, *META_SHAPES.values()):
         shapes.setdefault(status, []).append(f"{code} {message}")
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": GraphErrorOut, "description": "Meta's error shape: " + " · ".join(codes)}
+    examples = meta_examples(ValidationFailed.code, *META_SHAPES)
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {
+            "model": GraphErrorOut,
+            "description": "Meta's error shape: " + " · ".join(codes),
+            "content": {"application/json": {"examples": examples[status]}},
+        }
         for status, codes in sorted(shapes.items())
     }
     # `default` also keeps FastAPI from documenting its 422: malformed requests get Meta's 400 code 100.
-    errors["default"] = {
+    responses["default"] = {
         "model": GraphErrorOut,
         "description": "Meta's own error, passed on with Meta's own HTTP status (401 for 190, 404 for "
         "132001, 500 for 131000 …); any other error in Meta's shape",
+        "content": {"application/json": {"examples": meta_passed_on()}},
     }
-    return {200: {"description": "Meta's own success body", "content": {"application/json": {}}}, **errors}
+    answers = {
+        "text": {
+            "summary": "Sent: Meta's answer",
+            "value": {
+                "messaging_product": "whatsapp",
+                "contacts": [EXAMPLE_RECIPIENT],
+                "messages": [{"id": EXAMPLE_WAMID}],
+            },
+        },
+        "template": {
+            "summary": "A template sent: Meta's answer",
+            "value": {
+                "messaging_product": "whatsapp",
+                "contacts": [EXAMPLE_RECIPIENT],
+                "messages": [{"id": EXAMPLE_WAMID, "message_status": "accepted"}],
+            },
+        },
+        "read": {"summary": "Marked as read", "value": {"success": True}},
+    }
+    success = {"schema": {"type": "object"}, "examples": answers}
+    return {
+        200: {"description": "Meta's own success body", "content": {"application/json": success}},
+        **responses,
+    }
 
 
 @graph_router.post(
@@ -311,11 +436,17 @@ def _graph_responses() -> dict[int | str, dict[str, Any]]:
             "content": {
                 "application/json": {
                     "schema": {"type": "object"},
-                    "example": {
-                        "messaging_product": "whatsapp",
-                        "to": "+55 11 98765-4321",
-                        "type": "text",
-                        "text": {"body": "Your order has shipped"},
+                    "examples": {
+                        "text": {"summary": "Free-form text: only while the window is open", "value": TEXT},
+                        "template": {"summary": "A template: at any time", "value": TEMPLATE},
+                        "read": {
+                            "summary": "Mark a customer's message as read (not a send)",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "status": "read",
+                                "message_id": "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFDNBMDJBRjYyMkQ3QkQ4OEEzNDU3AA==",
+                            },
+                        },
                     },
                 }
             },
@@ -358,27 +489,3 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationFailed("body must be a JSON object")
     return body
-
-
-def as_meta_error(err: GateError) -> Response:
-    """The gate's refusal as Meta would answer it; what Meta has no code for is 100, Invalid parameter.
-    Meta's own refusal is passed on unchanged, with Meta's HTTP status: SDKs map some statuses (401, 404,
-    5xx) to their own exceptions."""
-    problem = err.problem()
-    meta_error = problem.get("meta_error")
-    if isinstance(meta_error, dict) and "error" in meta_error:  # Meta's own words and status, unchanged
-        status = problem.get("meta_status")
-        if not isinstance(status, int) or not 400 <= status <= 599:  # stored before the status was kept
-            # A refusal only the business can fix stays a 4xx, as at Meta: a 5xx invites a retry.
-            status = 400 if err.status < 500 or isinstance(err, UpstreamConfiguration) else 502
-        return JSONResponse(meta_error, status_code=status, headers=err.headers)
-    status, code, message = META_SHAPES.get(err.code, INVALID_PARAMETER)
-    error = {
-        "message": f"(#{code}) {message}",
-        "type": "OAuthException",
-        "code": code,
-        "error_data": {"messaging_product": "whatsapp", "details": problem["detail"]},
-        "fbtrace_id": "WG" + secrets.token_hex(10),
-        "window_gate": {"code": err.code, **{k: v for k, v in problem.items() if k == "window"}},
-    }
-    return JSONResponse({"error": error}, status_code=status, headers=err.headers)

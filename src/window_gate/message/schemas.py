@@ -5,13 +5,18 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from window_gate.inputs import META_ID
-from window_gate.pricing.schemas import EstimateOut
-from window_gate.window.schemas import EXAMPLE_PN, WindowOut
+from window_gate.pricing.schemas import EXAMPLE_ESTIMATE, EstimateOut
+from window_gate.window.schemas import EXAMPLE_PN, EXAMPLE_WINDOW, WindowOut
 
 HOLD_SECONDS_DEFAULT = 604_800  # 7 days
 HOLD_SECONDS_MAX = 2_592_000  # 30 days
+EXAMPLE_ID = "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13"
+EXAMPLE_WAMID = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABEYEjQ4QzVGQkQ3RjU5RjNBRDZGOAA="
+EXAMPLE_CONTINUATION = "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f"
+EXAMPLE_RECIPIENT: JsonDict = {"input": "+55 11 98765-4321", "wa_id": "5511987654321"}
 
 
 class HoldIn(BaseModel):
@@ -80,6 +85,19 @@ class RecipientOut(BaseModel):
 
 
 class SendOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": EXAMPLE_ID,
+                "graph_message_id": EXAMPLE_WAMID,
+                "status": "accepted",
+                "recipient": EXAMPLE_RECIPIENT,
+                "window": EXAMPLE_WINDOW,
+                "pricing_estimate": EXAMPLE_ESTIMATE,
+            }
+        }
+    )
+
     id: UUID = Field(description="The gate's id of this send (also in biz_opaque_callback_data)")
     graph_message_id: str | None = Field(description="Meta's wamid", examples=["wamid.HBgN…"])
     status: str = Field(
@@ -101,6 +119,34 @@ class EventOut(BaseModel):
 
 
 class MessageOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": EXAMPLE_ID,
+                "phone_number_id": EXAMPLE_PN,
+                "recipient": EXAMPLE_RECIPIENT,
+                "type": "text",
+                "status": "read",
+                "graph_message_id": EXAMPLE_WAMID,
+                "error": None,
+                "pricing": {
+                    "billable": False,
+                    "pricing_model": "PMP",
+                    "category": "service",
+                    "type": "free_customer_service",
+                },
+                "created_at": "2026-12-02T09:30:00.120000Z",
+                "history": [
+                    {"status": "pending", "at": "2026-12-02T09:30:00.120000Z", "detail": None},
+                    {"status": "accepted", "at": "2026-12-02T09:30:00.410000Z", "detail": None},
+                    {"status": "sent", "at": "2026-12-02T09:30:01Z", "detail": None},
+                    {"status": "delivered", "at": "2026-12-02T09:30:02Z", "detail": None},
+                    {"status": "read", "at": "2026-12-02T09:31:15Z", "detail": None},
+                ],
+            }
+        }
+    )
+
     id: UUID = Field(description="The gate's id of this send")
     phone_number_id: str = Field(examples=[EXAMPLE_PN])
     recipient: RecipientOut = Field(description="Who the message went to: as written, and Meta's wa_id")
@@ -155,6 +201,31 @@ class ContinuationOut(BaseModel):
 class HeldOut(BaseModel):
     """202: the window was not open; the message waits for the customer's reply."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": EXAMPLE_ID,
+                "status": "held",
+                "continuation": {
+                    "id": EXAMPLE_CONTINUATION,
+                    "state": "awaiting_reply",
+                    "template_message_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "held": 1,
+                    "hold_until": "2026-12-03T09:30:00Z",
+                    "reason": None,
+                },
+                "pricing_estimate": EXAMPLE_ESTIMATE
+                | {
+                    "category": "marketing",
+                    "amount": "0.0630",
+                    "rate": "0.0630",
+                    "unsure": False,
+                    "rule": "marketing outside csw: paid (since 2025-07-01)",
+                },
+            }
+        }
+    )
+
     id: UUID = Field(description="The gate's id of the held message (GET /v1/messages/{id})")
     status: str = Field(description="`held`", examples=["held"])
     continuation: ContinuationOut = Field(description="The wait it joined or started")
@@ -165,6 +236,30 @@ class HeldOut(BaseModel):
 
 
 class ConversationOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "window": EXAMPLE_WINDOW
+                | {
+                    "state": "expired",
+                    "can_send_free_form": False,
+                    "last_inbound_at": "2026-11-30T08:00:00Z",
+                    "expires_at": "2026-12-01T08:00:00Z",
+                    "safe_until": "2026-12-01T07:59:00Z",
+                    "seconds_remaining": 0,
+                },
+                "continuation": {
+                    "id": EXAMPLE_CONTINUATION,
+                    "state": "awaiting_reply",
+                    "template_message_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "held": 1,
+                    "reason": None,
+                },
+                "held": [EXAMPLE_ID],
+            }
+        }
+    )
+
     window: WindowOut = Field(description="The window now, as GET /v1/windows answers it")
     continuation: ContinuationOut | None = Field(
         description="The latest wait for the customer's reply (over or not); null if none was started"
@@ -173,4 +268,6 @@ class ConversationOut(BaseModel):
 
 
 class CancelledOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"cancelled": [EXAMPLE_ID]}})
+
     cancelled: list[UUID] = Field(description="The held messages now `cancelled`, never to be sent")

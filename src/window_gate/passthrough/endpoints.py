@@ -25,10 +25,17 @@ from window_gate.errors import (
     PayloadTooLarge,
     Problem,
     ValidationFailed,
+    http_problem,
 )
 from window_gate.inputs import META_ID
 from window_gate.kit import Gate, gate
-from window_gate.message.endpoints import INVALID_PARAMETER, META_SHAPES, as_meta_error
+from window_gate.message.endpoints import (
+    INVALID_PARAMETER,
+    META_SHAPES,
+    as_meta_error,
+    meta_examples,
+    meta_passed_on,
+)
 from window_gate.message.schemas import GraphErrorOut
 from window_gate.message.service import verdict
 from window_gate.passthrough import service
@@ -102,7 +109,8 @@ AccessToken = Annotated[
 
 
 def _responses(success: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
-    """The gate's own refusals in Meta's shape, and whatever Meta answers (`default`)."""
+    """The gate's own refusals in Meta's shape, and whatever Meta answers (`default`). `success`: the
+    200's content."""
     own = {"validation_error": INVALID_PARAMETER} | {
         code: META_SHAPES[code]
         for code in (
@@ -114,25 +122,46 @@ def _responses(success: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
             "upstream_timeout",
         )
     }
+    examples = meta_examples(*own)
     errors: dict[int | str, dict[str, Any]] = {
         status: {
             "model": GraphErrorOut,
             "description": f"Meta's error shape: {meta_code} {message} (the gate's `{code}`); or Meta's own",
+            "content": {"application/json": {"examples": examples[status]}},
         }
         for code, (status, meta_code, message) in sorted(own.items(), key=lambda i: i[1][0])
     }
+    no_route = http_problem(StarletteHTTPException(404))
     errors[404] = {
         "model": Problem,
-        "content": {PROBLEM_JSON: {}},
+        "content": {
+            PROBLEM_JSON: {"examples": {"not_found": {"summary": "No such route", "value": no_route}}}
+        },
         "description": "`not_found`: no such route (a version that is not vN.N, an edge Meta has not)",
     }
-    errors["default"] = {"model": GraphErrorOut, "description": "Meta's own error, with Meta's HTTP status"}
+    errors["default"] = {
+        "model": GraphErrorOut,
+        "description": "Meta's own error, with Meta's HTTP status",
+        "content": {"application/json": {"examples": meta_passed_on()}},
+    }
     return {200: {"description": "Meta's own answer", "content": success}, **errors}
 
 
-JSON_ANSWER = _responses({"application/json": {}})
+def _answers(**examples: tuple[str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """`_responses` for a JSON answer of Meta's, with these named examples (summary, value)."""
+    named = {name: {"summary": summary, "value": value} for name, (summary, value) in examples.items()}
+    return _responses({"application/json": {"schema": {"type": "object"}, "examples": named}})
+
+
+GATE = "https://gate.example.com"  # WINDOW_GATE_PUBLIC_URL, as the examples' links show it
+DONE = ("Meta's answer", {"success": True})
 MEDIA_BYTES = _responses({"*/*": {}})
-ANY_BODY = {"requestBody": {"required": False, "content": {"*/*": {"schema": {}}}}}
+ANY_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"*/*": {"schema": {}, "example": {"pin": "123456"}}},  # the number's two-step PIN
+    }
+}
 UPLOAD_BODY = {
     "requestBody": {
         "required": False,
@@ -147,7 +176,11 @@ UPLOAD_BODY = {
                     },
                 }
             },
-            "*/*": {"schema": {}},
+            "*/*": {
+                "schema": {},
+                # POST /{phone_number_id}/whatsapp_business_profile
+                "example": {"messaging_product": "whatsapp", "about": "Orders answered 8 am to 8 pm"},
+            },
         },
     }
 }
@@ -194,7 +227,28 @@ async def download_media(
     summary="Read a Graph object: the number's fields, a media object, an account",
     status_code=200,
     response_class=Response,
-    responses=JSON_ANSWER,
+    responses=_answers(
+        number=(
+            "A business number's fields",
+            {
+                "verified_name": "Acme Shop",
+                "display_phone_number": "+1 555-000-1111",
+                "quality_rating": "GREEN",
+                "id": EXAMPLE_PN,
+            },
+        ),
+        media=(
+            "A media object: its url is the gate's download link",
+            {
+                "messaging_product": "whatsapp",
+                "url": f"{GATE}/graph/media/{EXAMPLE_MEDIA}?phone_number_id={EXAMPLE_PN}",
+                "mime_type": "image/jpeg",
+                "sha256": "4f6a1c8b2e9d7f3a5c0b8e1d6f2a9c4b7e3d0f5a8c1b6e9d2f7a4c0b5e8d3f1a",
+                "file_size": 303833,
+                "id": EXAMPLE_MEDIA,
+            },
+        ),
+    ),
 )
 @READ.declared
 async def read_object(
@@ -216,7 +270,7 @@ async def read_object(
     summary="Update a Graph object (the number's settings …)",
     status_code=200,
     response_class=Response,
-    responses=JSON_ANSWER,
+    responses=_answers(done=DONE),
     openapi_extra=ANY_BODY,
 )
 @ADMIN.declared
@@ -236,7 +290,7 @@ async def write_object(
     summary="Delete a media object",
     status_code=200,
     response_class=Response,
-    responses=JSON_ANSWER,
+    responses=_answers(done=DONE),
 )
 @SEND.declared
 async def delete_object(
@@ -257,7 +311,28 @@ async def delete_object(
     summary="Read an edge: templates, the business profile, QR codes, phone numbers …",
     status_code=200,
     response_class=Response,
-    responses=JSON_ANSWER,
+    responses=_answers(
+        templates=(
+            "An account's message_templates: paging.next points at the gate",
+            {
+                "data": [
+                    {
+                        "name": "order_update",
+                        "parameter_format": "POSITIONAL",
+                        "components": [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} has shipped."}],
+                        "language": "en",
+                        "status": "APPROVED",
+                        "category": "UTILITY",
+                        "id": "1000000000000002",
+                    }
+                ],
+                "paging": {
+                    "cursors": {"before": "MAZDZD", "after": "MjQZD"},
+                    "next": f"{GATE}/graph/v25.0/102290129340398/message_templates?limit=25&after=MjQZD",
+                },
+            },
+        )
+    ),
 )
 @READ.declared
 async def read_edge(
@@ -278,7 +353,7 @@ async def read_edge(
     summary="Upload media; write an edge (templates, profile, QR codes …)",
     status_code=200,
     response_class=Response,
-    responses=JSON_ANSWER,
+    responses=_answers(media=("An upload: the media's id", {"id": EXAMPLE_MEDIA}), done=DONE),
     openapi_extra=UPLOAD_BODY,
 )
 @SEND.declared
@@ -301,7 +376,7 @@ async def write_edge(
     summary="Delete through an edge: a template by name, a QR code …",
     status_code=200,
     response_class=Response,
-    responses=JSON_ANSWER,
+    responses=_answers(done=DONE),
 )
 @ADMIN.declared
 async def delete_edge(

@@ -5,12 +5,28 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic.config import JsonDict
 
 from window_gate.inputs import META_ID
 from window_gate.window.schemas import EXAMPLE_PN
 
 EXAMPLE_WABA = "102290129340398"
-EXAMPLE_TEMPLATE = {"name": "reconnect", "language": {"code": "en_US"}}
+EXAMPLE_TEMPLATE: JsonDict = {"name": "reconnect", "language": {"code": "en_US"}}
+EXAMPLE_NUMBER: JsonDict = {
+    "phone_number_id": EXAMPLE_PN,
+    "registered": True,
+    "waba_id": EXAMPLE_WABA,
+    "has_access_token": True,
+    "display_phone_number": "15550001111",
+    "throughput_per_second": 80,
+    "default_reengagement_template": EXAMPLE_TEMPLATE,
+    "time_zone": "America/Sao_Paulo",
+    "quality_event": "UPGRADE",
+    "messaging_limit_tier": "TIER_10K",
+    "quality_updated_at": "2026-11-20T08:00:00Z",
+    "created_at": "2026-12-01T23:00:00Z",
+    "updated_at": "2026-12-02T08:00:00Z",
+}
 
 
 class Language(BaseModel):
@@ -37,7 +53,19 @@ class TemplateObject(BaseModel):
 class PhoneNumberIn(BaseModel):
     """What an admin sets on a number. A field left out stays as it is; null clears it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "waba_id": EXAMPLE_WABA,
+                "access_token": "EAAGm0PX4ZCpsBAKZCo7ZBQ4xV3…",
+                "display_phone_number": "15550001111",
+                "throughput_per_second": 80,
+                "default_reengagement_template": EXAMPLE_TEMPLATE,
+                "time_zone": "America/Sao_Paulo",
+            }
+        },
+    )
 
     waba_id: str | None = Field(
         None,
@@ -52,7 +80,7 @@ class PhoneNumberIn(BaseModel):
         max_length=4096,
         description="Meta's token for this number (a System User token). Encrypted at rest with "
         "WINDOW_GATE_ENCRYPTION_KEY and never returned; null: use WINDOW_GATE_GRAPH_ACCESS_TOKEN",
-        examples=["EAAG…"],
+        examples=["EAAGm0PX4ZCpsBAKZCo7ZBQ4xV3…"],
     )
     display_phone_number: str | None = Field(
         None,
@@ -90,6 +118,8 @@ class PhoneNumberIn(BaseModel):
 
 
 class PhoneNumberOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_NUMBER})
+
     phone_number_id: str = Field(examples=[EXAMPLE_PN])
     registered: bool = Field(
         description="Set up by an admin (PUT); false: only heard of in Meta's webhooks or a template sync",
@@ -116,6 +146,8 @@ class PhoneNumberOut(BaseModel):
 
 
 class PhoneNumberList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"phone_numbers": [EXAMPLE_NUMBER]}})
+
     phone_numbers: list[PhoneNumberOut] = Field(description="By id")
 
 

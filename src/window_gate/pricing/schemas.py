@@ -6,10 +6,25 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from window_gate.window.schemas import EXAMPLE_PN
 
 EXAMPLE_KEY = "0b8f7a52-4c1e-4a8e-9a57-2f0e4c8b1d2a"
+# A free-form reply inside the window, as the bundled example rate card prices it.
+EXAMPLE_ESTIMATE: JsonDict = {
+    "category": "service",
+    "market": "Brazil",
+    "billable": False,
+    "amount": "0",
+    "currency": "USD",
+    "rate": "0.0070",
+    "type": "free_customer_service",
+    "inside_csw": True,
+    "inside_fep": False,
+    "unsure": True,
+    "rule": "service inside csw: paid after 1000 a month (since 2026-10-01, unsure)",
+}
 Money = Annotated[Decimal, Field(max_digits=18, decimal_places=6)]
 
 
@@ -59,7 +74,21 @@ class BudgetIn(BaseModel):
     )
 
 
+EXAMPLE_BUDGET: JsonDict = {
+    "scope": "phone_number",
+    "scope_id": EXAMPLE_PN,
+    "monthly_limit": "250.00",
+    "currency": "USD",
+    "month": "2026-12-01",
+    "spent": "12.345000",
+    "remaining": "237.655000",
+    "updated_at": "2026-12-01T23:00:00Z",
+}
+
+
 class BudgetOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_BUDGET})
+
     scope: Scope = Field(description="phone_number or api_key", examples=["phone_number"])
     scope_id: str = Field(description="The phone_number_id, or the API key's id", examples=[EXAMPLE_PN])
     monthly_limit: Money = Field(description="Most estimated spend per calendar month", examples=["250.00"])
@@ -73,6 +102,24 @@ class BudgetOut(BaseModel):
 
 
 class BudgetsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "budgets": [
+                    EXAMPLE_BUDGET,
+                    EXAMPLE_BUDGET
+                    | {
+                        "scope": "api_key",
+                        "scope_id": EXAMPLE_KEY,
+                        "monthly_limit": "50.00",
+                        "spent": "3.150000",
+                        "remaining": "46.850000",
+                    },
+                ]
+            }
+        }
+    )
+
     budgets: list[BudgetOut] = Field(description="Every budget, by scope then id")
 
 
@@ -109,6 +156,63 @@ class CostGroupOut(BaseModel):
 
 
 class CostsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "phone_number_id": EXAMPLE_PN,
+                "from_date": "2026-11-01",
+                "to_date": "2026-11-30",
+                "group_by": "category",
+                "currency": "USD",
+                "rate_card": ["rate_card_EXAMPLE_USD.csv"],
+                "groups": [
+                    {
+                        "key": "marketing",
+                        "label": None,
+                        "messages": 12,
+                        "not_estimated": 0,
+                        "estimated_billable": 12,
+                        "estimated_amount": "0.756000",
+                        "sent_free": 0,
+                        "reported": 12,
+                        "reported_billable": 12,
+                        "reported_free": 0,
+                        "reported_amount": "0.756000",
+                        "reported_billable_by_category": {"marketing": 12},
+                    },
+                    {
+                        "key": "service",
+                        "label": None,
+                        "messages": 108,
+                        "not_estimated": 0,
+                        "estimated_billable": 0,
+                        "estimated_amount": "0.000000",
+                        "sent_free": 108,
+                        "reported": 106,
+                        "reported_billable": 0,
+                        "reported_free": 106,
+                        "reported_amount": "0.000000",
+                        "reported_billable_by_category": {},
+                    },
+                ],
+                "totals": {
+                    "key": "total",
+                    "label": None,
+                    "messages": 120,
+                    "not_estimated": 0,
+                    "estimated_billable": 12,
+                    "estimated_amount": "0.756000",
+                    "sent_free": 108,
+                    "reported": 118,
+                    "reported_billable": 12,
+                    "reported_free": 106,
+                    "reported_amount": "0.756000",
+                    "reported_billable_by_category": {"marketing": 12},
+                },
+            }
+        }
+    )
+
     phone_number_id: str | None = Field(
         description="The number asked for; null: every number the key may see", examples=[EXAMPLE_PN]
     )

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 
 from window_gate.apikey.access import Admin, Reader
 from window_gate.errors import AUTH_PROBLEMS, UpstreamError, problems
@@ -86,9 +86,35 @@ async def list_templates(
     summary="Sync templates from Meta",
     response_model=SyncOut,
     status_code=200,
-    responses=problems(*AUTH_PROBLEMS, UpstreamError),
+    responses=problems(
+        *AUTH_PROBLEMS,
+        UpstreamError(
+            "1 of 2 accounts could not be synced: Meta answered (190) Error validating access token",
+            accounts=[
+                {"waba_id": EXAMPLE_WABA, "templates": 5, "deleted": 0, "error": None},
+                {
+                    "waba_id": "102290129340399",
+                    "templates": 0,
+                    "deleted": 0,
+                    "error": "Meta answered (190) Error validating access token",
+                },
+            ],
+        ),
+    ),
 )
-async def sync_templates(request: Request, caller: Admin, body: SyncIn | None = None) -> SyncOut:
+async def sync_templates(
+    request: Request,
+    caller: Admin,
+    body: Annotated[
+        SyncIn | None,
+        Body(
+            openapi_examples={
+                "every account": {"summary": "WABA_IDS and the accounts webhooks named", "value": {}},
+                "one account": {"summary": "Only this account", "value": {"waba_ids": [EXAMPLE_WABA]}},
+            }
+        ),
+    ] = None,
+) -> SyncOut:
     """Pulls every template of each WhatsApp Business Account from Meta's `message_templates` (all pages)
     and replaces the registry's view of it: upserted by Meta's id, templates no longer listed marked
     DELETED. Accounts: `waba_ids` if given, else WINDOW_GATE_WABA_IDS plus every account learnt from

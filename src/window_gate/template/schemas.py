@@ -3,14 +3,14 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from window_gate.inputs import META_ID
 
 EXAMPLE_PN = "106540352242922"
 EXAMPLE_WABA = "102290129340398"
 EXAMPLE_CURSOR = "WyIxMDIyOTAxMjkzNDAzOTgiLCJvcmRlcl91cGRhdGUiLCJlbiIsIjEwMDAwMDAwMDAwMDAwMDIiXQ"
-EXAMPLE_COMPONENTS = [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} has shipped."}]
+EXAMPLE_COMPONENTS: list[JsonValue] = [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} has shipped."}]
 STATUSES = (
     "APPROVED (the only one that can be sent), PENDING, REJECTED, PAUSED, DISABLED, IN_APPEAL, FLAGGED, "
     "LIMIT_EXCEEDED, LOCKED, ARCHIVED, DELETED, PENDING_DELETION, REINSTATED"
@@ -81,6 +81,33 @@ class TemplateOut(BaseModel):
 class TemplatePage(BaseModel):
     """One page of the registry."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "templates": [
+                    {
+                        "id": "1000000000000002",
+                        "waba_id": EXAMPLE_WABA,
+                        "name": "order_update",
+                        "language": "en",
+                        "status": "APPROVED",
+                        "category": "UTILITY",
+                        "previous_category": None,
+                        "quality": "GREEN",
+                        "reason": None,
+                        "parameter_format": "POSITIONAL",
+                        "components": EXAMPLE_COMPONENTS,
+                        "components_stale_since": None,
+                        "last_meta_error": None,
+                        "synced_at": "2026-12-02T06:00:00Z",
+                        "updated_at": "2026-11-25T10:00:00Z",
+                    }
+                ],
+                "next_after": EXAMPLE_CURSOR,
+            }
+        }
+    )
+
     templates: list[TemplateOut] = Field(description="In (waba_id, name, language) order")
     next_after: str | None = Field(
         description="Pass as `after` for the next page; null on the last page", examples=[EXAMPLE_CURSOR]
@@ -107,6 +134,12 @@ class AccountSyncOut(BaseModel):
 
 
 class SyncOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"accounts": [{"waba_id": EXAMPLE_WABA, "templates": 5, "deleted": 0, "error": None}]}
+        }
+    )
+
     accounts: list[AccountSyncOut] = Field(description="One result per account, in the order synced")
 
 

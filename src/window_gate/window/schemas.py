@@ -3,10 +3,29 @@
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from window_gate.window.rule import WindowState
 
 EXAMPLE_PN = "106540352242922"
+EXAMPLE_WINDOW: JsonDict = {
+    "phone_number_id": EXAMPLE_PN,
+    "customer": {"input": "+55 11 98765-4321", "wa_id": "5511987654321", "user_id": None},
+    "state": "open",
+    "can_send_free_form": True,
+    "last_inbound_at": "2026-12-01T21:30:00Z",
+    "expires_at": "2026-12-02T21:30:00Z",
+    "safe_until": "2026-12-02T21:29:00Z",
+    "seconds_remaining": 43140,
+    "free_entry_point": None,
+    "phone_number": {
+        "quality_event": "UPGRADE",
+        "messaging_limit_tier": "TIER_10K",
+        "quality_updated_at": "2026-11-20T08:00:00Z",
+        "restrictions": [],
+        "account_ban_state": None,
+    },
+}
 
 
 class CustomerOut(BaseModel):
@@ -58,28 +77,7 @@ class PhoneNumberOut(BaseModel):
 class WindowOut(BaseModel):
     """The customer service window of one (business number, customer) pair, evaluated now."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "phone_number_id": EXAMPLE_PN,
-                "customer": {"input": "+55 11 98765-4321", "wa_id": "5511987654321", "user_id": None},
-                "state": "open",
-                "can_send_free_form": True,
-                "last_inbound_at": "2026-11-25T10:00:00Z",
-                "expires_at": "2026-11-26T10:00:00Z",
-                "safe_until": "2026-11-26T09:59:00Z",
-                "seconds_remaining": 43140,
-                "free_entry_point": None,
-                "phone_number": {
-                    "quality_event": "UPGRADE",
-                    "messaging_limit_tier": "TIER_10K",
-                    "quality_updated_at": "2026-11-20T08:00:00Z",
-                    "restrictions": [],
-                    "account_ban_state": None,
-                },
-            }
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_WINDOW})
 
     phone_number_id: str = Field(description="The business phone number id", examples=[EXAMPLE_PN])
     customer: CustomerOut = Field(description="The customer as asked, and the ids it resolved to")
@@ -102,6 +100,15 @@ class WindowOut(BaseModel):
 
 
 class WindowCheckIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "phone_number_id": EXAMPLE_PN,
+                "customers": ["+55 11 98765-4321", "US.13491208655302741918"],
+            }
+        }
+    )
+
     phone_number_id: str = Field(min_length=1, max_length=64, examples=[EXAMPLE_PN])
     customers: list[str] = Field(
         min_length=1,
@@ -112,4 +119,30 @@ class WindowCheckIn(BaseModel):
 
 
 class WindowCheckOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "windows": [
+                    EXAMPLE_WINDOW,
+                    {
+                        "phone_number_id": EXAMPLE_PN,
+                        "customer": {
+                            "input": "US.13491208655302741918",
+                            "wa_id": None,
+                            "user_id": "US.13491208655302741918",
+                        },
+                        "state": "never_opened",
+                        "can_send_free_form": False,
+                        "last_inbound_at": None,
+                        "expires_at": None,
+                        "safe_until": None,
+                        "seconds_remaining": 0,
+                        "free_entry_point": None,
+                        "phone_number": EXAMPLE_WINDOW["phone_number"],
+                    },
+                ]
+            }
+        }
+    )
+
     windows: list[WindowOut] = Field(description="One window per customer, in the order asked")
