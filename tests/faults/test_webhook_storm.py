@@ -188,9 +188,8 @@ async def test_a_storm_of_duplicated_reordered_deliveries_ends_where_the_oracle_
                 {"pn": PN},
             )
             windows = {r.wa_id: (r.last_inbound_at, r.closed_by_meta_at) for r in rows}
-            statuses = dict(
-                (str(r.id), r.status) for r in await conn.execute(text("SELECT id, status FROM messages"))
-            )
+            sent = await conn.execute(text("SELECT id, status, graph_message_id FROM messages"))
+            statuses = {str(r.id): (r.status, r.graph_message_id) for r in sent}
             history = Counter(
                 (str(r.message_id), r.status)
                 for r in await conn.execute(
@@ -214,8 +213,9 @@ async def test_a_storm_of_duplicated_reordered_deliveries_ends_where_the_oracle_
         assert {c: w for c, w in windows.items() if c not in clamped} == {
             c: (last[c], closed.get(c)) for c in ordinary
         }
-        # Sends: the furthest status each reached, each (send, status) in its history once.
-        assert statuses == furthest
+        # Sends: the furthest status each reached, Meta's id (learnt from the statuses when the answer was
+        # lost), each (send, status) in its history once.
+        assert statuses == {s["id"]: (furthest[s["id"]], s["wamid"]) for s in sends}
         assert history == Counter(dict.fromkeys(events, 1))
         assert (kept, unapplied) == (len(copies) + KNOWN, 0)  # every delivery kept byte for byte
 
