@@ -237,7 +237,8 @@ async def test_a_storm_of_duplicated_reordered_deliveries_ends_where_the_oracle_
     duplicates = len(copies) - len(payloads)
     print(
         f"\nwebhook storm: {len(payloads)} deliveries + {duplicates} duplicates = {len(copies)} POSTs "
-        f"in {seconds:.1f} s ({len(copies) / seconds:.0f}/s), {len(sends)} sends, {len(events)} status events, "
+        f"in {seconds:.1f} s ({len(copies) / seconds:.0f}/s), {len(sends)} sends ({meta.lost} answers lost), "
+        f"{len(events)} status events, "
         f"{len(closed)} windows closed by Meta"
     )
     assert seconds < 60
