@@ -27,9 +27,8 @@ CUSTOMERS = 300  # the first KNOWN wrote before the storm; the others are new
 KNOWN = 200
 CLAMPED = 20  # new customers whose only message claims to come from an hour ahead
 SENDS = 600  # template sends of the gate to known customers before the storm
-LOST = (
-    5  # every LOST-th send's answer is lost (`unknown`): its statuses are found by biz_opaque_callback_data
-)
+LOST = 5  # every LOST-th answer to a send is lost (`unknown`): found by biz_opaque_callback_data
+IN_FLIGHT = 64  # deliveries posted at once
 DAY = 24 * 3600
 SKEW = 300  # MAX_CLOCK_SKEW_SECONDS
 LADDER = ("sent", "delivered", "read")
@@ -111,24 +110,24 @@ async def test_a_storm_of_duplicated_reordered_deliveries_ends_where_the_oracle_
         last[wa_id] = max(last.get(wa_id, at(0)), at(ts))
         return delivery([inbound(wa_id, ts=ts)])
 
+    # Each request bounded, not the wait for a turn (20,000 are queued at once).
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
+    turns = asyncio.Semaphore(IN_FLIGHT)
+
+    async def deliver(session: aiohttp.ClientSession, payload: bytes, headers: dict[str, str]) -> int:
+        async with turns, session.post("/webhooks/whatsapp", data=payload, headers=headers) as r:
+            await r.read()
+            return r.status
+
     # Before the storm: KNOWN customers wrote once; the gate sent SENDS templates to them.
-    timeout = aiohttp.ClientTimeout(total=60)
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(url, timeout=timeout, connector=connector) as http:
-
-        async def post(payload: bytes, headers: dict[str, str]) -> int:
-            async with http.post("/webhooks/whatsapp", data=payload, headers=headers) as r:
-                await r.read()
-                return r.status
-
+    async with aiohttp.ClientSession(url, timeout=timeout) as http:
         before = [signed(heard(wa(i), past(rng, now))) for i in range(KNOWN)]
-        assert set(await asyncio.gather(*(post(*d) for d in before))) == {200}
+        assert set(await asyncio.gather(*(deliver(http, *d) for d in before))) == {200}
         key = bearer(await make_key(gate.engine))
-        limit = asyncio.Semaphore(32)
 
         async def send(i: int) -> dict[str, Any]:
             to = wa(rng.randrange(KNOWN))
-            async with limit, http.post("/v1/messages", json=template_message(to), headers=key) as r:
+            async with turns, http.post("/v1/messages", json=template_message(to), headers=key) as r:
                 answer = await r.json()
             assert r.status in (201, 504), answer
             furthest[answer["id"]] = "accepted" if r.status == 201 else "unknown"
@@ -163,18 +162,10 @@ async def test_a_storm_of_duplicated_reordered_deliveries_ends_where_the_oracle_
         rng.shuffle(copies)
 
         # On fresh connections: those idle since the sends may be closing (uvicorn's 5 s keep-alive).
-        async with aiohttp.ClientSession(
-            url, timeout=timeout, connector=aiohttp.TCPConnector(limit=64)
-        ) as storm:
-
-            async def deliver(payload: bytes, headers: dict[str, str]) -> int:
-                async with storm.post("/webhooks/whatsapp", data=payload, headers=headers) as r:
-                    await r.read()
-                    return r.status
-
+        async with aiohttp.ClientSession(url, timeout=timeout) as storm:
             started = time.monotonic()
             storm_start = datetime.now(UTC)
-            answers = await asyncio.gather(*(deliver(*c) for c in copies))
+            answers = await asyncio.gather(*(deliver(storm, *c) for c in copies))
             storm_end = datetime.now(UTC)
             seconds = time.monotonic() - started
         assert Counter(answers) == {200: len(copies)}
