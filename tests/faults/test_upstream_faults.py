@@ -15,7 +15,8 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
 from tests.conftest import assert_problem, bearer, empty, make_key
-from tests.upstream import Act, Gated, SocketMeta, open_window, text_message
+from tests.factories import PN
+from tests.upstream import WA, Act, Gated, SocketMeta, open_window, text_message
 from window_gate.app import create_app
 from window_gate.config import SANDBOX_APP_SECRET, load_settings
 
@@ -113,6 +114,11 @@ async def send(client: httpx.AsyncClient, key: str) -> httpx.Response:
     return await client.post("/v1/messages", json=text_message(), headers={"Idempotency-Key": key})
 
 
+async def graph_send(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    body = {"messaging_product": "whatsapp", "to": WA, "type": "text", "text": {"body": "hello"}}
+    return await client.post(f"/graph/v25.0/{PN}/messages", json=body, headers={"Idempotency-Key": key})
+
+
 async def still_healthy(client: httpx.AsyncClient, meta: SocketMeta) -> None:
     meta.plan = lambda _: Act()
     after = await send(client, "after-the-fault")
@@ -143,6 +149,32 @@ async def test_each_upstream_fault_answers_records_and_is_never_sent_twice(
     assert (again.status_code, again.json()["id"]) == (first.status_code, problem["id"])
     assert socket_meta.heads == 1  # nothing sent again
     await still_healthy(client, socket_meta)
+
+
+@pytest.mark.parametrize("name", FAULTS)
+async def test_each_upstream_fault_through_the_pass_through_in_metas_shape(
+    socket_gate: Gated, socket_meta: SocketMeta, name: str
+) -> None:
+    """The same faults through `/graph/…`: Meta's own error passed on with its status, any other fault in
+    Meta's shape (131000, the gate's code beside it), recorded and never sent twice alike."""
+    client, engine = socket_gate
+    fault = FAULTS[name]
+    socket_meta.plan = lambda _: fault.act
+    metas_own = fault.act.body is not None and fault.act.body.startswith(b'{"error"')
+    first = await graph_send(client, "g")
+    assert first.status_code == (fault.act.status if metas_own else fault.http), first.text
+    if metas_own:
+        assert first.json() == json.loads(fault.act.body or b"")
+    else:
+        error = first.json()["error"]
+        assert (error["code"], error["window_gate"]["code"]) == (131000, fault.code), error
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT status FROM messages"))).scalars().all() == [fault.record]
+    again = await graph_send(client, "g")
+    assert (again.status_code, socket_meta.heads) == (first.status_code, 1)
+    socket_meta.plan = lambda _: Act()
+    after = await graph_send(client, "after-the-fault")
+    assert after.status_code == 200 and after.json()["messages"][0]["id"].startswith("wamid."), after.text
 
 
 async def test_a_refused_connection_is_not_sent_and_retried_only_as_a_connection(
