@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -132,6 +133,27 @@ async def app_state(
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gate") as client:
             yield client, app.state.gate
+        await empty(str(settings.database_url))
+
+
+@pytest.fixture
+async def listening(
+    settings: Settings, upstream: httpx.AsyncBaseTransport
+) -> AsyncIterator[tuple[str, Gate]]:
+    """The app under uvicorn on a free port of this machine, in this event loop (its base URL, its
+    state): for what only a real socket shows."""
+    app = create_app(settings, upstream)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "uvicorn stopped before it started"
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app.state.gate
+    finally:
+        server.should_exit = True
+        await serving
         await empty(str(settings.database_url))
 
 

@@ -1,9 +1,14 @@
-"""A scripted Graph API (for httpx.MockTransport) and helpers for sending tests."""
+"""A scripted Graph API (for httpx.MockTransport), the same on a real socket (SocketMeta: the faults only a
+socket has), and helpers for sending tests."""
 
 import asyncio
 import itertools
 import json
+import re
+import socket
+import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,6 +50,106 @@ class Meta:
         self.tokens.append(request.headers.get("authorization", ""))
         await asyncio.sleep(self.delay)
         return self.reply(request)
+
+
+@dataclass(frozen=True)
+class Act:
+    """How SocketMeta treats one request, once it has read it whole (`reset_early`: its head only).
+
+    answer: `status` with `body` (None: Meta's send answer) · silent: nothing, the socket held open ·
+    reset: an RST (SO_LINGER 0) instead of an answer · reset_early: an RST before the body is read ·
+    close: a clean FIN without an answer · cut: the answer's head and half its body, then an RST."""
+
+    kind: str = "answer"
+    status: int = 200
+    body: bytes | None = None
+    delay: float = 0.0
+
+
+class SocketMeta:
+    """Meta's Graph API as an HTTP/1.1 keep-alive server on 127.0.0.1, acting on each request as `plan`
+    says (decided as its head arrives); `down()` stops listening (connections refused) and hangs up, `up()` listens on the same port."""
+
+    def __init__(self) -> None:
+        self.plan: Callable[[int], Act] = lambda _: Act()  # by the request's number, from 1
+        self.heads = 0  # requests whose head arrived
+        self.requests: list[dict[str, Any]] = []  # bodies that arrived whole
+        self.ids = itertools.count(1)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.open: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(
+            self.handle, "127.0.0.1", self.port, family=socket.AF_INET, reuse_address=True
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for writer in list(self.open):
+            writer.close()
+        await asyncio.gather(*self.open.values(), return_exceptions=True)
+
+    def accepted(self, body: dict[str, Any]) -> bytes:
+        return json.dumps(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body.get("to"), "wa_id": WA}],
+                "messages": [{"id": f"wamid.S{next(self.ids)}", "message_status": "accepted"}],
+            }
+        ).encode()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.open[writer] = task
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads += 1
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                act = self.plan(self.heads)
+                if act.kind == "reset_early":
+                    return _reset(writer)
+                raw = await reader.readexactly(int(length[1]) if length else 0)
+                body = json.loads(raw or b"{}")
+                self.requests.append(body)
+                await asyncio.sleep(act.delay)
+                if act.kind == "silent":
+                    await reader.read()  # until the gate gives up and hangs up
+                    return
+                if act.kind == "reset":
+                    return _reset(writer)
+                if act.kind == "close":
+                    return
+                answer = self.accepted(body) if act.body is None else act.body
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n" % act.status)
+                writer.write(b"Content-Length: %d\r\n\r\n" % len(answer))
+                if act.kind == "cut":
+                    writer.write(answer[: len(answer) // 2])
+                    await writer.drain()
+                    return _reset(writer)
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the gate hung up
+        finally:
+            writer.close()
+            self.open.pop(writer, None)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with an RST, as a crashed server or a middlebox does: linger on, for zero seconds."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def meta_error(code: int, message: str = "error", http_status: int = 400) -> Handler:

@@ -14,7 +14,7 @@ from fastapi.routing import iter_route_contexts
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem, bearer, make_key
+from tests.conftest import TABLES, assert_problem, bearer, make_key
 from tests.factories import PN, WABA
 from tests.upstream import Meta
 from window_gate.apikey.rules import Role, hash_key
@@ -293,11 +293,38 @@ async def budgets_in_db(engine: AsyncEngine) -> set[tuple[str, str]]:
         }
 
 
+# What a refused request must leave as it was: every table of the models, each row as text (a key's
+# last_used_at aside: using a key, even for a refused request, is use).
+SNAPSHOT = text(
+    " UNION ALL ".join(
+        f"SELECT '{table}' AS name, md5(COALESCE(string_agg(r::text, ',' ORDER BY r::text), '')) AS digest "
+        f"FROM (SELECT {'id, name, key_hash, role, phone_number_ids, revoked_at' if table == 'api_keys' else '*'} "
+        f"FROM {table}) r"
+        for table in TABLES
+    )
+)
+
+
+async def snapshot(engine: AsyncEngine) -> dict[str, str]:
+    async with engine.connect() as conn:
+        return {r.name: r.digest for r in await conn.execute(SNAPSHOT)}
+
+
 # --- the matrix ---------------------------------------------------------------------------------------------
 def test_every_route_is_public_or_in_the_scope_table(settings: Settings) -> None:
     routes = set(served(create_app(settings)))
     assert routes - PUBLIC - SAMPLES.keys() == set(), "new routes: add them to SAMPLES (or PUBLIC)"
     assert (PUBLIC | SAMPLES.keys()) - routes == set(), "SAMPLES or PUBLIC name routes the app lacks"
+
+
+def test_a_read_key_can_change_nothing() -> None:
+    """Every route that writes or sends needs more than `read` (the matrix then proves a read key is
+    refused there with nothing written and nothing sent); the one POST a read key may call only reads."""
+    reads_by_post = {("POST", "/v1/windows/check")}
+    for (method, path), samples in SAMPLES.items():
+        if method != "GET" and (method, path) not in reads_by_post:
+            assert all(RANK[s.role] > RANK[Role.READ] for s in samples), f"{method} {path}"
+    assert all(s.role is Role.READ for route in reads_by_post for s in SAMPLES[route])
 
 
 def refused(response: httpx.Response, status: int, code: str) -> None:
@@ -316,7 +343,8 @@ async def test_scope_matrix_every_route_times_every_key(
 ) -> None:
     """Every route × {no key, bad key, read, send, admin × unlimited, limited to the number the request
     touches, limited to another number}: 401 without a valid key, 403 for a role too low or another
-    number (404 for a message, a listing without the number's objects), never 401/403 (nor 5xx) else."""
+    number (404 for a message, a listing without the number's objects), never 401/403 (nor 5xx) else.
+    Every refusal writes nothing (every table compared before and after) and sends nothing to Meta."""
     keys = {
         (role, limit): await make_key(engine, role, limit) for role in Role for limit in ((), (PN,), (OTHER,))
     }
@@ -324,7 +352,7 @@ async def test_scope_matrix_every_route_times_every_key(
     await seed_accounts(engine, (PN, WABA), (OTHER, OTHER_WABA))
     spare_key_id = await key_of(engine, await make_key(engine, Role.READ, (PN,)))
     world = World(await seed_message(engine, pn_key_id), pn_key_id, spare_key_id)
-    cells = 0
+    cells = refusals = 0
     for (method, _), samples in SAMPLES.items():
         for sample in samples:
             who: list[tuple[str, dict[str, str], Role | None, tuple[str, ...]]] = [
@@ -338,6 +366,7 @@ async def test_scope_matrix_every_route_times_every_key(
                 await seed_subscription(engine)
                 await seed_accounts(engine, (PN, WABA))  # DELETE /v1/phone-numbers/{PN} forgets it
                 await unrevoke(engine, spare_key_id)
+                before, reached = await snapshot(engine), len(meta.requests)
                 r = await client.request(
                     method,
                     sample.url(world),
@@ -360,8 +389,16 @@ async def test_scope_matrix_every_route_times_every_key(
                     refused(r, 403, "forbidden")
                 else:
                     assert r.status_code not in (401, 403) and r.status_code < 500, where
+                    continue
+                # Refused (or a listing without the number's objects): nothing written, nothing sent.
+                assert await snapshot(engine) == before, where
+                assert len(meta.requests) == reached, where
+                refusals += 1
     routes = sum(len(s) for s in SAMPLES.values())
-    print(f"\nscope matrix: {cells} cells ({routes} route samples × {len(keys) + 2} callers)")
+    print(
+        f"\nscope matrix: {cells} cells ({routes} route samples × {len(keys) + 2} callers), "
+        f"{refusals} refused with nothing written and nothing sent to Meta"
+    )
     assert cells == routes * 11
 
 

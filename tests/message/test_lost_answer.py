@@ -2,43 +2,19 @@
 talking to Meta), retried with the same Idempotency-Key: the same message, the same wamid, one request to
 Meta. Over real sockets, because what is lost is the caller's connection."""
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 
-from tests.conftest import bearer, empty, free_port, make_key
+from tests.conftest import bearer, make_key
 from tests.upstream import Meta, open_window, text_message
-from window_gate.app import create_app
-from window_gate.config import Settings
 from window_gate.kit import Gate
 
 
-@pytest.fixture
-async def served(settings: Settings, upstream: httpx.AsyncBaseTransport) -> AsyncIterator[tuple[str, Gate]]:
-    """The app under uvicorn on a free port of this machine (its base URL, its state)."""
-    app = create_app(settings, upstream)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="on"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "uvicorn stopped before it started"
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app.state.gate
-    finally:
-        server.should_exit = True
-        await serving
-        await empty(str(settings.database_url))
-
-
 async def test_a_send_whose_answer_was_lost_replays_the_same_message(
-    served: tuple[str, Gate], meta: Meta
+    listening: tuple[str, Gate], meta: Meta
 ) -> None:
-    url, gate = served
+    url, gate = listening
     headers = bearer(await make_key(gate.engine)) | {"Idempotency-Key": "lost-once"}
     meta.delay = 1.0  # Meta answers after the caller has given up
     async with httpx.AsyncClient(base_url=url, headers=headers) as client:

@@ -358,7 +358,12 @@ async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
 def verdict(exc: GraphFailure) -> tuple[MessageStatus, GateError, object]:
     """(the status to record, the caller's error, the error to record) for a failed call to Meta."""
     if isinstance(exc, GraphError):
-        return MessageStatus.FAILED, gate_error(exc), exc.raw or None
+        # An answer that is not Meta's error object (a proxy's HTML page) still says why on the record.
+        return (
+            MessageStatus.FAILED,
+            gate_error(exc),
+            exc.raw or {"http_status": exc.http_status, "reason": exc.message},
+        )
     if isinstance(exc, GraphUnreachable):
         reason = f"Meta could not be reached ({exc}); nothing was sent"
         return MessageStatus.NOT_SENT, UpstreamError(reason), {"reason": str(exc)}
