@@ -8,7 +8,7 @@ from sqlalchemy import select
 from window_gate import db
 from window_gate.errors import DatabaseUnavailable, GateError, problems
 from window_gate.kit import gate
-from window_gate.metrics import metrics_endpoint, read_job_backlog
+from window_gate.metrics import metrics_endpoint, read_at_scrape
 
 router = APIRouter(tags=["operations"])
 
@@ -59,7 +59,9 @@ async def readyz(request: Request) -> Readiness:
     },
 )
 async def metrics(request: Request) -> Response:
-    """Request counts and latency by route, webhook items by type and outcome, window decisions by state,
-    background jobs by entrypoint and state."""
-    await read_job_backlog(gate(request).engine)
+    """Requests and refusals by route, sends, Meta's latency and errors, webhook items and lag, window
+    decisions, budgets and spend, pools, background jobs and the relay's backlog: every metric is in the
+    README's catalogue."""
+    state = gate(request)
+    await read_at_scrape(state.engine, state.hot)
     return await metrics_endpoint(request)
