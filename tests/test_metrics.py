@@ -37,16 +37,15 @@ BOUNDED_LABELS = {
     "result",  # ok, meta_error, unreachable, no_answer, unreadable
     "pool",  # hot or orm
 }
-TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}
 
 
 def registered() -> dict[str, tuple[str, tuple[str, ...]]]:
     """{name as queried: (type, label names)} of the app's metrics in prometheus_client's registry.
     (The metric objects keep their label names in `_labelnames`: the registry's families do not say.)"""
-    found = {}
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
     for collector in list(REGISTRY._collector_to_names):
         if isinstance(collector, MetricWrapperBase) and collector._name.startswith("window_gate_"):
-            kind = collector._type
+            kind = str(collector._type)
             name = collector._name + ("_total" if kind == "counter" else "")
             found[name] = (kind, tuple(collector._labelnames))
     return found
@@ -105,7 +104,10 @@ async def test_sends_refusals_meta_errors_and_webhooks_are_counted(gate: Gated, 
     assert grew("window_gate_upstream_errors_total", operation="send", code="other") == 1  # not 424242
     ok = {"operation": "send", "result": "ok"}
     assert grew("window_gate_upstream_request_duration_seconds_count", **ok) == 1
-    assert grew("window_gate_upstream_request_duration_seconds_count", operation="send", result="meta_error") == 2
+    assert (
+        grew("window_gate_upstream_request_duration_seconds_count", operation="send", result="meta_error")
+        == 2
+    )
     assert grew("window_gate_upstream_request_duration_seconds_bucket", le="+Inf", **ok) == 1
     messages = "/v1/messages"
     assert grew("window_gate_refusals_total", route=messages, code="window_closed") == 2
@@ -116,7 +118,9 @@ async def test_sends_refusals_meta_errors_and_webhooks_are_counted(gate: Gated, 
     assert grew("window_gate_webhook_messages_total", type="status_delivered", outcome="unknown_message") == 1
     assert grew("window_gate_webhook_messages_total", type="status", outcome="ignored") == 0
     assert grew("window_gate_webhook_ingest_lag_seconds_count") == 2
-    assert 120 <= grew("window_gate_webhook_ingest_lag_seconds_sum") < 200  # the message's 2 min, the status' ~0
+    assert (
+        120 <= grew("window_gate_webhook_ingest_lag_seconds_sum") < 200
+    )  # the message's 2 min, the status' ~0
     assert grew("window_gate_webhook_ingest_lag_seconds_bucket", le="60.0") == 1
     for unbounded in (WA, PN, "wamid.", "something new", "424242"):
         assert unbounded not in after
@@ -145,7 +149,9 @@ async def test_a_scrape_reads_the_relay_backlog_and_the_pools(gate: Gated, setti
     exposition = await scrape(client)
     async with engine.connect() as conn:
         undelivered = (
-            await conn.execute(text("SELECT count(*) FROM relay_deliveries WHERE state IN ('pending', 'failed')"))
+            await conn.execute(
+                text("SELECT count(*) FROM relay_deliveries WHERE state IN ('pending', 'failed')")
+            )
         ).scalar_one()
     backlog = sum(metric(exposition, "window_gate_relay_backlog", state=s) for s in ("pending", "failed"))
     assert backlog == undelivered == 1  # pending, or failed once the dispatcher tried: never delivered
@@ -156,4 +162,3 @@ async def test_a_scrape_reads_the_relay_backlog_and_the_pools(gate: Gated, setti
         }
         assert figures["max"] == settings.db_pool_size
         assert 0 <= figures["in_use"] <= figures["open"] <= figures["max"] and figures["open"] >= 1, figures
-
