@@ -72,6 +72,8 @@ def create_app(
 ) -> FastAPI:
     """The service. `graph_transport` replaces the network to Meta: a transport (tests), or a factory
     (the in-process sandbox, which sandbox mode with the default Graph URL requires)."""
+    if settings.otel_enabled:  # imported only then: OpenTelemetry's SDK stays unloaded otherwise
+        from window_gate import tracing
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +99,8 @@ def create_app(
                 limits=httpx.Limits(max_connections=settings.graph_max_connections),
                 transport=_transport(settings, app, graph_transport),
             )
+            if settings.otel_enabled:
+                tracing.instrument_client(http)
             # Closed first: the in-process simulator stops posting webhooks before the pools close.
             opened.push_async_callback(http.aclose)
             graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
@@ -174,6 +178,8 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestLog, quiet={get_window, receive, healthz, readyz, metrics})
+    if settings.otel_enabled:
+        tracing.instrument_app(app)
     return app
 
 
