@@ -1,6 +1,7 @@
 """/metrics: the README's catalogue and the registry agree both ways, every label is of a bounded kind, and
 the figures move when what they count happens (and only then)."""
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -13,7 +14,10 @@ from sqlalchemy import text
 from tests.conftest import assert_problem, metric
 from tests.factories import PN, delivery, signed, status
 from tests.upstream import WA, Gated, Meta, meta_error, open_window, text_message
-from window_gate import app  # noqa: F401 - every module that defines a metric, imported
+from window_gate import (
+    app,  # noqa: F401 - every module that defines a metric, imported
+    metrics,
+)
 from window_gate.config import Settings
 
 README = Path(__file__).parents[1] / "README.md"
@@ -162,3 +166,12 @@ async def test_a_scrape_reads_the_relay_backlog_and_the_pools(gate: Gated, setti
         }
         assert figures["max"] == settings.db_pool_size
         assert 0 <= figures["in_use"] <= figures["open"] <= figures["max"] and figures["open"] >= 1, figures
+
+
+async def test_each_process_reads_its_pools_every_few_seconds_without_a_scrape(
+    gate: Gated, settings: Settings
+) -> None:
+    """With several workers a scrape reaches one: the others keep their pools' figures fresh themselves."""
+    metrics.DB_POOL.labels("hot", "max").set(-1)
+    await asyncio.sleep(metrics.POOLS_EVERY_SECONDS + 1)
+    assert metrics.DB_POOL.labels("hot", "max")._value.get() == settings.db_pool_size

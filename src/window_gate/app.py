@@ -43,7 +43,7 @@ from window_gate.logs import RequestLog
 from window_gate.message.endpoints import as_meta_error, conversation_router, graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.message.endpoints import template_router as template_send_router
-from window_gate.metrics import MetricsMiddleware
+from window_gate.metrics import MetricsMiddleware, watch_pools
 from window_gate.middlewares import BodyLimit, HotPaths
 from window_gate.passthrough.endpoints import PROXIED
 from window_gate.passthrough.endpoints import router as passthrough_router
@@ -91,6 +91,8 @@ def create_app(
             opened.push_async_callback(engine.dispose)
             hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
             opened.push_async_callback(hot.close)
+            pools = asyncio.create_task(watch_pools(engine, hot))  # /metrics' figures of this process
+            opened.callback(pools.cancel)
             http = httpx.AsyncClient(
                 base_url=settings.graph_base_url,
                 timeout=httpx.Timeout(

@@ -5,6 +5,7 @@ states): never a phone number, customer, message id or free text.
 The hot paths only count; what needs a query (backlogs) or a look at the pools is read when /metrics is
 scraped (`read_at_scrape`)."""
 
+import asyncio
 import logging
 import os
 import time
@@ -103,8 +104,8 @@ RELAY_BACKLOG = Gauge(
 )
 DB_POOL = Gauge(
     "window_gate_db_pool_connections",
-    "Database connections of this process's pools (hot: asyncpg, orm: SQLAlchemy) by state: max, open, "
-    "in_use; as of the last scrape this process served",
+    "Database connections of the pools (hot: asyncpg, orm: SQLAlchemy) by state: max, open, in_use; read "
+    "at each scrape and every 5 s",
     ["pool", "state"],
     multiprocess_mode="livesum",  # every worker's pools, added up
 )
@@ -161,15 +162,18 @@ async def read_at_scrape(engine: AsyncEngine, hot: HotPool) -> None:
     except Exception:
         log.warning("backlog unreadable", exc_info=True)
     else:
-        for gone in (
-            _jobs_seen - job_counts.keys()
-        ):  # a state emptied since the last scrape reads 0, not stale
+        for gone in _jobs_seen - job_counts.keys():  # emptied since the last scrape: 0, not stale
             JOBS.labels(*gone).set(0)
         for labels, n in job_counts.items():
             JOBS.labels(*labels).set(n)
         _jobs_seen.update(job_counts)
         for state in RELAY_DUE_STATES:
             RELAY_BACKLOG.labels(state).set(relay_counts.get(state, 0))
+    read_pools(engine, hot)
+
+
+def read_pools(engine: AsyncEngine, hot: HotPool) -> None:
+    """This process's pools into DB_POOL, from the pool objects (no query)."""
     orm = cast(QueuePool, engine.pool)
     for pool, figures in (
         ("hot", hot.figures()),
@@ -177,6 +181,17 @@ async def read_at_scrape(engine: AsyncEngine, hot: HotPool) -> None:
     ):
         for state, n in zip(("max", "open", "in_use"), figures, strict=True):
             DB_POOL.labels(pool, state).set(n)
+
+
+POOLS_EVERY_SECONDS = 5.0
+
+
+async def watch_pools(engine: AsyncEngine, hot: HotPool) -> None:
+    """`read_pools` every few seconds, for as long as the app runs: with several workers, a scrape reaches
+    one of them, and the others' figures must not be those of their last scrape."""
+    while True:
+        read_pools(engine, hot)
+        await asyncio.sleep(POOLS_EVERY_SECONDS)
 
 
 async def _relay_backlog(conn: AsyncConnection) -> dict[str, int]:
