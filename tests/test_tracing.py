@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.conftest import bearer, make_key
+from tests.conftest import bearer, empty, make_key
 from tests.upstream import WA, open_window, text_message
 from window_gate.app import create_app
 from window_gate.config import Settings
@@ -40,6 +40,7 @@ async def test_with_otel_enabled_a_send_is_one_trace_of_server_database_and_grap
                 assert sent.status_code == 201, sent.text
     finally:
         AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+        await empty(str(settings.database_url))  # what the app_state fixture does after its tests
     spans = exporter.get_finished_spans()
     (server,) = [s for s in spans if s.kind == SpanKind.SERVER]  # the send's: the scrape has none
     assert server.attributes is not None and server.attributes.get("http.route") == "/v1/messages"
