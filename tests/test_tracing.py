@@ -1,6 +1,7 @@
 """Optional OpenTelemetry traces: off, the SDK is not even loaded; on, a request gives a server span with
 the database's and the Graph API's spans in its trace."""
 
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,23 @@ def test_with_otel_off_the_sdk_is_not_loaded(settings: Settings) -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_spans_name_the_service_window_gate_unless_otel_service_name_says_otherwise() -> None:
+    probe = "from window_gate import tracing; print(tracing._provider().resource.attributes['service.name'])"
+
+    def named(**env: str) -> str:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | env
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert named() == "window-gate"
+    assert named(OTEL_SERVICE_NAME="billing-gate") == "billing-gate"

@@ -7,8 +7,6 @@ OTEL_SERVICE_NAME, default window-gate; OTEL_TRACES_SAMPLER …).
 Imported only when enabled (app.py): off, nothing of the SDK is loaded and no request pays for it.
 """
 
-import os
-
 import httpx
 from fastapi import FastAPI
 from opentelemetry import trace
@@ -44,8 +42,10 @@ def _provider() -> TracerProvider:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    named = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "window-gate"}
-    provider = TracerProvider(resource=Resource.create(named))
+    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES: the SDK reads them
+    if str(resource.attributes.get(SERVICE_NAME)).startswith("unknown_service"):  # the SDK default: ours
+        resource = resource.merge(Resource({SERVICE_NAME: "window-gate"}))
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
