@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.processes import marked, still_running
@@ -197,6 +198,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def metric(exposition: str, name: str, **labels: str) -> float:
+    """One sample's value in a Prometheus exposition (0 when absent)."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:

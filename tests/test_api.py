@@ -9,11 +9,10 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem, bearer, make_key
+from tests.conftest import assert_problem, bearer, make_key, metric
 from tests.factories import PN, delivery, inbound, signed
 from window_gate import db
 from window_gate.apikey.rules import Role
@@ -23,15 +22,6 @@ from window_gate.sandbox import in_process
 
 OTHER_PN = "109999999999999"
 WINDOW_ROUTE = "/v1/windows/{phone_number_id}/{customer}"
-
-
-def metric(exposition: str, name: str, **labels: str) -> float:
-    """One sample's value in a Prometheus exposition (0 when absent)."""
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 async def open_window(client: httpx.AsyncClient, wa_id: str) -> None:

@@ -4,15 +4,20 @@ and nothing secret in them."""
 import io
 import json
 import logging
+import subprocess
+import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import make_key
+from tests.conftest import ENCRYPTION_KEY, cli_env, make_key
 from tests.factories import PN, delivery, inbound, signed
+from tests.served import CUSTOMER, WINDOW_GATE, run_cli, serve
 from window_gate import logs
 from window_gate.apikey.rules import Role
 from window_gate.config import Settings
@@ -143,3 +148,72 @@ def test_fields_named_like_secrets_are_blanked(lines: Lines) -> None:
 
     (line,) = lines()
     assert line["token"] == line["authorization"] == "[redacted]" and line["phone_number_id"] == PN
+
+
+@pytest.mark.slow  # `serve` and the simulator as processes
+def test_a_served_run_logs_each_request_once_and_no_secret_nor_message_body(
+    emptied_afterwards: str, tmp_path: Path
+) -> None:
+    """A real `window-gate serve` at LOG_LEVEL=info, its captured output (the simulator's too) searched
+    for every secret it was given and the words customers and the business wrote."""
+    app_secret, token, words = "appsecret-" + uuid.uuid4().hex, "EAAG" + uuid.uuid4().hex, uuid.uuid4().hex
+    env = cli_env(
+        DATABASE_URL=emptied_afterwards,
+        SANDBOX="true",
+        APP_SECRET=app_secret,
+        ENCRYPTION_KEY=ENCRYPTION_KEY,
+        LOG_LEVEL="info",
+    )
+    key = run_cli("api-keys", "create", "logs", "--role", "admin", env=env).stdout.strip().splitlines()[-1]
+    stored = subprocess.run(
+        [WINDOW_GATE, "phone-numbers", "set", PN, "--access-token-stdin"],
+        input=token,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert stored.returncode == 0, stored.stderr
+    auth = {"Authorization": f"Bearer {key}"}
+    with serve(env, tmp_path / "serve.log") as served:
+        simulator = served.http.base_url.copy_with(port=(served.http.base_url.port or 0) + 1)
+        deadline = time.monotonic() + 60  # serve starts it beside itself, on its port + 1
+        while not _answers(simulator.join("/sandbox/stats")):
+            assert time.monotonic() < deadline, served.output()
+            time.sleep(0.2)
+        message = inbound(CUSTOMER)
+        message["text"]["body"] = f"customer says {words}"
+        body, headers = signed(delivery([message]), secret=app_secret)
+        assert served.http.post("/webhooks/whatsapp", content=body, headers=headers).status_code == 200
+        sent = served.http.post(
+            "/v1/messages",
+            json={"phone_number_id": PN, "to": CUSTOMER, "type": "text", "text": {"body": f"we say {words}"}},
+            headers={**auth, "X-Request-ID": "logs-test-1"},
+        )
+        assert sent.status_code == 201, sent.text
+        assert (
+            served.http.get("/v1/templates", headers={"Authorization": "Bearer wg_wrong"}).status_code == 401
+        )
+    output = served.output()
+
+    for secret in (key, key[-12:], token, app_secret, ENCRYPTION_KEY, words):
+        assert secret not in output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    requests = [e for e in events if e["event"] == "request"]
+    # The window check and webhook ingest are quiet at info (debug only); the others one line each.
+    assert [(r["method"], r["path"], r["status"]) for r in requests] == [
+        ("POST", "/v1/messages", 201),
+        ("GET", "/v1/templates", 401),
+    ]
+    assert requests[0]["request_id"] == "logs-test-1" and requests[0]["duration_ms"] > 0
+    assert requests[1]["code"] == "unauthorized" and len(requests[1]["request_id"]) == 32
+    # LOG_LEVEL reaches uvicorn's own loggers (it ran at warning whatever the setting once).
+    assert any(e["logger"] == "uvicorn.error" and e["level"] == "info" for e in events), output
+
+
+def _answers(url: httpx.URL) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -43,7 +43,7 @@ from window_gate.logs import RequestLog
 from window_gate.message.endpoints import as_meta_error, conversation_router, graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.message.endpoints import template_router as template_send_router
-from window_gate.metrics import MetricsMiddleware
+from window_gate.metrics import MetricsMiddleware, watch_pools
 from window_gate.middlewares import BodyLimit, HotPaths
 from window_gate.passthrough.endpoints import PROXIED
 from window_gate.passthrough.endpoints import router as passthrough_router
@@ -72,6 +72,8 @@ def create_app(
 ) -> FastAPI:
     """The service. `graph_transport` replaces the network to Meta: a transport (tests), or a factory
     (the in-process sandbox, which sandbox mode with the default Graph URL requires)."""
+    if settings.otel_enabled:  # imported only then: OpenTelemetry's SDK stays unloaded otherwise
+        from window_gate import tracing
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +91,8 @@ def create_app(
             opened.push_async_callback(engine.dispose)
             hot = await db.make_hot_pool(url, settings.db_pool_size, settings.db_timeout_seconds)
             opened.push_async_callback(hot.close)
+            pools = asyncio.create_task(watch_pools(engine, hot))  # /metrics' figures of this process
+            opened.callback(pools.cancel)
             http = httpx.AsyncClient(
                 base_url=settings.graph_base_url,
                 timeout=httpx.Timeout(
@@ -97,6 +101,8 @@ def create_app(
                 limits=httpx.Limits(max_connections=settings.graph_max_connections),
                 transport=_transport(settings, app, graph_transport),
             )
+            if settings.otel_enabled:
+                tracing.instrument_client(http)
             # Closed first: the in-process simulator stops posting webhooks before the pools close.
             opened.push_async_callback(http.aclose)
             graph = GraphClient(http, settings.graph_api_version, settings.graph_access_token)
@@ -177,6 +183,8 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestLog, quiet={get_window, receive, healthz, readyz, metrics})
+    if settings.otel_enabled:
+        tracing.instrument_app(app)
     return app
 
 

@@ -306,7 +306,7 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
             host=host,
             port=port,
             workers=workers,
-            log_level="warning",
+            log_level=settings.log_level,  # uvicorn's own loggers too: its start-up lines at info
             log_config=None,  # logs.configure's handler, in each worker too (asgi.py)
             access_log=False,  # RequestLog writes one line per request instead
         )

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field(
         "json", description="`json`: one JSON object per line; `console`: for a person at a terminal"
     )
+    otel_enabled: bool = Field(
+        False,
+        description="OpenTelemetry traces (server, database and Graph API spans) over OTLP/HTTP, set up by the "
+        "standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, …)",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -118,6 +118,11 @@ class HotPool:
         self.turns = asyncio.Semaphore(size)
         self.timeout = timeout
 
+    def figures(self) -> tuple[int, int, int]:
+        """(most connections, open, in use), for /metrics."""
+        size = self.pool.get_size()
+        return self.pool.get_max_size(), size, size - self.pool.get_idle_size()
+
     async def fetch(self, query: str, *args: object) -> list[Any]:
         rows: list[Any] = await self._call("fetch", query, args)
         return rows

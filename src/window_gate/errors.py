@@ -481,6 +481,13 @@ def replay(problem: dict[str, Any]) -> GateError:
     return err
 
 
+def codes() -> frozenset[str]:
+    """Every problem code the gate can answer with: its GateErrors' (those defined so far: call it once
+    the app is built) and Starlette's HTTP errors'."""
+    own = [GateError.code, *(kind.code for kind in _subclasses(GateError))]
+    return frozenset({*own, *HTTP_CODES.values(), HTTP_ERROR})
+
+
 def _subclasses(kind: type[K]) -> list[type[K]]:
     return [sub for direct in kind.__subclasses__() for sub in (direct, *_subclasses(direct))]
 
@@ -488,6 +495,11 @@ def _subclasses(kind: type[K]) -> list[type[K]]:
 def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     logs.note(code=body.get("code"))  # the request's log line says which refusal it was
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+# Starlette's HTTP errors (a path no route has, a method it does not answer, …) by status, and the rest.
+HTTP_ERROR = "http_error"
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def validation_failed(exc: RequestValidationError) -> ValidationFailed:
@@ -525,8 +537,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def http_problem(exc: StarletteHTTPException) -> dict[str, Any]:
     """The problem body of Starlette's own refusals (no such route, method or size)."""
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-    code = codes.get(exc.status_code, "http_error")
+    code = HTTP_CODES.get(exc.status_code, HTTP_ERROR)
     return {
         "type": TYPE_BASE + code,
         "title": str(exc.detail),

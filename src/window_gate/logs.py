@@ -17,7 +17,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Collection, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any, TextIO
 
@@ -114,6 +114,11 @@ def note(**fields: Any) -> None:
     notes = _notes.get()
     if notes is not None:
         notes.update(fields)
+
+
+def noted() -> Mapping[str, Any]:
+    """What `note` added to the current request's line so far (empty outside a request)."""
+    return _notes.get() or {}
 
 
 def request_id(scope: Scope) -> bytes:

@@ -1,9 +1,15 @@
-"""Prometheus metrics: request counts and latency by route, webhook messages, window decisions, the read
-replica's lag, and the backlog of background jobs."""
+"""Prometheus metrics, every one listed in the README's catalogue (tests/test_metrics.py holds the two to
+each other). Label values come from fixed sets only (routes, problem codes, Meta codes the gate knows,
+states): never a phone number, customer, message id or free text.
 
+The hot paths only count; what needs a query (backlogs) or a look at the pools is read when /metrics is
+scraped (`read_at_scrape`)."""
+
+import asyncio
 import logging
 import os
 import time
+from typing import cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,12 +20,16 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from window_gate import jobs
+from window_gate import errors, jobs, logs
+from window_gate.db import HotPool
+from window_gate.models import RELAY_DUE_STATES, RelayDelivery
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +40,45 @@ LATENCY = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+REFUSALS = Counter(
+    "window_gate_refusals",
+    "Answers with a problem (4xx, 5xx) by route template and problem code (docs/errors.md; `other` if none)",
+    ["route", "code"],
+)
 WEBHOOK_MESSAGES = Counter(
     "window_gate_webhook_messages", "Webhook items by kind and outcome", ["type", "outcome"]
+)
+WEBHOOK_LAG = Histogram(
+    "window_gate_webhook_ingest_lag_seconds",
+    "Each applied webhook delivery: its receive time minus Meta's timestamp of its oldest message or status",
+    buckets=(1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600),
+)
+SENDS = Counter(
+    "window_gate_sends",
+    "Gated sends by kind (template, free_form) and outcome: accepted, held_for_quality_assessment (Meta "
+    "took it), failed (Meta refused), not_sent (Meta unreachable), unknown (no answer), refused (by the gate, "
+    "before Meta)",
+    ["kind", "outcome"],
+)
+BUDGET_REFUSALS = Counter(
+    "window_gate_budget_refusals", "Sends refused by a monthly budget, by the budget's scope", ["scope"]
+)
+SPEND = Counter(
+    "window_gate_spend_estimated",
+    "Estimated cost of the sends Meta took (the rate card's amount, in its currency), by pricing category",
+    ["currency", "category"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "window_gate_upstream_request_duration_seconds",
+    "Graph API calls (connection retries included) by operation and result: ok, meta_error (Meta answered "
+    "with an error), unreachable, no_answer, unreadable",
+    ["operation", "result"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPSTREAM_ERRORS = Counter(
+    "window_gate_upstream_errors",
+    "Meta's error answers by operation and Meta error code (the codes of graph/reactions.py, else other)",
+    ["operation", "code"],
 )
 WINDOW_DECISIONS = Counter("window_gate_window_decisions", "Window evaluations by state", ["state"])
 REPLICA_READS = Counter(
@@ -60,6 +107,20 @@ JOBS = Gauge(
     multiprocess_mode="mostrecent",  # every worker reads the same table; the latest read wins
 )
 _jobs_seen: set[tuple[str, str]] = set()
+RELAY_BACKLOG = Gauge(
+    "window_gate_relay_backlog",
+    "Subscription deliveries not yet delivered (all replicas), by state: pending (first try due or "
+    "running), failed (retrying later)",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
+DB_POOL = Gauge(
+    "window_gate_db_pool_connections",
+    "Database connections of the pools (hot: asyncpg, orm: SQLAlchemy) by state: max, open, in_use; read "
+    "at each scrape and every 5 s",
+    ["pool", "state"],
+    multiprocess_mode="livesum",  # every worker's pools, added up
+)
 
 
 class MetricsMiddleware:
@@ -67,6 +128,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.codes = errors.codes()  # built with the app: every feature's errors are defined by now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,6 +149,9 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")
             REQUESTS.labels(scope["method"], route, str(status)).inc()
             LATENCY.labels(route).observe(time.perf_counter() - start)
+            if status >= 400:  # the problem renderer notes its code on the request (logs.note)
+                code = logs.noted().get("code")
+                REFUSALS.labels(route, code if code in self.codes else "other").inc()
 
 
 async def metrics_endpoint(_: Request) -> Response:
@@ -98,17 +163,53 @@ async def metrics_endpoint(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def read_job_backlog(engine: AsyncEngine) -> None:
-    """Set JOBS from the queue: one small query per scrape (the table holds live jobs only). A backlog
-    that cannot be read leaves the last figures; the scrape still answers."""
+async def read_at_scrape(engine: AsyncEngine, hot: HotPool) -> None:
+    """Set the gauges a scrape reads: the job queue and the relay outbox (one small query each: live rows
+    only, the outbox's through its partial index of undelivered rows) and this process's pools. A
+    backlog that cannot be read leaves the last figures; the scrape still answers."""
     try:
         async with engine.connect() as conn:
-            counts = {(entrypoint, state): n for entrypoint, state, n in await jobs.backlog(conn)}
+            job_counts = {(entrypoint, state): n for entrypoint, state, n in await jobs.backlog(conn)}
+            relay_counts = await _relay_backlog(conn)
     except Exception:
-        log.warning("job backlog unreadable", exc_info=True)
-        return
-    for gone in _jobs_seen - counts.keys():  # a state emptied since the last scrape reads 0, not stale
-        JOBS.labels(*gone).set(0)
-    for labels, n in counts.items():
-        JOBS.labels(*labels).set(n)
-    _jobs_seen.update(counts)
+        log.warning("backlog unreadable", exc_info=True)
+    else:
+        for gone in _jobs_seen - job_counts.keys():  # emptied since the last scrape: 0, not stale
+            JOBS.labels(*gone).set(0)
+        for labels, n in job_counts.items():
+            JOBS.labels(*labels).set(n)
+        _jobs_seen.update(job_counts)
+        for state in RELAY_DUE_STATES:
+            RELAY_BACKLOG.labels(state).set(relay_counts.get(state, 0))
+    read_pools(engine, hot)
+
+
+def read_pools(engine: AsyncEngine, hot: HotPool) -> None:
+    """This process's pools into DB_POOL, from the pool objects (no query)."""
+    orm = cast(QueuePool, engine.pool)
+    for pool, figures in (
+        ("hot", hot.figures()),
+        ("orm", (orm.size(), orm.checkedin() + orm.checkedout(), orm.checkedout())),
+    ):
+        for state, n in zip(("max", "open", "in_use"), figures, strict=True):
+            DB_POOL.labels(pool, state).set(n)
+
+
+POOLS_EVERY_SECONDS = 5.0
+
+
+async def watch_pools(engine: AsyncEngine, hot: HotPool) -> None:
+    """`read_pools` every few seconds, for as long as the app runs: with several workers, a scrape reaches
+    one of them, and the others' figures must not be those of their last scrape."""
+    while True:
+        read_pools(engine, hot)
+        await asyncio.sleep(POOLS_EVERY_SECONDS)
+
+
+async def _relay_backlog(conn: AsyncConnection) -> dict[str, int]:
+    query = (
+        select(RelayDelivery.state, func.count())
+        .where(RelayDelivery.state.in_(RELAY_DUE_STATES))
+        .group_by(RelayDelivery.state)
+    )
+    return {state: n for state, n in await conn.execute(query)}

@@ -363,6 +363,9 @@ class Subscription(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 
+RELAY_DUE_STATES = ("pending", "failed")  # a relay delivery not yet delivered, nor dead
+
+
 class RelayDelivery(Base):
     """One event for one subscription: the outbox row, written in the transaction that caused the event.
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import assert_problem
+from tests.conftest import assert_problem, metric
 from tests.factories import PN, WABA, delivery, signed, status
 from tests.upstream import Gated, count, open_window
 from window_gate.app import create_app
@@ -160,10 +160,21 @@ async def test_budget_refuses_the_send_that_would_pass_it(synced: Gated, simulat
     client, engine = synced
     r = await client.put(f"/v1/budgets/phone_number/{PN}", json={"monthly_limit": "0.10", "currency": "USD"})
     assert r.status_code == 200, r.text
+    before = (await client.get("/metrics")).text
     assert (await client.post("/v1/messages", json=template("spring_sale", "en", "Ana"))).status_code == 201
     refused = await client.post("/v1/messages", json=template("spring_sale", "en", "Ana"))
     assert_problem(refused, 402, "budget_exceeded")
     assert sends(simulator) == 1 and await count(engine, "messages") == 1
+    after = (await client.get("/metrics")).text
+
+    def grew(name: str, **labels: str) -> float:
+        return round(metric(after, name, **labels) - metric(before, name, **labels), 6)
+
+    assert grew("window_gate_spend_estimated_total", currency="USD", category="marketing") == 0.063
+    assert grew("window_gate_budget_refusals_total", scope="phone_number") == 1
+    assert grew("window_gate_sends_total", kind="template", outcome="accepted") == 1
+    assert grew("window_gate_sends_total", kind="template", outcome="refused") == 1
+    assert grew("window_gate_refusals_total", route="/v1/messages", code="budget_exceeded") == 1
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
 """The one Graph API client: Meta's Cloud API send, its errors typed, retries only where safe."""
 
 import asyncio
-from collections.abc import AsyncIterable, Sequence
+import time
+from collections.abc import AsyncIterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import orjson
 
 from window_gate.errors import GraphError, GraphNoAnswer, GraphUnreachable, GraphUnreadable
+from window_gate.graph.reactions import REACTIONS
+from window_gate.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 
 CONNECT_RETRIES = 2  # a refused connection means the message surely did not leave
 TEMPLATE_FIELDS = "id,name,language,status,category,previous_category,parameter_format,components,rejected_reason,quality_score"
@@ -70,7 +74,7 @@ class GraphClient:
         """POST /{version}/{phone_number_id}/messages: Meta's JSON answer, or a GraphFailure (errors.py)."""
         headers = self._auth(token) | {"Content-Type": "application/json"}
         url = f"/{self.version}/{phone_number_id}/messages"
-        return await self._call("POST", url, headers=headers, content=orjson.dumps(body))
+        return await self._call("send", "POST", url, headers=headers, content=orjson.dumps(body))
 
     async def list_templates(
         self, waba_id: str, after: str | None = None, limit: int = TEMPLATE_PAGE, token: str | None = None
@@ -80,7 +84,7 @@ class GraphClient:
         params = {"fields": TEMPLATE_FIELDS, "limit": str(limit)} | ({"after": after} if after else {})
         headers = self._auth(token)
         page = await self._call(
-            "GET", f"/{self.version}/{waba_id}/message_templates", headers=headers, params=params
+            "templates", "GET", f"/{self.version}/{waba_id}/message_templates", headers=headers, params=params
         )
         if not isinstance(page.get("data"), list):
             raise GraphUnreadable("unreadable answer from the Graph API: no `data` list")
@@ -91,7 +95,7 @@ class GraphClient:
         Meta answers only when the media belongs to that number."""
         params = {"phone_number_id": phone_number_id} if phone_number_id else None
         url = f"/{self.version}/{media_id}"
-        return await self._call("GET", url, headers=self._auth(token), params=params)
+        return await self._call("media", "GET", url, headers=self._auth(token), params=params)
 
     async def stream(
         self,
@@ -113,18 +117,26 @@ class GraphClient:
             headers=[*headers, *self._auth(token).items()],
             content=content,
         )
-        try:
-            return await self.http.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise GraphUnreachable(str(exc)) from exc
-        except httpx.HTTPError as exc:
-            raise GraphNoAnswer(f"{type(exc).__name__}: {exc}") from exc
+        with _measured(PROXIED) as call:
+            try:
+                response = await self.http.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise GraphUnreachable(str(exc)) from exc
+            except httpx.HTTPError as exc:
+                raise GraphNoAnswer(f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code >= 400:  # its error object is streamed to the caller unread
+                call.result = META_ERROR
+            return response
 
     def _auth(self, token: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.default_token or 'sandbox'}"}
 
-    async def _call(self, method: str, url: str, **request: Any) -> dict[str, Any]:
+    async def _call(self, operation: str, method: str, url: str, **request: Any) -> dict[str, Any]:
         """Meta's JSON object; retried only when no connection was made (nothing left)."""
+        with _measured(operation):
+            return await self._answer(method, url, **request)
+
+    async def _answer(self, method: str, url: str, **request: Any) -> dict[str, Any]:
         for attempt in range(CONNECT_RETRIES + 1):
             try:
                 response = await self.http.request(method, url, **request)
@@ -144,3 +156,33 @@ class GraphClient:
         if not isinstance(answer, dict):
             raise GraphUnreadable("unreadable answer from the Graph API")
         return answer
+
+
+# /metrics: each call's duration by its result; Meta's error codes by those the gate knows (a bounded label).
+PROXIED = "pass_through"
+META_ERROR = "meta_error"
+RESULTS: dict[type[BaseException], str] = {
+    GraphError: META_ERROR,
+    GraphUnreachable: "unreachable",
+    GraphNoAnswer: "no_answer",
+    GraphUnreadable: "unreadable",
+}
+
+
+class _Call:
+    result = "ok"
+
+
+@contextmanager
+def _measured(operation: str) -> Iterator[_Call]:
+    call, start = _Call(), time.perf_counter()
+    try:
+        yield call
+    except BaseException as exc:  # cancelled too: the request may have left
+        call.result = RESULTS.get(type(exc), "no_answer")
+        if isinstance(exc, GraphError):
+            code = str(exc.code) if exc.code in REACTIONS else "other"
+            UPSTREAM_ERRORS.labels(operation, code).inc()
+        raise
+    finally:
+        UPSTREAM_LATENCY.labels(operation, call.result).observe(time.perf_counter() - start)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from window_gate import db
 from window_gate.errors import DatabaseUnavailable, GateError, problems
 from window_gate.kit import gate
-from window_gate.metrics import metrics_endpoint, read_job_backlog
+from window_gate.metrics import metrics_endpoint, read_at_scrape
 from window_gate.replica import Replica
 
 router = APIRouter(tags=["operations"])
@@ -65,10 +65,11 @@ async def readyz(request: Request) -> Readiness:
     },
 )
 async def metrics(request: Request) -> Response:
-    """Request counts and latency by route, webhook items by type and outcome, window decisions by state,
-    the read replica's lag (READ_DATABASE_URL), background jobs by entrypoint and state."""
+    """Requests and refusals by route, sends, Meta's latency and errors, webhook items and lag, window
+    decisions, budgets and spend, pools, background jobs, the relay's backlog and the read replica's lag
+    (READ_DATABASE_URL): every metric is in the README's catalogue."""
     state = gate(request)
     if isinstance(state.reads, Replica):
         await state.reads.refresh()
-    await read_job_backlog(state.engine)
+    await read_at_scrape(state.engine, state.hot)
     return await metrics_endpoint(request)

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from window_gate import errors, inputs
+from window_gate import errors, inputs, logs
 from window_gate.apikey.access import SEND, Authorization, Reader, Sender
 from window_gate.customer.identity import parse_customer
 from window_gate.errors import (
@@ -329,6 +329,7 @@ def as_meta_error(err: GateError) -> Response:
     """The gate's refusal as Meta would answer it; what Meta has no code for is 100, Invalid parameter.
     Meta's own refusal is passed on unchanged, with Meta's HTTP status: SDKs map some statuses (401, 404,
     5xx) to their own exceptions."""
+    logs.note(code=err.code)  # the request's log line and /metrics say which refusal it was
     status, body = meta_answer(err, "WG" + secrets.token_hex(10))
     return JSONResponse(body, status_code=status, headers=err.headers)
 

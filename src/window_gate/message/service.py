@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from window_gate import metrics
 from window_gate.apikey.rules import Caller, Role
 from window_gate.consent import service as consent
 from window_gate.crypto import Sealer
@@ -125,8 +126,12 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         previous = await _previous(gate, caller, idempotency_key, request.request_hash)
         if previous is not None:
             return previous
-    decision = await decide(gate, request)
-    attempt = await record(gate, caller, request, decision)
+    try:
+        decision = await decide(gate, request)
+        attempt = await record(gate, caller, request, decision)
+    except GateError:
+        metrics.SENDS.labels(_kind(request), REFUSED).inc()
+        raise
     if not isinstance(attempt, Attempt):  # a concurrent request with the same key won the race: its answer
         return await first_with_key(gate, caller, request) if attempt is None else attempt
     try:
@@ -312,6 +317,9 @@ async def accepted(attempt: Attempt, answer: dict[str, Any]) -> Sent:
     message = (answer.get("messages") or [{}])[0]
     wamid = str(message.get("id") or "") or None
     status = ANSWERED.get(str(message.get("message_status")), MessageStatus.ACCEPTED)
+    metrics.SENDS.labels(_kind(request), status.value).inc()
+    if (estimate := decision.estimate).amount:  # what a budget reserved: the cost per day on the dashboard
+        metrics.SPEND.labels(estimate.currency, estimate.category.value).inc(float(estimate.amount))
     wa_id = contact.get("wa_id")
     out = SendOut(
         id=attempt.id,
@@ -338,6 +346,7 @@ async def accepted(attempt: Attempt, answer: dict[str, Any]) -> Sent:
 async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
     """Meta refused the send, was silent or out of reach: the gate's error for it, once recorded."""
     status, err, error = verdict(exc)
+    metrics.SENDS.labels(_kind(attempt.request), status.value).inc()
     err.context["id"] = str(attempt.id)
     if isinstance(err, MarketingLimited):  # which customer to leave alone, and until when
         err.context["customer"] = attempt.decision.window.customer.model_dump(mode="json")
@@ -353,6 +362,13 @@ async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
     )
     await _final_word(attempt, outcome, _write_refused, OUTCOMES[status].format(code=err.code))
     return err
+
+
+REFUSED = "refused"  # SENDS: refused by the gate before Meta (window, template, consent, budget, …)
+
+
+def _kind(request: Request) -> str:
+    return TEMPLATE if request.kind == TEMPLATE else "free_form"
 
 
 def verdict(exc: GraphFailure) -> tuple[MessageStatus, GateError, object]:

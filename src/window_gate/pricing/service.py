@@ -16,6 +16,7 @@ from uuid import UUID
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from window_gate import metrics
 from window_gate.apikey.rules import Caller
 from window_gate.db import Rows
 from window_gate.errors import BudgetExceeded, Forbidden, MarketingUnavailable, NotFound, ValidationFailed
@@ -213,6 +214,7 @@ async def reserve(
             f"{refused.scope_id} past {refused.monthly_limit} {currency} for {month:%Y-%m} "
             f"(spent so far {refused.spent}); nothing was sent"
         )
+    metrics.BUDGET_REFUSALS.labels(refused.scope).inc()
     raise BudgetExceeded(
         detail,
         scope=refused.scope,

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate.db import AnyRow
 from window_gate.models import (
+    RELAY_DUE_STATES,
     TZ,
     Customer,
     RelayAttempt,
@@ -42,7 +43,7 @@ from window_gate.models import (
     WindowAlarm,
 )
 
-DUE_STATES = ("pending", "failed")
+DUE_STATES = RELAY_DUE_STATES
 
 
 async def create(

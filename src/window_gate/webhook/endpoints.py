@@ -142,5 +142,5 @@ async def receive(request: Request) -> Response:
         log.warning("webhook signature refused", signature_sent=signature is not None, body_bytes=len(body))
         raise Unauthorized(BAD_SIGNATURE)
     received_at = datetime.now(UTC)
-    service.count(await service.ingest(state, body, received_at))
+    service.count(await service.ingest(state, body, received_at), received_at)
     return Response(status_code=200)

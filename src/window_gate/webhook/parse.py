@@ -71,6 +71,26 @@ DISABLED_UPDATE = "DISABLED_UPDATE"
 VOLUME_TIER = "VOLUME_BASED_PRICING_TIER_UPDATE"
 AUTH_INTERNATIONAL = "AUTH_INTL_PRICE_ELIGIBILITY_UPDATE"
 
+# What a delivery's `counts` may name, the labels of /metrics' window_gate_webhook_messages (webhook/
+# service.py): anything else Meta sends (a new message type or field, a status word) is counted as `other`.
+COUNTED_KINDS = frozenset(
+    {
+        *OPENS_WINDOW,
+        *IDENTITY_CHANGES,
+        *TEMPLATE_FIELDS,
+        *(f"status_{status}" for status in MessageStatus),
+        *("delivery", "messages", "status", "group", "call", "keyword", "echo", "user_preferences"),
+        *(USER_ID_UPDATE, NUMBER_QUALITY, ACCOUNT_UPDATE),
+    }
+)
+COUNTED_OUTCOMES = frozenset(
+    {
+        *("ignored", "recorded", "unknown_message", "opened", "duplicate", "linked", "unknown_number"),
+        *("closed_by_meta", "free_entry_point", "stop", "resume", *PREFERENCE_VALUES),
+    }
+)
+OTHER = "other"
+
 
 @dataclass(frozen=True, slots=True)
 class InboundEvent:
@@ -310,7 +330,11 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
     for s in _dicts(value.get("statuses")):
         wa_id, user_id = _identity(s.get("recipient_id"), s.get("recipient_user_id"), wa_by_user, user_by_wa)
         at = _timestamp(s.get("timestamp"))
-        if s.get("id") and s.get("status") and at is not None:
+        if not (s.get("id") and s.get("status") and at is not None):
+            # Nothing to record. A recorded status is counted by webhook/service.py as status_<status>,
+            # recorded or unknown_message; what it says of the window, below, as status.
+            out.counts["status", "ignored"] += 1
+        else:
             opaque = s.get("biz_opaque_callback_data")
             out.statuses.append(
                 StatusEvent(
@@ -324,7 +348,6 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
                 )
             )
         if s.get("recipient_type") == "group":  # a send to a group says nothing of a member's window
-            out.counts["status", "ignored"] += 1
             continue
         codes = [e.get("code") for e in _dicts(s.get("errors"))]  # a list: codes may be unhashable
         failed = s.get("status") == MessageStatus.FAILED
@@ -341,8 +364,6 @@ def _messages(value: dict[str, Any], out: Delivery) -> None:
         if (closed or fep_until) and (wa_id or user_id):
             out.verdicts.append(VerdictEvent(pn, wa_id, user_id, closed, fep_until))
             out.counts["status", "closed_by_meta" if closed else "free_entry_point"] += 1
-        else:
-            out.counts["status", "ignored"] += 1
 
 
 def _parent(wa_id: object, user_id: object, parent: object, out: Delivery) -> None:

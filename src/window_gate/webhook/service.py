@@ -31,7 +31,10 @@ from window_gate.template import repository as templates
 from window_gate.template import service as template_service
 from window_gate.webhook import repository
 from window_gate.webhook.parse import (
+    COUNTED_KINDS,
+    COUNTED_OUTCOMES,
     NUMBER_QUALITY,
+    OTHER,
     AccountEvent,
     ConsentEvent,
     Delivery,
@@ -346,10 +349,16 @@ def _own_id(opaque: str | None) -> UUID | None:
     return None
 
 
-def count(delivery: Delivery) -> None:
-    """Metrics only once the transaction committed."""
+def count(delivery: Delivery, received_at: datetime) -> None:
+    """Metrics only once the transaction committed: each item by kind and outcome (bounded: a kind or
+    outcome parse.py does not name is `other`), and how late the delivery's oldest event came."""
     for (kind, outcome), n in delivery.counts.items():
-        metrics.WEBHOOK_MESSAGES.labels(kind, outcome).inc(n)
+        metrics.WEBHOOK_MESSAGES.labels(
+            kind if kind in COUNTED_KINDS else OTHER, outcome if outcome in COUNTED_OUTCOMES else OTHER
+        ).inc(n)
+    times = [m.sent_at for m in delivery.inbound] + [st.at for st in delivery.statuses]
+    if times:
+        metrics.WEBHOOK_LAG.observe(max(0.0, (received_at - min(times)).total_seconds()))
 
 
 async def _link_identities(conn: AsyncConnection, identities: Sequence[IdentityEvent]) -> None:
