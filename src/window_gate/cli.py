@@ -294,9 +294,10 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
         listen=f"{host}:{port}",
         workers=workers,
     )
-    # With one worker, uvicorn re-raises the signal that stopped it once it has shut down, which would
-    # end this process before any `finally`: turn it into an exception, stop the simulator, then die of
-    # that signal as uvicorn meant to (supervisors see the usual exit status).
+    # A stop signal: uvicorn takes no new connection, waits up to SHUTDOWN_GRACE_SECONDS for the requests
+    # in flight, then runs the lifespan's shutdown (the jobs' own grace). With one worker it re-raises the
+    # signal once done, which would end this process before any `finally`: caught here as an exception, so
+    # a graceful stop exits 0, as it does with several workers (whose supervisor catches it).
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stopped)
     try:
@@ -306,14 +307,13 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
             host=host,
             port=port,
             workers=workers,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
             log_level="warning",
             log_config=None,  # logs.configure's handler, in each worker too (asgi.py)
             access_log=False,  # RequestLog writes one line per request instead
         )
-    except Stopped as stop:
-        _stop(simulator)
-        signal.signal(stop.signum, signal.SIG_DFL)
-        signal.raise_signal(stop.signum)
+    except Stopped:
+        log.info("stopped")
     finally:
         _stop(simulator)
 
@@ -354,10 +354,6 @@ def _work(settings: Settings, concurrency: int) -> None:
 
 class Stopped(BaseException):
     """A stop signal arrived (BaseException, like KeyboardInterrupt: nothing may swallow it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _stopped(signum: int, _: object) -> None:
