@@ -50,8 +50,12 @@ def serve(env: dict[str, str], log: Path, *flags: str, port: int | None = None) 
     with it every process it started (the sandbox simulator, workers)."""
     port = port or free_port()
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [WINDOW_GATE, "serve", "--port", str(port), *flags], env=env, stdout=out, stderr=subprocess.STDOUT
+        proc = subprocess.Popen(  # a process group of its own: a test may kill it whole (os.killpg)
+            [WINDOW_GATE, "serve", "--port", str(port), *flags],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:

@@ -59,10 +59,13 @@ def test_sigterm_finishes_the_sends_and_webhooks_in_flight_then_exits_0(
             assert gate.proc.returncode == 0, gate.output()
             assert still_running(children, within=5) == []
 
+    acked = acknowledged(delivered)
+    print(
+        f"\n{workers} worker(s): {SENDS} sends at Meta and {len(acked)} webhooks answered 200; stopped in {took:.1f} s"
+    )
     assert answers == [201] * SENDS, answers  # each waited for Meta's answer, through the stop
     assert Counter(statuses(url).values()) == {"accepted": SENDS}  # nothing left pending
     assert arrivals(meta) == {f"k{i}": 1 for i in range(SENDS)}
-    acked = acknowledged(delivered)
     assert acked, delivered  # webhooks were being answered while the stop began
     assert stored(url, acked) == set(acked)
     assert took < 2 + 5 + 10, took  # Meta's 2 s, the jobs' grace, slack; not SHUTDOWN_GRACE_SECONDS (20)
