@@ -3,7 +3,6 @@ free port (always stopped, with every process it started), and what they share."
 
 import asyncio
 import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -94,19 +93,9 @@ def window(
 
 
 def stop_embedded_postgres(pgdata: Path) -> None:
-    """The embedded server outlives `serve` by design; stop the one a test started (by its data folder)."""
-    if not (pgdata / "postmaster.pid").exists():
-        return
-    from pgserver._commands import POSTGRES_BIN_PATH
-
-    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs PostgreSQL as this user under root
-    subprocess.run(
-        [POSTGRES_BIN_PATH / "pg_ctl", "-D", pgdata, "-w", "-t", "30", "-m", "fast", "stop"],
-        user=user,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    """The embedded server outlives a `serve` that did not start it; stop the one a test started."""
+    if (pgdata / "postmaster.pid").exists():
+        db.stop_embedded(pgdata.parent)
     assert not (pgdata / "postmaster.pid").exists(), "embedded PostgreSQL still running"
 
 

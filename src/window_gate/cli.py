@@ -156,9 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not settings.database_url and not settings.embedded_in_container and in_container():
         sys.exit(EMBEDDED_IN_CONTAINER)  # before anything is created: a refused start leaves nothing behind
+    # Known before the embedded server is joined: `serve` stops the one it started, no other.
+    own_database = not settings.database_url and not db.embedded_running(settings.data_dir)
     url = db.database_url(settings)
     if args.verb == "serve":
-        _serve(settings, url, args, migrate=not args.no_migrate)
+        _serve(settings, url, args, migrate=not args.no_migrate, own_database=own_database)
     elif args.verb == "worker":
         _work(settings, args.concurrency or settings.jobs_concurrency)  # never 0: _concurrency
     elif args.verb == "migrate":
@@ -234,7 +236,9 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> None:
         sys.exit(1)
 
 
-def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: bool) -> None:
+def _serve(
+    settings: Settings, url: str, args: argparse.Namespace, *, migrate: bool, own_database: bool
+) -> None:
     import uvicorn
 
     host, port, workers = args.host, args.port, args.workers
@@ -316,6 +320,8 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
         log.info("stopped")
     finally:
         _stop(simulator)
+        if own_database and db.embedded_running(settings.data_dir):
+            db.stop_embedded(settings.data_dir)  # after the workers: their pools are closed
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
