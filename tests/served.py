@@ -1,21 +1,23 @@
 """`window-gate` as operators run it, for the tests that start it as a process: the CLI, `serve` on a
 free port (always stopped, with every process it started), and what they share."""
 
+import asyncio
 import contextlib
-import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 
-from tests.conftest import free_port
+from tests.conftest import free_port, make_key
 from tests.factories import delivery, inbound, signed
 from tests.processes import descendants, still_running
+from window_gate import db
 
 WINDOW_GATE = Path(sys.executable).parent / "window-gate"
 KEY = re.compile(r"^wg_[A-Za-z0-9_-]{40,}$")
@@ -47,8 +49,12 @@ def serve(env: dict[str, str], log: Path, *flags: str, port: int | None = None) 
     with it every process it started (the sandbox simulator, workers)."""
     port = port or free_port()
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [WINDOW_GATE, "serve", "--port", str(port), *flags], env=env, stdout=out, stderr=subprocess.STDOUT
+        proc = subprocess.Popen(  # a process group of its own: a test may kill it whole (os.killpg)
+            [WINDOW_GATE, "serve", "--port", str(port), *flags],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
@@ -87,17 +93,40 @@ def window(
 
 
 def stop_embedded_postgres(pgdata: Path) -> None:
-    """The embedded server outlives `serve` by design; stop the one a test started (by its data folder)."""
-    if not (pgdata / "postmaster.pid").exists():
-        return
-    from pgserver._commands import POSTGRES_BIN_PATH
-
-    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs PostgreSQL as this user under root
-    subprocess.run(
-        [POSTGRES_BIN_PATH / "pg_ctl", "-D", pgdata, "-w", "-t", "30", "-m", "fast", "stop"],
-        user=user,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    """The embedded server outlives a `serve` that did not start it; stop the one a test started."""
+    if (pgdata / "postmaster.pid").exists():
+        db.stop_embedded(pgdata.parent)
     assert not (pgdata / "postmaster.pid").exists(), "embedded PostgreSQL still running"
+
+
+def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> float:
+    """Seconds it took for `check` to hold (polled every 0.1 s); fails past `seconds`."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < seconds, f"{what}: not within {seconds} s"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def admin_key(url: str) -> str:
+    """An admin key, made here (a CLI process costs seconds: the CLI is tests/test_cli_e2e.py's)."""
+
+    async def make() -> str:
+        engine = db.make_engine(url, 1)
+        try:
+            return await make_key(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(make())

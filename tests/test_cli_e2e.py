@@ -61,8 +61,9 @@ def test_embedded_first_start_prints_an_admin_key_and_data_survives_restart() ->
             deliver_inbound(gate.http, PN)
             first = window(gate.http, key, PN).json()
             assert first["state"] == "open"
-        # Stop PostgreSQL too, so the second start reads the window back from disk.
-        stop_embedded_postgres(pgdata)
+        # Stopped with the `serve` that started it: the second start reads the window back from disk.
+        assert not (pgdata / "postmaster.pid").exists()
+        run_cli("api-keys", "list", env=env)  # a CLI command starts it this time, and leaves it running
 
         with serve(env, home / "second.log") as gate:
             assert not [line for line in gate.output().splitlines() if KEY.match(line.strip())], gate.output()
@@ -73,6 +74,7 @@ def test_embedded_first_start_prints_an_admin_key_and_data_survives_restart() ->
                 "open",
                 first["last_inbound_at"],
             )
+        assert (pgdata / "postmaster.pid").exists()  # joined, not started, by that `serve`: left running
     finally:
         stop_embedded_postgres(pgdata)
         shutil.rmtree(home, ignore_errors=True)

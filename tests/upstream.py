@@ -2,25 +2,33 @@
 socket has), and helpers for sending tests."""
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import socket
 import struct
-from collections.abc import Callable
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Receive, Scope, Send
 
+from tests.conftest import free_port
 from tests.factories import PN, delivery, inbound, signed
 
 WA = "551187654321"  # Meta's wa_id for "+55 11 98765-4321" (no ninth digit)
 Handler = Callable[[httpx.Request], httpx.Response]
 Gated = tuple[httpx.AsyncClient, AsyncEngine]
+OPAQUE = re.compile(r"^wg:(.+)$")  # biz_opaque_callback_data: the gate's message id
 
 
 class Meta:
@@ -199,3 +207,91 @@ async def gate(client: httpx.AsyncClient, admin_headers: dict[str, str], engine:
     """The app with an admin key set on its client."""
     client.headers.update(admin_headers)
     return client, engine
+
+
+class CountingMeta:
+    """Meta's Graph API as a server of its own: uvicorn on a free port in a thread of its own. It keeps
+    every send it gets, as it arrives (before answering), and accepts each `delay` seconds later."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.port = free_port()
+        self.sends: list[dict[str, Any]] = []
+        self.ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def texts(self, to: str | None = None) -> list[str]:
+        """The gate's message ids of the free-form sends, in the order they arrived."""
+        return [
+            OPAQUE.match(s["biz_opaque_callback_data"]).group(1)  # type: ignore[union-attr]
+            for s in list(self.sends)
+            if s.get("type") == "text" and (to is None or s["to"] == to)
+        ]
+
+    def templates(self) -> Counter[str]:
+        """Templates sent, by recipient."""
+        return Counter(s["to"] for s in list(self.sends) if s.get("type") == "template")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] != "POST" or not scope["path"].endswith("/messages"):
+            await _answer(send, 404, {"error": {"code": 100, "message": "not modelled here"}})
+            return
+        body = json.loads(raw)
+        self.sends.append(body)  # one thread (the server's loop) appends: the list's order is arrival's
+        await asyncio.sleep(self.delay)
+        wamid = f"wamid.COUNTED{next(self.ids)}"
+        await _answer(
+            send,
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                "messages": [{"id": wamid, "message_status": "accepted"}],
+            },
+        )
+
+
+async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+@contextlib.contextmanager
+def counting_meta(delay: float) -> Iterator[CountingMeta]:
+    meta = CountingMeta(delay)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            meta,
+            port=meta.port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+    )
+    thread = threading.Thread(
+        target=server.run, name="counting-meta"
+    )  # no signal handlers off the main thread
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the counting Meta did not start"
+            time.sleep(0.01)
+        yield meta
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -156,9 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not settings.database_url and not settings.embedded_in_container and in_container():
         sys.exit(EMBEDDED_IN_CONTAINER)  # before anything is created: a refused start leaves nothing behind
+    # Known before the embedded server is joined: `serve` stops the one it started, no other.
+    own_database = not settings.database_url and not db.embedded_running(settings.data_dir)
     url = db.database_url(settings)
     if args.verb == "serve":
-        _serve(settings, url, args, migrate=not args.no_migrate)
+        _serve(settings, url, args, migrate=not args.no_migrate, own_database=own_database)
     elif args.verb == "worker":
         _work(settings, args.concurrency or settings.jobs_concurrency)  # never 0: _concurrency
     elif args.verb == "migrate":
@@ -234,7 +236,9 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> None:
         sys.exit(1)
 
 
-def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: bool) -> None:
+def _serve(
+    settings: Settings, url: str, args: argparse.Namespace, *, migrate: bool, own_database: bool
+) -> None:
     import uvicorn
 
     host, port, workers = args.host, args.port, args.workers
@@ -294,9 +298,10 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
         listen=f"{host}:{port}",
         workers=workers,
     )
-    # With one worker, uvicorn re-raises the signal that stopped it once it has shut down, which would
-    # end this process before any `finally`: turn it into an exception, stop the simulator, then die of
-    # that signal as uvicorn meant to (supervisors see the usual exit status).
+    # A stop signal: uvicorn takes no new connection, waits up to SHUTDOWN_GRACE_SECONDS for the requests
+    # in flight, then runs the lifespan's shutdown (the jobs' own grace). With one worker it re-raises the
+    # signal once done, which would end this process before any `finally`: caught here as an exception, so
+    # a graceful stop exits 0, as it does with several workers (whose supervisor catches it).
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stopped)
     try:
@@ -306,16 +311,17 @@ def _serve(settings: Settings, url: str, args: argparse.Namespace, *, migrate: b
             host=host,
             port=port,
             workers=workers,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
             log_level=settings.log_level,  # uvicorn's own loggers too: its start-up lines at info
             log_config=None,  # logs.configure's handler, in each worker too (asgi.py)
             access_log=False,  # RequestLog writes one line per request instead
         )
-    except Stopped as stop:
-        _stop(simulator)
-        signal.signal(stop.signum, signal.SIG_DFL)
-        signal.raise_signal(stop.signum)
+    except Stopped:
+        log.info("stopped")
     finally:
         _stop(simulator)
+        if own_database and db.embedded_running(settings.data_dir):
+            db.stop_embedded(settings.data_dir)  # after the workers: their pools are closed
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -354,10 +360,6 @@ def _work(settings: Settings, concurrency: int) -> None:
 
 class Stopped(BaseException):
     """A stop signal arrived (BaseException, like KeyboardInterrupt: nothing may swallow it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _stopped(signum: int, _: object) -> None:

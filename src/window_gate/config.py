@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     graph_max_connections: int = Field(
         100, ge=1, description="Connections to the Graph API per worker; sends beyond them wait their turn"
     )
+    shutdown_grace_seconds: int = Field(
+        20,
+        ge=1,
+        le=600,
+        description="on SIGTERM or SIGINT, `serve` takes no new request and waits this long for those in "
+        "flight (sends to Meta among them) before cutting them off; keep it above GRAPH_TIMEOUT_SECONDS and "
+        "below your supervisor's kill timeout",
+    )
     bootstrap_admin_key: bool = True
     jobs_in_serve: bool = Field(
         True,

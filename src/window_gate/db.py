@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import re
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -32,11 +33,8 @@ MIGRATIONS = _HERE / "migrations" if (_HERE / "migrations").is_dir() else _HERE.
 
 def embedded_url(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL kept in ``data_dir/pg``; it outlives this process
-    (`./dev stop-db` stops it)."""
-    # pgserver asks platformdirs for a runtime dir at import, which warns on every command where
-    # XDG_RUNTIME_DIR is unset (servers, containers) and then uses /tmp/runtime-<uid>: that default is
-    # fine for pgserver's lock file. Other runtime-dir problems still warn.
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", category=UserWarning)
+    (stop_embedded, `./dev stop-db`, or the `serve` that started it stops it)."""
+    _quiet_pgserver()
     from pgserver import get_server  # type: ignore[attr-defined]  # lazily: only embedded mode needs it
 
     pgdata = (data_dir / "pg").resolve()
@@ -44,6 +42,26 @@ def embedded_url(data_dir: Path) -> str:
     server: Any = get_server(pgdata, cleanup_mode=None)
     uri: str = server.get_uri()
     return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def embedded_running(data_dir: Path) -> bool:
+    return (data_dir / "pg" / "postmaster.pid").exists()
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Stop the embedded PostgreSQL of ``data_dir`` (a fast stop: sessions still open are ended)."""
+    _quiet_pgserver()
+    from pgserver import pg_ctl  # type: ignore[attr-defined]
+
+    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs PostgreSQL as this user under root
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=(data_dir / "pg").resolve(), user=user)
+
+
+def _quiet_pgserver() -> None:
+    # pgserver asks platformdirs for a runtime dir at import, which warns on every command where
+    # XDG_RUNTIME_DIR is unset (servers, containers) and then uses /tmp/runtime-<uid>: that default is
+    # fine for pgserver's lock file. Other runtime-dir problems still warn.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", category=UserWarning)
 
 
 def database_url(settings: Settings) -> str:

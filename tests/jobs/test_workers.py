@@ -18,6 +18,7 @@ from tests.jobs import until
 from tests.jobs.worker import create_runs_table
 from window_gate import db, jobs
 from window_gate.cli import main
+from window_gate.jobs.engine import SHUTDOWN_GRACE_SECONDS
 
 
 @pytest.fixture
@@ -112,6 +113,35 @@ async def test_a_job_whose_worker_is_killed_is_done_by_another(
     assert [r["pid"] for r in rows] == [claimant, survivor], (took, rows)
     assert took < bound  # about 11 s here: HEARTBEAT (10 s), then a poll
     assert left == 0  # done, and gone from the queue
+    await empty(database_url, "pgqueuer")
+
+
+async def test_a_job_cut_off_by_sigterm_is_queued_again_at_once(
+    database_url: str, runs: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """SIGTERM: the worker claims nothing more, gives its running job the grace, then puts it back in the
+    queue (not left to a heartbeat timeout) and exits 0; the next worker does it as it starts."""
+    with worker(database_url, tmp_path / "a.log") as a:
+        await enqueue(database_url, "test.block", 1)
+
+        async def claimed() -> bool:
+            return bool(await runs.fetchval("SELECT count(*) FROM test_job_runs"))
+
+        await until(claimed, 30)
+        a.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(a.wait, SHUTDOWN_GRACE_SECONDS + 10)
+    assert code == 0, (tmp_path / "a.log").read_text()
+    with worker(database_url, tmp_path / "b.log") as b:
+
+        async def done_again() -> bool:
+            return bool(await runs.fetchval("SELECT count(*) FROM test_job_runs") >= 2)
+
+        took = await until(done_again, jobs.HEARTBEAT.total_seconds(), every=0.1)
+        rows = await runs.fetch("SELECT pid FROM test_job_runs ORDER BY at")
+        await asyncio.sleep(0.5)
+        left = await runs.fetchval("SELECT count(*) FROM pgqueuer")
+    assert [r["pid"] for r in rows] == [a.pid, b.pid], (took, rows)
+    assert left == 0
     await empty(database_url, "pgqueuer")
 
 

@@ -2,8 +2,10 @@
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from pywa.errors import ReEngagementMessage
 
 from tests.conftest import cli_env, free_port
 from tests.factories import PN
+from tests.load import acknowledged, stored, webhooks
 from tests.served import KEY, WINDOW_GATE, run_cli, serve
 
 pytestmark = pytest.mark.slow  # `serve` and the simulator as processes
@@ -128,6 +131,9 @@ def test_pywa_marks_read_and_moves_media_through_the_gate(
         assert (stats["marked_read"], stats["sends"], stats["media"]) == (2, 0, 0)
 
 
+WORKERS = ("--workers", "2")
+
+
 def test_sigkill_mid_load_loses_nothing_and_sends_nothing_twice(
     loop: tuple[int, httpx.Client, dict[str, str], str], tmp_path: Path
 ) -> None:
@@ -146,21 +152,28 @@ def test_sigkill_mid_load_loses_nothing_and_sends_nothing_twice(
             return r.status_code
         return 0  # the connection died with the gate
 
+    base, stop = f"http://127.0.0.1:{port}", threading.Event()
     with (
-        serve(env, tmp_path / "gate1.log", "--no-migrate", port=port) as first,
-        ThreadPoolExecutor(32) as pool,
+        serve(env, tmp_path / "gate1.log", "--no-migrate", *WORKERS, port=port) as first,
+        ThreadPoolExecutor(32 + 2) as pool,
     ):
         assert sim.post("/sandbox/inbound", json={"phone_number_id": PN, "from": OPEN}).json()["webhook"][
             "delivered"
         ]
         sim.post("/sandbox/faults", json={"latency_ms": 300})  # keep sends in flight when the gate dies
+        hooks = [pool.submit(webhooks, base, OPEN, stop) for _ in range(2)]  # Meta's, all along
         futures = [pool.submit(send, i) for i in range(200)]
         deadline = time.monotonic() + 60
         while sum(f.done() for f in futures) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
-        first.proc.kill()  # SIGKILL: no cleanup, no answer for what was in flight
+        os.killpg(first.proc.pid, signal.SIGKILL)  # the supervisor and its workers: no cleanup, no answer
+        first.proc.wait()
+        stop.set()
         before = [f.result() for f in futures]
+        delivered = {k: v for f in hooks for k, v in f.result().items()}
     assert 0 in before and 201 in before  # the kill really cut requests short
+    acked = acknowledged(delivered)
+    assert acked and stored(env["WINDOW_GATE_DATABASE_URL"], acked) == set(acked)  # each 200 was kept
 
     def retry(i: int) -> int:
         # As a client would: with its key, again while the gate is busy (503: nothing was decided) or the
@@ -172,7 +185,7 @@ def test_sigkill_mid_load_loses_nothing_and_sends_nothing_twice(
         return status
 
     sim.delete("/sandbox/faults")
-    with serve(env, tmp_path / "gate2.log", "--no-migrate", port=port):
+    with serve(env, tmp_path / "gate2.log", "--no-migrate", *WORKERS, port=port):
         time.sleep(2 * 3 + 5 + 2)  # orphaned `pending` records expire after 3 × timeout + 5 s
         with ThreadPoolExecutor(32) as pool:
             after = list(pool.map(retry, range(200)))  # every caller retries with its key
@@ -181,6 +194,9 @@ def test_sigkill_mid_load_loses_nothing_and_sends_nothing_twice(
     )
     records = asyncio.run(_records(env["WINDOW_GATE_DATABASE_URL"]))
 
+    print(
+        f"\nkilled with {before.count(0)} sends unanswered, {len(acked)} webhooks acknowledged; after: {Counter(after)}"
+    )
     assert len(records) == 200  # exactly one record per key, however often it was retried
     assert max(left.values()) == 1, "a message left twice"
     assert set(left) <= {f"wg:{r}" for r in records}

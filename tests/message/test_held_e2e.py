@@ -3,145 +3,27 @@ real PostgreSQL, against a counting Meta of its own (a server that keeps every r
 order they came) or the sandbox simulator. A release killed with SIGKILL, and two replicas releasing at
 once, send no held message twice (message/held.py: the claim, then the send)."""
 
-import asyncio
 import contextlib
-import itertools
-import json
 import os
 import re
 import signal
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-import uvicorn
-from starlette.types import Receive, Scope, Send
 
-from tests.conftest import cli_env, free_port, make_key
+from tests.conftest import cli_env, free_port
 from tests.factories import PN, delivery, inbound, signed
-from tests.served import run_cli, serve
-from window_gate import db
+from tests.served import admin_key, fetch, run_cli, serve, wait_until
+from tests.upstream import counting_meta
 
 pytestmark = pytest.mark.slow  # `serve` as processes
 
 TEMPLATE = {"name": "reopen_conversation", "language": {"code": "en"}}
-OPAQUE = re.compile(r"^wg:(.+)$")
 DONE = ("held", "pending")  # what a released message is no longer
-
-
-class CountingMeta:
-    """Meta's Graph API as a server of its own: uvicorn on a free port in a thread of its own. It keeps
-    every send it gets, as it arrives (before answering), and accepts each `delay` seconds later."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.port = free_port()
-        self.sends: list[dict[str, Any]] = []
-        self.ids = itertools.count(1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def texts(self, to: str | None = None) -> list[str]:
-        """The gate's message ids of the free-form sends, in the order they arrived."""
-        return [
-            OPAQUE.match(s["biz_opaque_callback_data"]).group(1)  # type: ignore[union-attr]
-            for s in list(self.sends)
-            if s.get("type") == "text" and (to is None or s["to"] == to)
-        ]
-
-    def templates(self) -> Counter[str]:
-        """Templates sent, by recipient."""
-        return Counter(s["to"] for s in list(self.sends) if s.get("type") == "template")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        if scope["method"] != "POST" or not scope["path"].endswith("/messages"):
-            await _answer(send, 404, {"error": {"code": 100, "message": "not modelled here"}})
-            return
-        body = json.loads(raw)
-        self.sends.append(body)  # one thread (the server's loop) appends: the list's order is arrival's
-        await asyncio.sleep(self.delay)
-        wamid = f"wamid.COUNTED{next(self.ids)}"
-        await _answer(
-            send,
-            200,
-            {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                "messages": [{"id": wamid, "message_status": "accepted"}],
-            },
-        )
-
-
-async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
-    )
-    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
-
-
-@contextlib.contextmanager
-def counting_meta(delay: float) -> Iterator[CountingMeta]:
-    meta = CountingMeta(delay)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            meta,
-            port=meta.port,
-            log_config=None,
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-    )
-    thread = threading.Thread(
-        target=server.run, name="counting-meta"
-    )  # no signal handlers off the main thread
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the counting Meta did not start"
-            time.sleep(0.01)
-        yield meta
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
-def wait_until(check: Callable[[], bool], seconds: float, what: str) -> float:
-    """Seconds it took for `check` to hold (polled every 0.1 s); fails past `seconds`."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < seconds, f"{what}: not within {seconds} s"
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def hold(http: httpx.Client, key: str, to: str, body: str) -> str:
@@ -192,19 +74,6 @@ def all_released(url: str, count: int) -> bool:
     now = statuses(url)
     waits = {r["state"] for r in fetch(url, "SELECT state FROM continuations")}
     return len(now) == count and not set(now.values()) & set(DONE) and waits == {"released"}
-
-
-def admin_key(url: str) -> str:
-    """An admin key, made here (a CLI process costs seconds: the CLI is tests/test_cli_e2e.py's)."""
-
-    async def make() -> str:
-        engine = db.make_engine(url, 1)
-        try:
-            return await make_key(engine)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(make())
 
 
 def test_a_release_killed_mid_way_sends_each_held_message_at_most_once(

@@ -300,3 +300,35 @@ async def test_a_status_postgresql_refuses_is_kept_unapplied_alone(
         assert await history(client, s) == ("delivered", ["pending", "accepted", "delivered"])
     kept = await rows(state.engine, "SELECT error FROM webhook_deliveries WHERE error IS NOT NULL")
     assert len(kept) == 1 and kept[0][0].startswith("UntranslatableCharacterError")
+
+
+async def test_a_customer_merged_away_under_the_statement_is_found_again(
+    app_state: tuple[httpx.AsyncClient, Gate],
+) -> None:
+    """A send learns that two customers are one account (Meta's wa_id for a spelling) and merges them while
+    a delivery's statement, having found the one merged away, waits: the statement runs again and applies
+    the message to the customer it was merged into. (Once kept unapplied, though answered 200: found by
+    the SIGKILL test, tests/message/test_e2e_sending.py.) Here the statement waits for the advisory lock of
+    a new customer's wa_id, which another transaction holds."""
+    client, state = app_state
+    for wa_id in ("16660000001", "16660000002"):  # in turn: the second is the one merged away (higher id)
+        await post_all(client, [first_message(wa_id)])
+    survivor = (await customers_of(state.engine))["16660000001"]
+    message = inbound("16660000002", ts=now() - 5)
+    async with state.engine.connect() as blocker:
+        held = await blocker.begin()
+        await blocker.execute(text("SELECT pg_advisory_xact_lock(hashtext('16660000099'))"))
+        ingest = asyncio.create_task(post_all(client, [delivery([message, inbound("16660000099")])]))
+        await asyncio.sleep(0.5)
+        async with state.engine.begin() as conn:  # as message/service.py's _learn_alias does
+            merged = await customer_service.link(
+                conn, "16660000001", None, "send", aliases=["16660000002"], also_move=windows.move_windows
+            )
+        assert merged == survivor and not ingest.done()
+        await held.rollback()
+    await ingest
+    applied = await rows(
+        state.engine, "SELECT customer_id FROM inbound_messages WHERE message_id = :id", id=message["id"]
+    )
+    assert applied == [(survivor,)]
+    assert await rows(state.engine, "SELECT error FROM webhook_deliveries WHERE error IS NOT NULL") == []

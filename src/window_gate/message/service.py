@@ -140,6 +140,15 @@ async def send(gate: Gate, caller: Caller, body: dict[str, Any], idempotency_key
         )
     except GraphFailure as exc:
         raise await refused(attempt, exc) from None
+    except asyncio.CancelledError:
+        # Cut off while at Meta (a stop's SHUTDOWN_GRACE_SECONDS ran out): it may have left. Said so, rather
+        # than the server's bare 500 that invites a send again; the record stays `pending`, then `unknown`.
+        raise UpstreamTimeout(
+            "the gate stopped while Meta had the message: it may have left and is not re-sent; "
+            f"GET /v1/messages/{attempt.id} (or a retry with the same Idempotency-Key) shows what is known",
+            id=str(attempt.id),
+            message_status=MessageStatus.UNKNOWN,
+        ) from None
     return await accepted(attempt, answer)
 
 

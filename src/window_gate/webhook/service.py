@@ -129,7 +129,7 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     ]
     try:
         received = repository.Received(body, inbound, statuses, sorted(delivery.phone_number_ids))
-        recorded = await gate.part(DeliveryRecorder)(received)
+        recorded = await _recorded(gate.part(DeliveryRecorder), received)
     except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
         await _keep_unapplied(gate, body, None, exc)
         return delivery
@@ -167,6 +167,28 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     return delivery
 
 
+# A customer the statement found can be merged into another (a send learning that two spellings are one
+# account) and deleted before the statement inserts its rows: a foreign key violation, and a statement run
+# again finds the customer it was merged into.
+FOREIGN_KEY_VIOLATION = "23503"
+MERGE_RACE_TRIES = 3
+
+
+async def _recorded(recorder: DeliveryRecorder, received: repository.Received) -> repository.Recorded:
+    for tries_left in reversed(range(MERGE_RACE_TRIES)):
+        try:
+            return await recorder(received)
+        except (DBAPIError, asyncpg.PostgresError) as exc:
+            if tries_left == 0 or _sqlstate(exc) != FOREIGN_KEY_VIOLATION:
+                raise
+            log.info("webhook delivery: a customer merged away meanwhile (%s); applying it again", exc)
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _sqlstate(exc: Exception) -> str:
+    return str(getattr(getattr(exc, "orig", exc), "sqlstate", None) or "")
+
+
 async def _release(gate: Gate, replied: list[UUID]) -> None:
     """Wake a release for each wait the customer answered, now. Not in ingest's statement: if this
     fails, the waits are `replied` already and message/jobs.py's chore enqueues them within a second."""
@@ -181,14 +203,15 @@ def _json(value: object) -> str | None:
 
 
 # SQLSTATE classes of data PostgreSQL refuses whenever it is sent: data exception (NUL in text, bad
-# JSON escape), integrity violation, program limit (an id too long to index).
+# JSON escape), integrity violation, program limit (an id too long to index). A foreign key violation is
+# a row deleted meanwhile (a customer merged away), which a retry may fix.
 REFUSED_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 
 async def _keep_unapplied(gate: Gate, body: bytes, delivery_id: int | None, exc: Exception) -> None:
     """Keep (or mark) a well-signed delivery that cannot be applied; re-raise anything a retry may fix."""
-    sqlstate = str(getattr(getattr(exc, "orig", exc), "sqlstate", None) or "")
-    refused = (
+    sqlstate = _sqlstate(exc)
+    refused = sqlstate != FOREIGN_KEY_VIOLATION and (
         isinstance(exc, ValueError | IntegrityError | DataError)
         or sqlstate[:2] in REFUSED_DATA_SQLSTATE_CLASSES
     )
