@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow  # `serve` as a process, stopped by signals
 def test_serve_in_sandbox_mode_leaves_no_process_behind(
     emptied_afterwards: str, tmp_path: Path, signum: int, workers: int
 ) -> None:
-    env = cli_env(DATABASE_URL=emptied_afterwards)  # sandbox mode: a simulator runs beside the gate
+    temp = tmp_path / "tmp"  # where serve makes the workers' shared metrics folder
+    temp.mkdir()
+    env = cli_env(DATABASE_URL=emptied_afterwards) | {"TMPDIR": str(temp)}  # sandbox: a simulator beside it
     flags = ("--no-migrate", "--workers", str(workers), "--simulator-port", str(free_port()))  # not port + 1
     with serve(env, tmp_path / "serve.log", *flags) as gate:
         children = descendants(gate.proc.pid)
@@ -39,3 +41,5 @@ def test_serve_in_sandbox_mode_leaves_no_process_behind(
         assert still_running(children, within=5) == []
     # A stop it catches is graceful: exit status 0, with one worker as with several.
     assert gate.proc.returncode == (-signum if signum == signal.SIGKILL else 0), gate.output()
+    if signum != signal.SIGKILL:  # and leaves no metrics folder behind
+        assert list(temp.glob("window-gate-metrics-*")) == []

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,8 +253,9 @@ def _serve(
     # Workers are separate processes: hand them the database the embedded server answers on,
     # and a shared directory for their metrics.
     os.environ["WINDOW_GATE_DATABASE_URL"] = url
-    if workers > 1:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="window-gate-metrics-"))
+    metrics_dir = None  # made here, removed when serve stops
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir = tempfile.mkdtemp(prefix="window-gate-metrics-")
     simulator = None
     upstream = settings.graph_base_url
     if settings.sandbox_mode and upstream == DEFAULT_GRAPH_BASE_URL:
@@ -322,6 +324,8 @@ def _serve(
         _stop(simulator)
         if own_database and db.embedded_running(settings.data_dir):
             db.stop_embedded(settings.data_dir)  # after the workers: their pools are closed
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
