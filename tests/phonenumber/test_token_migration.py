@@ -1,14 +1,13 @@
 """Migration 0014: tokens stored in plain text before it are encrypted with ENCRYPTION_KEY, or the
 migration stops and says why; a downgrade decrypts them again."""
 
-import asyncio
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 from alembic import command
 
 from tests.conftest import ENCRYPTION_KEY, scratch_database
+from tests.served import fetch
 from window_gate import db
 from window_gate.crypto import Sealer
 
@@ -21,35 +20,24 @@ def scratch_url(database_url: str) -> Iterator[str]:
         yield url
 
 
-def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
-        try:
-            return list(await conn.fetch(statement, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 def test_plain_tokens_are_encrypted_or_the_migration_says_to_set_a_key(
     scratch_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = db.alembic_config(scratch_url)
     command.upgrade(config, "0013")
-    sql(scratch_url, "INSERT INTO phone_numbers (phone_number_id, access_token) VALUES ($1, $2)", PN, TOKEN)
+    fetch(scratch_url, "INSERT INTO phone_numbers (phone_number_id, access_token) VALUES ($1, $2)", PN, TOKEN)
 
     monkeypatch.delenv("WINDOW_GATE_ENCRYPTION_KEY", raising=False)
     with pytest.raises(RuntimeError, match="set WINDOW_GATE_ENCRYPTION_KEY") as refused:
         command.upgrade(config, "0014")
     assert TOKEN not in str(refused.value)
-    assert sql(scratch_url, "SELECT version_num FROM alembic_version")[0][0] == "0013"  # nothing applied
+    assert fetch(scratch_url, "SELECT version_num FROM alembic_version")[0][0] == "0013"  # nothing applied
 
     monkeypatch.setenv("WINDOW_GATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
     command.upgrade(config, "0014")
-    [row] = sql(scratch_url, "SELECT access_token_encrypted, registered_at FROM phone_numbers")
+    [row] = fetch(scratch_url, "SELECT access_token_encrypted, registered_at FROM phone_numbers")
     assert row[0] != TOKEN and Sealer([ENCRYPTION_KEY]).decrypt(row[0]) == TOKEN
     assert row[1] is not None  # an operator set it up: registered
 
     command.downgrade(config, "0013")
-    assert sql(scratch_url, "SELECT access_token FROM phone_numbers")[0][0] == TOKEN
+    assert fetch(scratch_url, "SELECT access_token FROM phone_numbers")[0][0] == TOKEN

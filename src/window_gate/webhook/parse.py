@@ -87,6 +87,7 @@ COUNTED_OUTCOMES = frozenset(
     {
         *("ignored", "recorded", "unknown_message", "opened", "duplicate", "linked", "unknown_number"),
         *("closed_by_meta", "free_entry_point", "stop", "resume", *PREFERENCE_VALUES),
+        "not_registered",  # ALLOW_LISTED_NUMBERS_ONLY: a change for a number no admin registered, left out
     }
 )
 OTHER = "other"
