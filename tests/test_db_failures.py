@@ -104,8 +104,20 @@ async def test_hung_database_answers_503_within_the_bound_and_the_same_app_recov
         assert_problem(r, 503, "database_unavailable")
         assert seconds < BOUND, f"{name}: {seconds:.2f} s"
     broken.proxy.heal()
-    r = await ask(broken.client)
-    assert r.status_code == ok, r.text  # no restart: timed-out connections did not poison the pools
+    assert await recovered(
+        ask, broken.client, ok
+    )  # no restart: timed-out connections did not poison the pools
+
+
+async def recovered(
+    ask: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]], client: httpx.AsyncClient, ok: int
+) -> bool:
+    """Answers `ok` again by its second request: once (in CI, under load) the first request after the heal
+    still met the bound, which says nothing of the pools; a poisoned pool fails every time."""
+    for _ in range(2):
+        if (await ask(client)).status_code == ok:
+            return True
+    return False
 
 
 async def test_callers_queued_behind_a_hung_database_are_answered_within_the_bound(broken: Broken) -> None:

@@ -66,6 +66,17 @@ structlog.configure(
 )
 
 
+class _Stderr(logging.StreamHandler[TextIO]):
+    """Whatever sys.stderr is when a record is written, not when configured (a test runner swaps it)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
 def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
     """Route every logger through one handler on `stream` (stderr), at WINDOW_GATE_LOG_LEVEL, in
     WINDOW_GATE_LOG_FORMAT. Called once by each entry point (cli, asgi); the last call wins."""
@@ -84,7 +95,7 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream else _Stderr()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

@@ -6,10 +6,11 @@ import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import orjson
+from croniter import croniter
 from pgqueuer import PgQueuer
 from pgqueuer.executors import DatabaseRetryEntrypointExecutor, EntrypointExecutor
 from pgqueuer.models import Job
@@ -150,7 +151,14 @@ async def _task(task: Task, shared: Context, job: Job) -> None:
         raise Retry(timedelta(0), "interrupted by shutdown") from None
 
 
-async def _tick(schedule: Schedule, shared: Context, _: Tick) -> None:
+async def _tick(schedule: Schedule, shared: Context, tick: Tick) -> None:
+    # pgqueuer sets the next run from a delay its process computed a moment before the pick: picked just
+    # past a tick's boundary, the row is due again at once and another replica would run the same tick.
+    # The row's last_run (when the previous run ended) and updated (this pick), both the database's clock,
+    # tell a tick already served.
+    due = croniter(tick.expression, start_time=tick.updated).get_prev(datetime)
+    if tick.last_run is not None and tick.last_run >= due:
+        return
     await schedule.run(shared)
 
 
