@@ -206,6 +206,8 @@ def test_a_served_run_logs_each_request_once_and_no_secret_nor_message_body(
         ("POST", "/v1/messages", 201),
         ("GET", "/v1/templates", 401),
     ]
+    # uvicorn's access log stays off (it writes whenever its logger reaches a handler, at any access_log).
+    assert not [e for e in events if e["logger"] == "uvicorn.access"], output
     assert requests[0]["request_id"] == "logs-test-1" and requests[0]["duration_ms"] > 0
     assert requests[1]["code"] == "unauthorized" and len(requests[1]["request_id"]) == 32
     # LOG_LEVEL reaches uvicorn's own loggers (it ran at warning whatever the setting once).

@@ -101,9 +101,14 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
     root.handlers = [handler]
     root.setLevel(level.upper())
     # uvicorn installs handlers of its own (unless run with log_config=None): ours instead, one format.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    # Its access log writes a line per request whenever that logger has a handler, ours through the root
+    # included, whatever access_log says: RequestLog writes one instead (none for the hot routes). Left on,
+    # it was a third of a webhook delivery's CPU at LOG_LEVEL=info (bench/).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers, access.propagate = [], False
     # httpx logs each call at info with its full URL (one line per send to Meta, query strings too);
     # pgserver each command line it runs, many lines long. Their warnings still come through.
     for chatty in ("httpx", "pgserver"):
