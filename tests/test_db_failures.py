@@ -104,9 +104,8 @@ async def test_hung_database_answers_503_within_the_bound_and_the_same_app_recov
         assert_problem(r, 503, "database_unavailable")
         assert seconds < BOUND, f"{name}: {seconds:.2f} s"
     broken.proxy.heal()
-    assert await recovered(
-        ask, broken.client, ok
-    )  # no restart: timed-out connections did not poison the pools
+    # No restart: the timed-out connections did not poison the pools.
+    assert await recovered(ask, broken.client, ok)
 
 
 async def recovered(
