@@ -155,7 +155,8 @@ async def _tick(schedule: Schedule, shared: Context, tick: Tick) -> None:
     # pgqueuer sets the next run from a delay its process computed a moment before the pick: picked just
     # past a tick's boundary, the row is due again at once and another replica would run the same tick.
     # The row's last_run (when the previous run ended) and updated (this pick), both the database's clock,
-    # tell a tick already served.
+    # tell a tick already served: one a run ended after (a run longer than the interval skips the ticks it
+    # overran, as it would have while the row stayed picked).
     due = croniter(tick.expression, start_time=tick.updated).get_prev(datetime)
     if tick.last_run is not None and tick.last_run >= due:
         return
