@@ -4,6 +4,7 @@ references.
     ./dev run python -m bench.run [--workers 2] [--duration 12] [--rounds 3] [--set NAME=VALUE]
                                   [--only window,webhook,webhook-relay,send,burst] [--ingest-workers 1,2]
                                   [--burst 50,500] [--upstream-delay-ms 300] [--relay-jobs worker]
+                                  [--worker-nice 0]
 
 Creates a scratch database on the local PostgreSQL, migrates it, seeds 100,000 windows (for sends also
 10,000 open ones and a month of earlier sends, in the service's tables and the reference's; for statuses
@@ -287,6 +288,13 @@ def main() -> None:
         help="webhook-relay: where the relay runs: a `window-gate worker` beside serve (JOBS_IN_SERVE=false), "
         "the serve worker itself, or a worker started after the load (the outbox write alone)",
     )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="webhook-relay: the worker's niceness (`nice -n`): 19 lets serve have the CPU first, as the "
+        "README's layout for a worker beside serve on one machine says",
+    )
     database_and_settings(
         parser,
         "a setting for the service only, e.g. WINDOW_GATE_DB_POOL_SIZE=20 (default: none, sandbox mode)",
@@ -377,7 +385,8 @@ def main() -> None:
             jobs_apart = {} if args.relay_jobs == "serve" else {"WINDOW_GATE_JOBS_IN_SERVE": "false"}
             service_env = _metrics_env(env, tmp, n) | jobs_apart | overrides
             service_cmd = (f"service-{n}", [*gate[:2], *workers, "--no-migrate"], service_env)
-            worker_cmd = [str(bin_dir / "window-gate"), "worker"]
+            nice = ["nice", "-n", str(args.worker_nice)] if args.worker_nice else []
+            worker_cmd = [*nice, str(bin_dir / "window-gate"), "worker"]
             label = _ingest_label("relay", 1, n)
             results += _paired_relay(label, service_cmd, (receiver_cmd, env), worker_cmd, args, rounds)
         upstream_workers = ["--host", "127.0.0.1", "--workers", str(UPSTREAM_WORKERS)]
@@ -1208,7 +1217,8 @@ def _report(
         )
         if label.startswith("webhook relay"):
             lines.append(
-                f"\n{label}, relay jobs in {args.relay_jobs!r}, {RELAY_SUBSCRIBERS} subscriptions vs none "
+                f"\n{label}, relay jobs in {args.relay_jobs!r} (worker niceness {args.worker_nice}), "
+                f"{RELAY_SUBSCRIBERS} subscriptions vs none "
                 f"in each round: {per_round}; the median round is shown. The outbox after each load with "
                 "subscriptions: "
                 + "; ".join(

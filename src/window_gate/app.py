@@ -52,6 +52,7 @@ from window_gate.pricing import service as pricing_service
 from window_gate.pricing import tables as pricing_tables
 from window_gate.pricing.endpoints import budgets_router, costs_router
 from window_gate.subscription.endpoints import router as subscription_router
+from window_gate.subscription.service import Busy
 from window_gate.template.endpoints import router as template_router
 from window_gate.webhook.endpoints import receive
 from window_gate.webhook.endpoints import router as webhook_router
@@ -110,6 +111,7 @@ def create_app(
                 Authenticator(hot, settings.api_key_cache_seconds),
                 AllowList(engine, settings.api_key_cache_seconds, settings.allow_listed_numbers_only),
                 DeliveryRecorder.configured(hot, settings),
+                Busy(hot),
             ]
             autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
             reads: db.Rows = hot

@@ -156,6 +156,14 @@ class Settings(BaseSettings):
     relay_concurrency: int = Field(
         16, ge=1, le=1000, description="Most requests in flight to one subscriber, across every replica"
     )
+    relay_yield_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="While webhook ingest is under load (a serve process with 16 or more deliveries in "
+        "flight), the relay holds back what is due for up to this long, then sends it whatever the load; "
+        "0: never holds back",
+    )
     relay_url_allowlist: str = Field(
         "",
         description="Comma-separated URL prefixes a subscription's URL must start with; empty: any http(s) URL",

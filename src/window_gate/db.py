@@ -239,6 +239,7 @@ class Coalescer(Generic[T, R]):
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
         self.waiting_weight = 0
         self.draining: set[asyncio.Task[None]] = set()
+        self.in_flight = 0  # calls made and not answered yet: how loaded the caller is
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -247,7 +248,11 @@ class Coalescer(Generic[T, R]):
         if not self.draining or (len(self.draining) < self.lanes and self.waiting_weight >= self.lane_weight):
             # A task of its own: a caller's cancellation must not strand the others.
             self.draining.add(asyncio.create_task(self._drain()))
-        return await future
+        self.in_flight += 1
+        try:
+            return await future
+        finally:
+            self.in_flight -= 1
 
     async def _drain(self) -> None:
         group: list[tuple[T, asyncio.Future[R]]] = []

@@ -421,6 +421,18 @@ class RelayAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
 
 
+class IngestPressure(Base):
+    """Until when webhook ingest said it is under load: one row, written at most twice a second by each
+    busy serve process, read by the relay before each claim so that it holds back (RELAY_YIELD_SECONDS).
+    Unlogged: after a crash it is empty, which reads as "not under load"."""
+
+    __tablename__ = "ingest_pressure"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"), {"prefixes": ["UNLOGGED"]})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, server_default=text("1"))
+    busy_until: Mapped[datetime] = mapped_column(TZ)
+
+
 class WindowAlarm(Base):
     """When a window's `window.expiring` or `window.closed` comes due: written by webhook ingest (only for
     the kinds some subscription wants), moved by each newer customer message, fired once by a job."""

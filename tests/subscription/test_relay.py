@@ -363,3 +363,72 @@ async def test_purge_forgets_sent_and_dead_deliveries_past_retention_only(engine
             )
         await repository.purge(conn, 30)
     assert await states(engine) == [("failed", 0), ("delivered", 0)]  # still due, or within retention
+
+
+async def say_busy(engine: AsyncEngine, seconds: float) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO ingest_pressure (busy_until) VALUES (now() + make_interval(secs => :s)) "
+                "ON CONFLICT (id) DO UPDATE SET busy_until = excluded.busy_until"
+            ),
+            {"s": seconds},
+        )
+
+
+@pytest.mark.parametrize(
+    ("busy_for", "yield_seconds", "held_back"),
+    [
+        (60.0, 1.5, True),  # ingest under load: held back until the delivery is 1.5 s old
+        (-1.0, 1.5, False),  # its word lapsed: at once
+        (60.0, 0.0, False),  # RELAY_YIELD_SECONDS=0: never held back
+    ],
+)
+async def test_while_ingest_is_under_load_the_relay_holds_back_up_to_relay_yield_seconds(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    engine: AsyncEngine,
+    settings: Settings,
+    busy_for: float,
+    yield_seconds: float,
+    held_back: bool,
+) -> None:
+    yielding = settings.model_copy(update={"relay_yield_seconds": yield_seconds})
+    async with receiving() as receiver:
+        await subscribe(client, admin_headers, receiver.url)
+        body = await meta_delivers(client)
+        await say_busy(engine, busy_for)
+        started = time.perf_counter()
+        assert await dispatch(engine, yielding) == 1
+        waited = time.perf_counter() - started
+        (got,) = await receiver.wait_for(1, within=5)
+    assert got.body == body
+    if held_back:
+        assert 1.0 <= waited < 4.0, waited
+    else:
+        assert waited < 1.0, waited
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM ingest_pressure"))
+
+
+async def test_ingest_under_load_says_so_and_quiet_ingest_does_not(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    async def said() -> Any:
+        async with engine.connect() as conn:
+            return await conn.scalar(text("SELECT busy_until - now() FROM ingest_pressure"))
+
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM ingest_pressure"))
+    for _ in range(service.BUSY_DELIVERIES):  # one at a time: never more than one in flight
+        await meta_delivers(client)
+    await asyncio.sleep(0.2)
+    assert await said() is None
+    await asyncio.gather(*(meta_delivers(client) for _ in range(4 * service.BUSY_DELIVERIES)))
+    for _ in range(50):  # written by a task of its own, after the delivery
+        if (ahead := await said()) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert ahead is not None and 0 < ahead.total_seconds() <= service.BUSY_SAYS
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM ingest_pressure"))

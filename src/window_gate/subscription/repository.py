@@ -35,6 +35,7 @@ from window_gate.models import (
     RELAY_DUE_STATES,
     TZ,
     Customer,
+    IngestPressure,
     RelayAttempt,
     RelayDelivery,
     Subscription,
@@ -256,6 +257,36 @@ async def claim(conn: AsyncConnection, subscription_id: UUID, n: int) -> list[Cl
     writes their outcomes in it; a caller that dies releases them): never claimed by two at once."""
     rows = await conn.execute(CLAIM, {"sub": subscription_id, "n": n})
     return [Claimed(r.id, r.event_id, r.event_type, r.body, r.attempts, r.retry_from) for r in rows]
+
+
+# Webhook ingest under load, for `seconds` from now (raw SQL: the hot pool's asyncpg runs it).
+BUSY = (
+    "INSERT INTO ingest_pressure (busy_until) VALUES (now() + make_interval(secs => $1)) "
+    "ON CONFLICT (id) DO UPDATE SET busy_until = greatest(ingest_pressure.busy_until, excluded.busy_until)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    now: datetime
+    busy_until: datetime | None  # webhook ingest said it is under load until then
+    oldest_due: datetime | None  # the subscription's delivery due first, if any is due
+
+
+async def pressure(conn: AsyncConnection, subscription_id: UUID) -> Pressure:
+    oldest = select(func.min(RelayDelivery.next_attempt_at)).where(
+        RelayDelivery.subscription_id == subscription_id, _due(func.now())
+    )
+    row = (
+        await conn.execute(
+            select(
+                func.now(),
+                select(IngestPressure.busy_until).scalar_subquery(),
+                oldest.scalar_subquery(),
+            )
+        )
+    ).one()
+    return Pressure(*row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,19 @@ RELAY_CONCURRENCY holds overall. A drain sends that subscription's deliveries, `
 in flight. It claims them with FOR UPDATE SKIP LOCKED in a transaction that stays open until their
 outcomes are written in it: no two drains attempt one together, and a drain killed mid-attempt releases
 its rows as its connection drops (attempted again: at least once). No write marks a claim: each
-delivery's row is written once after ingest, with its outcome (bench/relay.py). A subscriber that hangs holds only its own drain: other subscribers' drains run in other job
-slots, and webhook ingest and window checks never wait for it.
+delivery's row is written once after ingest, with its outcome (bench/relay.py). A subscriber that hangs
+holds only its own drain: other subscribers' drains run in other job slots, and webhook ingest and window
+checks never wait for it.
+
+Ingest comes first: while a serve process has BUSY_DELIVERIES or more webhook deliveries in flight, it says
+so in `ingest_pressure`, and a drain, wherever it runs, holds back what is due for up to
+RELAY_YIELD_SECONDS, then sends whatever the load. On two cores a relay keeping pace took two thirds of
+ingest's throughput with three subscribers; held back, ingest keeps its pace and the relay catches up as
+the burst ends (README, Performance).
 """
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -25,12 +33,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from window_gate.config import Settings
 from window_gate.crypto import Sealer
+from window_gate.db import HotPool
 from window_gate.errors import ValidationFailed
 from window_gate.subscription import repository, rules
 
 DRAIN_SECONDS = 60.0  # one drain sends for this long at most; the next tick's goes on (1–2 s later: pgqueuer)
 BATCH_ROUNDS = 4  # a claim takes this many rounds of RELAY_CONCURRENCY deliveries, once the first went well
 USER_AGENT = "window_gate-relay"
+BUSY_DELIVERIES = 16  # webhook deliveries in flight in one process from which ingest is under load
+BUSY_SAYS = 1.0  # seconds ahead one word of a busy process reaches
+BUSY_EVERY = 0.5  # a busy process says so at most this often
+HOLD_STEP = 0.5  # a drain looks at ingest's load this often (a held-back one: its word may have lapsed)
+
+log = logging.getLogger(__name__)
 
 
 def now() -> datetime:
@@ -87,6 +102,50 @@ async def reencrypt(conn: AsyncConnection, sealer: Sealer) -> int:
 # --- the dispatcher -------------------------------------------------------------------------------------
 
 
+class Busy:
+    """What a serve process's webhook ingest says of its load, for the relay in every process: with
+    BUSY_DELIVERIES or more deliveries in flight, `busy_until` BUSY_SAYS ahead, written at most every
+    BUSY_EVERY in a task of its own (a delivery never waits for it; a failed write is only logged)."""
+
+    def __init__(self, hot: HotPool) -> None:
+        self.hot = hot
+        self.quiet_until = 0.0
+        self.saying: set[asyncio.Task[None]] = set()
+
+    def note(self, in_flight: int) -> None:
+        if in_flight < BUSY_DELIVERIES or time.monotonic() < self.quiet_until:
+            return
+        self.quiet_until = time.monotonic() + BUSY_EVERY
+        task = asyncio.create_task(self._say())
+        self.saying.add(task)
+        task.add_done_callback(self.saying.discard)
+
+    async def _say(self) -> None:
+        try:
+            await self.hot.fetch(repository.BUSY, BUSY_SAYS)
+        except Exception as exc:  # the relay then does not hold back: nothing is lost
+            log.warning("could not say webhook ingest is under load: %s", exc)
+
+
+async def _held_back(engine: AsyncEngine, settings: Settings, subscription_id: UUID) -> bool | None:
+    """While ingest is under load and the subscription's first due delivery is younger than
+    RELAY_YIELD_SECONDS, wait a step and say True; False when the drain should claim now; None when
+    nothing is due."""
+    if settings.relay_yield_seconds <= 0:
+        return False
+    async with engine.connect() as conn:
+        p = await repository.pressure(conn, subscription_id)
+    if p.oldest_due is None:
+        return None
+    if p.busy_until is None:
+        return False
+    hold_until = min(p.busy_until, p.oldest_due + timedelta(seconds=settings.relay_yield_seconds))
+    if hold_until <= p.now:
+        return False
+    await asyncio.sleep(min(HOLD_STEP, (hold_until - p.now).total_seconds()))
+    return True
+
+
 async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) -> int:
     """Send a subscription's due deliveries, oldest due first, for at most DRAIN_SECONDS (the next
     dispatch tick goes on). It starts with one round of RELAY_CONCURRENCY and takes BATCH_ROUNDS rounds
@@ -100,7 +159,14 @@ async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) 
     concurrency, rounds = settings.relay_concurrency, 1
     turns, deadline, attempted = asyncio.Semaphore(concurrency), time.monotonic() + DRAIN_SECONDS, 0
     async with _session(settings) as session:
+        looked = -HOLD_STEP  # when the drain last looked at ingest's load: at most every HOLD_STEP
         while time.monotonic() < deadline:
+            if time.monotonic() - looked >= HOLD_STEP:
+                if (held := await _held_back(engine, settings, subscription_id)) is None:
+                    break
+                if held:
+                    continue  # and look again
+                looked = time.monotonic()
             async with engine.begin() as conn:  # holds the claimed rows until their outcomes are written
                 claimed = await repository.claim(conn, subscription_id, rounds * concurrency)
                 if not claimed:

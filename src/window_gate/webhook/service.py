@@ -129,7 +129,9 @@ async def ingest(gate: Gate, body: bytes, received_at: datetime) -> Delivery:
     ]
     try:
         received = repository.Received(body, inbound, statuses, sorted(delivery.phone_number_ids))
-        recorded = await _recorded(gate.part(DeliveryRecorder), received)
+        recorder = gate.part(DeliveryRecorder)
+        gate.part(relay_service.Busy).note(recorder.in_flight)  # the relay holds back under load
+        recorded = await _recorded(recorder, received)
     except (DBAPIError, asyncpg.PostgresError, ValueError) as exc:
         await _keep_unapplied(gate, body, None, exc)
         return delivery
