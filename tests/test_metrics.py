@@ -160,6 +160,14 @@ async def test_a_scrape_reads_the_relay_backlog_and_the_pools(gate: Gated, setti
         ).scalar_one()
     backlog = sum(metric(exposition, "window_gate_relay_backlog", state=s) for s in ("pending", "failed"))
     assert backlog == undelivered == 1  # pending, or failed once the dispatcher tried: never delivered
+    assert metric(exposition, "window_gate_relay_held_back") == 0
+    async with engine.begin() as conn:  # what webhook ingest under load writes (tests/subscription/)
+        await conn.execute(
+            text("INSERT INTO ingest_pressure (busy_until) VALUES (now() + interval '1 minute')")
+        )
+    assert metric(await scrape(client), "window_gate_relay_held_back") == 1
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM ingest_pressure"))
     for pool in ("hot", "orm"):
         figures = {
             s: metric(exposition, "window_gate_db_pool_connections", pool=pool, state=s)

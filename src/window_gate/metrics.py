@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from window_gate import errors, jobs, logs
 from window_gate.db import HotPool
-from window_gate.models import RELAY_DUE_STATES, RelayDelivery
+from window_gate.models import RELAY_DUE_STATES, IngestPressure, RelayDelivery
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,12 @@ RELAY_BACKLOG = Gauge(
     ["state"],
     multiprocess_mode="mostrecent",
 )
+RELAY_HELD_BACK = Gauge(
+    "window_gate_relay_held_back",
+    "1 while webhook ingest says it is under load and the relay holds back what is due (up to "
+    "RELAY_YIELD_SECONDS), else 0",
+    multiprocess_mode="mostrecent",
+)
 DB_POOL = Gauge(
     "window_gate_db_pool_connections",
     "Database connections of the pools (hot: asyncpg, orm: SQLAlchemy) by state: max, open, in_use; read "
@@ -164,13 +170,15 @@ async def metrics_endpoint(_: Request) -> Response:
 
 
 async def read_at_scrape(engine: AsyncEngine, hot: HotPool) -> None:
-    """Set the gauges a scrape reads: the job queue and the relay outbox (one small query each: live rows
-    only, the outbox's through its partial index of undelivered rows) and this process's pools. A
+    """Set the gauges a scrape reads: the job queue, the relay outbox (one small query each: live rows
+    only, the outbox's through its partial index of undelivered rows) and whether the relay holds back
+    (one row), and this process's pools. A
     backlog that cannot be read leaves the last figures; the scrape still answers."""
     try:
         async with engine.connect() as conn:
             job_counts = {(entrypoint, state): n for entrypoint, state, n in await jobs.backlog(conn)}
             relay_counts = await _relay_backlog(conn)
+            held_back = await conn.scalar(select(IngestPressure.busy_until > func.now()))
     except Exception:
         log.warning("backlog unreadable", exc_info=True)
     else:
@@ -181,6 +189,7 @@ async def read_at_scrape(engine: AsyncEngine, hot: HotPool) -> None:
         _jobs_seen.update(job_counts)
         for state in RELAY_DUE_STATES:
             RELAY_BACKLOG.labels(state).set(relay_counts.get(state, 0))
+        RELAY_HELD_BACK.set(1 if held_back else 0)
     read_pools(engine, hot)
 
 
