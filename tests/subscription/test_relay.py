@@ -380,7 +380,7 @@ async def say_busy(engine: AsyncEngine, seconds: float) -> None:
     ("busy_for", "yield_seconds", "held_back"),
     [
         (60.0, 1.5, True),  # ingest under load: held back until the delivery is 1.5 s old
-        (-1.0, 1.5, False),  # its word lapsed: at once
+        (-1.0, 30.0, False),  # its word lapsed: at once (held, it would wait 30 s)
         (60.0, 0.0, False),  # RELAY_YIELD_SECONDS=0: never held back
     ],
 )
@@ -403,10 +403,11 @@ async def test_while_ingest_is_under_load_the_relay_holds_back_up_to_relay_yield
         waited = time.perf_counter() - started
         (got,) = await receiver.wait_for(1, within=5)
     assert got.body == body
+    # Bounds wide of the holds (a loaded CI machine once stalled a plain dispatch 3.4 s).
     if held_back:
-        assert 1.0 <= waited < 4.0, waited
+        assert 1.0 <= waited < 10.0, waited
     else:
-        assert waited < 1.0, waited
+        assert waited < 10.0, waited
     async with engine.begin() as conn:
         await conn.execute(text("DELETE FROM ingest_pressure"))
 
