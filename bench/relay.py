@@ -7,9 +7,10 @@ Creates a scratch database on the local PostgreSQL and migrates it. In each roun
 `meta.webhook` subscriptions (every number; alternating, so that a busy spell hits all alike): a
 receiver (bench/receiver.py, raw ASGI under uvicorn, its own processes, answering 200 at once) and the
 dispatcher (`window-gate worker`, or `window-gate serve --workers 1` with its jobs engine; no load) are
-started and idle; then one transaction writes --deliveries outbox rows (one Meta delivery of one customer
-message per --subscriptions, each to every subscription, as webhook ingest writes them) and commits.
-Timed from that commit until none is due (pending or failed); meanwhile the CPU time of the dispatcher's
+started and idle; then one transaction keeps a Meta delivery of one customer message per --subscriptions
+--deliveries, with its outbox row as webhook ingest writes it (one per delivery, relay_fanout), and
+commits. Timed from that commit until none is left to fan out or due (pending or failed): the fan-out to
+every subscription included; meanwhile the CPU time of the dispatcher's
 processes, of its database's PostgreSQL backends, of the receiver and of anything else is read from
 /proc (bench/run.py's Sampler). Checked after each: every row `delivered`, one attempt each, and the
 receiver got every event once per subscription, signed with its secret. Prints a markdown table with the
@@ -50,7 +51,7 @@ from bench.run import (
     _serving,
     database_and_settings,
 )
-from tests.factories import delivery, inbound
+from tests.factories import PN, delivery, inbound
 from window_gate import db
 from window_gate.subscription import rules
 
@@ -64,14 +65,14 @@ FILL = (
     "SELECT convert_to(replace($1::text, '" + PLACEHOLDER + "', 'wamid.relay.' || i), 'UTF8'), "
     "now() - ($2::int - i) / 16 * interval '5 ms' "
     "FROM generate_series(1, $2::int) i",
-    "INSERT INTO relay_deliveries "
-    "(subscription_id, event_id, event_type, webhook_delivery_id, created_at, next_attempt_at, retry_from) "
-    "SELECT s.id, d.event_id, 'meta.webhook', d.id, d.received_at, d.received_at, d.received_at "
-    "FROM (SELECT id, received_at, gen_random_uuid() AS event_id FROM webhook_deliveries) d "
-    "CROSS JOIN subscriptions s ORDER BY d.id, s.id",
+    "INSERT INTO relay_fanout (webhook_delivery_id, event_id, phone_number_ids, created_at) "
+    "SELECT id, gen_random_uuid(), ARRAY['" + PN + "'], received_at FROM webhook_deliveries ORDER BY id",
 )
-EMPTY = "TRUNCATE relay_attempts, relay_deliveries, subscriptions, webhook_deliveries"
-DUE = "SELECT count(*) FROM relay_deliveries WHERE state IN ('pending', 'failed')"
+EMPTY = "TRUNCATE relay_attempts, relay_deliveries, relay_fanout, subscriptions, webhook_deliveries"
+DUE = (
+    "SELECT (SELECT count(*) FROM relay_deliveries WHERE state IN ('pending', 'failed')) "
+    "+ (SELECT count(*) FROM relay_fanout)"
+)
 CHECK = (
     "SELECT count(*) FILTER (WHERE state <> 'delivered'), (SELECT count(*) FROM relay_attempts) "
     "FROM relay_deliveries"
@@ -212,14 +213,15 @@ def _run(args: argparse.Namespace, subscriptions: int, round_: int) -> Run:
 
 async def _subscribe(dsn: str, receiver: Server, n: int, got: Path) -> None:
     """`n` meta.webhook subscriptions for every number, each to its own path of the receiver, whose
-    secrets it reads to check the signatures."""
+    secrets it reads to check the signatures; made an hour ago, before the deliveries FILL dates back."""
     conn = await asyncpg.connect(dsn)
     secrets_by_path = {}
     try:
         for i in range(n):
             path, secret = f"/subscriber-{i}", rules.new_secret()
             await conn.execute(
-                "INSERT INTO subscriptions (url, events, secret) VALUES ($1, $2, $3)",
+                "INSERT INTO subscriptions (url, events, secret, created_at) "
+                "VALUES ($1, $2, $3, now() - interval '1 hour')",
                 receiver.url + path,
                 [rules.META_WEBHOOK],
                 secret,
@@ -239,7 +241,7 @@ async def _fill_and_drain(dsn: str, events: int, sampler: Sampler) -> tuple[floa
         async with conn.transaction():
             await conn.execute(FILL[0], body, events)
             await conn.execute(FILL[1])
-            await conn.execute("ANALYZE webhook_deliveries, relay_deliveries")
+            await conn.execute("ANALYZE webhook_deliveries, relay_fanout")
         committed = time.monotonic()
         sampler.sample()
         deadline = committed + PATIENCE

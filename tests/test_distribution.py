@@ -40,6 +40,7 @@ NOT_DISTRIBUTED = {
     "webhook_deliveries": "one delivery may carry several numbers: append-only, partitioned by month",
     "relay_deliveries": "per subscription, not per number: distributed by subscription_id",
     "relay_attempts": "co-located with relay_deliveries",
+    "relay_fanout": "one delivery may carry several numbers: co-located with webhook_deliveries",
     "ingest_pressure": "one row, the relay's signal: local to the coordinator",
 }
 # Keys and foreign keys of distributed tables that do not lead with phone_number_id yet (docs/scaling.md,

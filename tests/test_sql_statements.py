@@ -23,6 +23,8 @@ HOT = {
     # A held message released becomes the send on INSERT_PENDING's road (the hot pool): the same measure.
     "window_gate.message.repository.CLAIM_HELD",
     "window_gate.pricing.repository.RESERVE",
+    # The relay's fan-out of what INGEST kept, written with it (bench/relay.py times the fan-out too).
+    "window_gate.subscription.repository.FAN_OUT",
     "window_gate.webhook.repository.INGEST",
     "window_gate.window.repository.LOOKUP",
 }

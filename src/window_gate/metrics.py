@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 from starlette.requests import Request
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from window_gate import errors, jobs, logs
 from window_gate.db import HotPool
-from window_gate.models import RELAY_DUE_STATES, IngestPressure, RelayDelivery
+from window_gate.models import RELAY_DUE_STATES, IngestPressure, RelayDelivery, RelayFanout
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ _jobs_seen: set[tuple[str, str]] = set()
 RELAY_BACKLOG = Gauge(
     "window_gate_relay_backlog",
     "Subscription deliveries not yet delivered (all replicas), by state: pending (first try due or "
-    "running), failed (retrying later)",
+    "running), failed (retrying later), fanout (Meta deliveries kept and not yet made into one per "
+    "subscriber: each counted once)",
     ["state"],
     multiprocess_mode="mostrecent",
 )
@@ -187,7 +188,7 @@ async def read_at_scrape(engine: AsyncEngine, hot: HotPool) -> None:
         for labels, n in job_counts.items():
             JOBS.labels(*labels).set(n)
         _jobs_seen.update(job_counts)
-        for state in RELAY_DUE_STATES:
+        for state in (*RELAY_DUE_STATES, "fanout"):
             RELAY_BACKLOG.labels(state).set(relay_counts.get(state, 0))
         RELAY_HELD_BACK.set(1 if held_back else 0)
     read_pools(engine, hot)
@@ -221,4 +222,5 @@ async def _relay_backlog(conn: AsyncConnection) -> dict[str, int]:
         .where(RelayDelivery.state.in_(RELAY_DUE_STATES))
         .group_by(RelayDelivery.state)
     )
-    return {state: n for state, n in await conn.execute(query)}
+    fanout = select(literal("fanout"), func.count()).select_from(RelayFanout)  # one snapshot: a fan-out
+    return {state: n for state, n in await conn.execute(query.union_all(fanout))}  # moves rows between both

@@ -366,12 +366,25 @@ class Subscription(Base):
 RELAY_DUE_STATES = ("pending", "failed")  # a relay delivery not yet delivered, nor dead
 
 
-class RelayDelivery(Base):
-    """One event for one subscription: the outbox row, written in the transaction that caused the event.
+class RelayFanout(Base):
+    """A kept Meta delivery some `meta.webhook` subscriber wants: the outbox row webhook ingest's statement
+    writes, one per delivery whatever the number of subscribers (one index, no foreign key: bench/, ingest
+    with 3 subscribers). `relay.dispatch` turns it into a RelayDelivery per subscriber that wants it (those
+    that existed when it was received), held back while ingest is under load, and deletes it."""
 
-    Written by webhook ingest's statement for every Meta delivery a subscriber wants, so it carries as
-    little as it can: three indexes, no foreign-key checks (bench/relay.py, ingest with 3 subscribers).
-    Deleting a subscription deletes its rows (subscription/repository.py); meta.webhook's bytes are read
+    __tablename__ = "relay_fanout"
+
+    webhook_delivery_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[UUID]  # each subscriber's RelayDelivery.event_id
+    phone_number_ids: Mapped[list[str]] = mapped_column(ARRAY(Text))  # the numbers its changes name
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))  # received: due from
+
+
+class RelayDelivery(Base):
+    """One event for one subscription: the outbox row, written in the transaction that caused the event
+    (Meta's deliveries: made from a RelayFanout, due from when the delivery was received).
+
+    It carries as little as it can: three indexes, no foreign-key checks (bench/relay.py). Deleting a subscription deletes its rows (subscription/repository.py); meta.webhook's bytes are read
     from webhook_deliveries, kept WEBHOOK_RETENTION_DAYS, far past RELAY_RETRY_HOURS."""
 
     __tablename__ = "relay_deliveries"

@@ -27,6 +27,7 @@ async def empty_queue(database_url: str) -> AsyncIterator[None]:
 async def dispatch(engine: AsyncEngine, settings: Settings) -> int:
     """What one `relay.dispatch` tick and the drains it enqueues do, run here and awaited: every
     subscription with something due, drained side by side. Deliveries attempted."""
+    await service.fan_out(engine, settings)
     async with engine.connect() as conn:
         due = await repository.due_subscriptions(conn)
     return sum(await asyncio.gather(*(service.drain(engine, settings, s) for s in due)))

@@ -49,9 +49,12 @@ async def meta_delivers(client: httpx.AsyncClient, phone_number_id: str = PN) ->
 
 
 async def states(engine: AsyncEngine) -> list[tuple[str, int]]:
+    """The outbox: Meta's deliveries not fanned out yet (one row each, whatever the subscribers), then each
+    subscriber's deliveries."""
     async with engine.connect() as conn:
+        fanout = await conn.scalar(text("SELECT count(*) FROM relay_fanout"))
         rows = await conn.execute(text("SELECT state, attempts FROM relay_deliveries ORDER BY id"))
-        return [(r.state, r.attempts) for r in rows]
+        return [("fanout", 0)] * fanout + [(r.state, r.attempts) for r in rows]
 
 
 async def stored_secret(engine: AsyncEngine) -> str:
@@ -71,7 +74,7 @@ async def test_meta_webhook_relayed_byte_for_byte_signed_with_the_subscription_s
         sub = await subscribe(client, admin_headers, receiver.url)
         assert sub["secret"].startswith("whsec_") and len(sub["secret"]) == 6 + 44
         body = await meta_delivers(client)
-        assert await states(engine) == [("pending", 0)]  # in the outbox before Meta got its 200
+        assert await states(engine) == [("fanout", 0)]  # in the outbox before Meta got its 200
 
         assert await dispatch(engine, settings) == 1
         (got,) = receiver.received
@@ -101,6 +104,35 @@ async def test_a_subscription_filtered_by_numbers_gets_only_theirs(
     assert [r.body for r in only_pn2.received] == [second]
 
 
+async def test_a_delivery_fans_out_to_the_subscribers_there_when_it_came_due_from_then(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], engine: AsyncEngine, settings: Settings
+) -> None:
+    await subscribe(client, admin_headers, "http://127.0.0.1:9/only-pn2", phone_number_ids=[PN2])
+    await meta_delivers(client, PN)
+    assert await states(engine) == []  # no subscriber wants it: no outbox row at all
+    await subscribe(client, admin_headers, "http://127.0.0.1:9/first")
+    await meta_delivers(client, PN2)
+    await subscribe(client, admin_headers, "http://127.0.0.1:9/later")
+    assert await states(engine) == [("fanout", 0)]  # one row, whatever the subscribers
+    assert await service.fan_out(engine, settings) == 1
+    assert await service.fan_out(engine, settings) == 0
+    async with engine.connect() as conn:
+        received_at = await conn.scalar(text("SELECT max(received_at) FROM webhook_deliveries"))
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT s.url, r.event_type, r.created_at, r.next_attempt_at, r.retry_from "
+                    "FROM relay_deliveries r JOIN subscriptions s ON s.id = r.subscription_id ORDER BY s.url"
+                )
+            )
+        ).all()
+    times = (received_at,) * 3
+    assert [tuple(r) for r in rows] == [
+        ("http://127.0.0.1:9/first", "meta.webhook", *times),  # due from when Meta's delivery came
+        ("http://127.0.0.1:9/only-pn2", "meta.webhook", *times),
+    ]  # not /later: made after it came, as when ingest wrote one row per subscriber
+
+
 async def test_nothing_is_relayed_without_subscribers_and_deleting_one_drops_its_outbox(
     client: httpx.AsyncClient, admin_headers: dict[str, str], engine: AsyncEngine, settings: Settings
 ) -> None:
@@ -108,9 +140,14 @@ async def test_nothing_is_relayed_without_subscribers_and_deleting_one_drops_its
     assert await states(engine) == []
     sub = await subscribe(client, admin_headers, "http://127.0.0.1:9/never")
     await meta_delivers(client)
-    assert await states(engine) == [("pending", 0)]
+    assert await states(engine) == [("fanout", 0)]
+    assert await dispatch(engine, settings) == 1  # attempted: nothing listens there
+    assert await states(engine) == [("failed", 1)]
+    await meta_delivers(client)  # and one not fanned out yet
     r = await client.delete(f"/v1/subscriptions/{sub['id']}", headers=admin_headers)
     assert r.status_code == 204
+    assert await states(engine) == [("fanout", 0)]
+    assert await dispatch(engine, settings) == 0  # fanned out to no one
     assert await states(engine) == []
     assert_problem(
         await client.delete(f"/v1/subscriptions/{sub['id']}", headers=admin_headers), 404, "not_found"
@@ -376,6 +413,7 @@ async def say_busy(engine: AsyncEngine, seconds: float) -> None:
         )
 
 
+@pytest.mark.parametrize("stage", ["fan-out", "drain"])
 @pytest.mark.parametrize(
     ("busy_for", "yield_seconds", "held_back"),
     [
@@ -392,17 +430,27 @@ async def test_while_ingest_is_under_load_the_relay_holds_back_up_to_relay_yield
     busy_for: float,
     yield_seconds: float,
     held_back: bool,
+    stage: str,
 ) -> None:
+    """Ingest's word holds back the fan-out of what it kept (the next dispatch tick looks again), and a
+    drain of deliveries fanned out before it (it waits, looking every HOLD_STEP)."""
     yielding = settings.model_copy(update={"relay_yield_seconds": yield_seconds})
     async with receiving() as receiver:
         await subscribe(client, admin_headers, receiver.url)
         body = await meta_delivers(client)
+        if stage == "drain":
+            assert await service.fan_out(engine, settings) == 1
         await say_busy(engine, busy_for)
-        started = time.perf_counter()
-        assert await dispatch(engine, yielding) == 1
+        started, ticks = time.perf_counter(), 0
+        while not await dispatch(engine, yielding):  # a tick that held its fan-out back: nothing sent
+            assert await states(engine) == [("fanout", 0)]
+            ticks += 1
+            await asyncio.sleep(0.2)  # the engine's ticks are a second apart
+            assert time.perf_counter() - started < 10.0
         waited = time.perf_counter() - started
         (got,) = await receiver.wait_for(1, within=5)
     assert got.body == body
+    assert (ticks > 0) == (held_back and stage == "fan-out")
     # Bounds wide of the holds (a loaded CI machine once stalled a plain dispatch 3.4 s).
     if held_back:
         assert 1.0 <= waited < 10.0, waited

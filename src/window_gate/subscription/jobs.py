@@ -10,8 +10,10 @@ registry = jobs.Registry()
 
 @registry.every("relay.dispatch", "* * * * * *")
 async def dispatch(ctx: jobs.Context) -> None:
-    """Every second, once across every replica and worker: a drain for each subscription with something
-    due, unless one is queued or running already (service.py says how)."""
+    """Every second, once across every replica and worker: Meta's deliveries fanned out to their
+    subscribers, then a drain for each subscription with something due, unless one is queued or running
+    already (service.py says how)."""
+    await service.fan_out(ctx.engine, ctx.settings)
     async with ctx.engine.begin() as conn:
         for subscription_id in await repository.due_subscriptions(conn):
             payload = {"subscription_id": str(subscription_id)}

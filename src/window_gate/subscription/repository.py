@@ -24,6 +24,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -38,6 +39,7 @@ from window_gate.models import (
     IngestPressure,
     RelayAttempt,
     RelayDelivery,
+    RelayFanout,
     Subscription,
     WebhookDelivery,
     Window,
@@ -252,6 +254,32 @@ CLAIM = (
 )
 
 
+# Up to :n kept Meta deliveries, oldest first, made into one outbox row per subscriber that wants them and
+# existed when each was received, due from then; taken with SKIP LOCKED, so two dispatchers at once never
+# make one twice. Its rows' count: how many were fanned out.
+FAN_OUT = text(
+    """
+WITH taken AS (
+  DELETE FROM relay_fanout WHERE webhook_delivery_id IN (
+    SELECT webhook_delivery_id FROM relay_fanout ORDER BY webhook_delivery_id LIMIT :n FOR UPDATE SKIP LOCKED)
+  RETURNING *
+), made AS (
+  INSERT INTO relay_deliveries (subscription_id, event_id, event_type, webhook_delivery_id, created_at,
+                                next_attempt_at, retry_from)
+  SELECT sub.id, t.event_id, 'meta.webhook', t.webhook_delivery_id, t.created_at, t.created_at, t.created_at
+  FROM taken t JOIN subscriptions sub ON 'meta.webhook' = ANY(sub.events) AND sub.created_at <= t.created_at
+    AND (sub.phone_number_ids IS NULL OR sub.phone_number_ids && t.phone_number_ids)
+  ORDER BY t.webhook_delivery_id, sub.id
+)
+SELECT count(*) FROM taken
+"""
+)
+
+
+async def fan_out(conn: AsyncConnection, n: int) -> int:
+    return int((await conn.execute(FAN_OUT, {"n": n})).scalar_one())
+
+
 async def claim(conn: AsyncConnection, subscription_id: UUID, n: int) -> list[Claimed]:
     """Up to `n` due deliveries, oldest due first, locked until `conn`'s transaction ends (the caller
     writes their outcomes in it; a caller that dies releases them): never claimed by two at once."""
@@ -270,12 +298,17 @@ BUSY = (
 class Pressure:
     now: datetime
     busy_until: datetime | None  # webhook ingest said it is under load until then
-    oldest_due: datetime | None  # the subscription's delivery due first, if any is due
+    oldest_due: datetime | None  # the subscription's delivery due first, if any (or the first to fan out)
 
 
-async def pressure(conn: AsyncConnection, subscription_id: UUID) -> Pressure:
-    oldest = select(func.min(RelayDelivery.next_attempt_at)).where(
-        RelayDelivery.subscription_id == subscription_id, _due(func.now())
+async def pressure(conn: AsyncConnection, subscription_id: UUID | None) -> Pressure:
+    """None: of the deliveries not fanned out yet (the first by id: its primary key's index, no scan)."""
+    oldest = (
+        select(RelayFanout.created_at).order_by(RelayFanout.webhook_delivery_id).limit(1)
+        if subscription_id is None
+        else select(func.min(RelayDelivery.next_attempt_at)).where(
+            RelayDelivery.subscription_id == subscription_id, _due(func.now())
+        )
     )
     row = (
         await conn.execute(

@@ -1,19 +1,20 @@
 """Subscriptions managed by admins, and the sending of their outbox.
 
 On the house's engine (subscription/jobs.py): `relay.dispatch`, a schedule (every second, once per tick
-across every replica and worker), enqueues one `relay.drain` job per subscription with something due,
-keyed by the subscription, so at most one drain per subscription is queued or running anywhere and
-RELAY_CONCURRENCY holds overall. A drain sends that subscription's deliveries, `RELAY_CONCURRENCY` requests
-in flight. It claims them with FOR UPDATE SKIP LOCKED in a transaction that stays open until their
-outcomes are written in it: no two drains attempt one together, and a drain killed mid-attempt releases
-its rows as its connection drops (attempted again: at least once). No write marks a claim: each
-delivery's row is written once after ingest, with its outcome (bench/relay.py). A subscriber that hangs
-holds only its own drain: other subscribers' drains run in other job slots, and webhook ingest and window
-checks never wait for it.
+across every replica and worker), first fans out what webhook ingest kept (one outbox row per Meta delivery,
+made into one per subscriber that wants it), then enqueues one `relay.drain` job per subscription with
+something due, keyed by the subscription, so at most one drain per subscription is queued or running
+anywhere and RELAY_CONCURRENCY holds overall. A drain sends that subscription's deliveries,
+`RELAY_CONCURRENCY` requests in flight. It claims them with FOR UPDATE SKIP LOCKED in a transaction that
+stays open until their outcomes are written in it: no two drains attempt one together, and a drain killed
+mid-attempt releases its rows as its connection drops (attempted again: at least once). No write marks a
+claim: each delivery's row is written once after its fan-out, with its outcome (bench/relay.py). A
+subscriber that hangs holds only its own drain: other subscribers' drains run in other job slots, and
+webhook ingest and window checks never wait for it.
 
 Ingest comes first: while a serve process has BUSY_DELIVERIES or more webhook deliveries in flight, it says
-so in `ingest_pressure`, and a drain, wherever it runs, holds back what is due for up to
-RELAY_YIELD_SECONDS, then sends whatever the load. On two cores a relay keeping pace took two thirds of
+so in `ingest_pressure`, and the fan-out and the drains, wherever they run, hold back what is due for up
+to RELAY_YIELD_SECONDS, then go on whatever the load. On two cores a relay keeping pace took two thirds of
 ingest's throughput with three subscribers; held back, ingest keeps its pace and the relay catches up as
 the burst ends (README, Performance).
 """
@@ -127,23 +128,39 @@ class Busy:
             log.warning("could not say webhook ingest is under load: %s", exc)
 
 
-async def _held_back(engine: AsyncEngine, settings: Settings, subscription_id: UUID) -> bool | None:
-    """While ingest is under load and the subscription's first due delivery is younger than
-    RELAY_YIELD_SECONDS, wait a step and say True; False when the drain should claim now; None when
-    nothing is due."""
+async def _hold(engine: AsyncEngine, settings: Settings, subscription_id: UUID | None) -> float | None:
+    """Seconds to hold back what is due while ingest is under load: until its word lapses or the oldest is
+    RELAY_YIELD_SECONDS old (0: go now); None when nothing is due. Of a subscription's deliveries, or (None)
+    of those not fanned out yet."""
     if settings.relay_yield_seconds <= 0:
-        return False
+        return 0.0
     async with engine.connect() as conn:
         p = await repository.pressure(conn, subscription_id)
     if p.oldest_due is None:
         return None
     if p.busy_until is None:
-        return False
+        return 0.0
     hold_until = min(p.busy_until, p.oldest_due + timedelta(seconds=settings.relay_yield_seconds))
-    if hold_until <= p.now:
-        return False
-    await asyncio.sleep(min(HOLD_STEP, (hold_until - p.now).total_seconds()))
-    return True
+    return max(0.0, (hold_until - p.now).total_seconds())
+
+
+FAN_OUT_BATCH = 1000  # Meta deliveries per statement
+FAN_OUT_SECONDS = 1.0  # one dispatch tick fans out for this long at most, then enqueues the drains
+
+
+async def fan_out(engine: AsyncEngine, settings: Settings) -> int:
+    """Kept Meta deliveries made into one outbox row per subscriber (ingest writes one per delivery),
+    unless ingest is under load: held back as drains are, the next tick looks again. How many."""
+    hold = await _hold(engine, settings, None)
+    if hold is None or hold > 0:  # nothing to fan out, or held back
+        return 0
+    fanned, deadline = 0, time.monotonic() + FAN_OUT_SECONDS
+    while True:
+        async with engine.begin() as conn:
+            n = await repository.fan_out(conn, FAN_OUT_BATCH)
+        fanned += n
+        if n < FAN_OUT_BATCH or time.monotonic() >= deadline:
+            return fanned
 
 
 async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) -> int:
@@ -162,9 +179,10 @@ async def drain(engine: AsyncEngine, settings: Settings, subscription_id: UUID) 
         looked = -HOLD_STEP  # when the drain last looked at ingest's load: at most every HOLD_STEP
         while time.monotonic() < deadline:
             if time.monotonic() - looked >= HOLD_STEP:
-                if (held := await _held_back(engine, settings, subscription_id)) is None:
+                if (hold := await _hold(engine, settings, subscription_id)) is None:
                     break
-                if held:
+                if hold:
+                    await asyncio.sleep(min(HOLD_STEP, hold))
                     continue  # and look again
                 looked = time.monotonic()
             async with engine.begin() as conn:  # holds the claimed rows until their outcomes are written

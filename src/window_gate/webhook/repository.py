@@ -52,12 +52,14 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
     (SELECT pg_get_serial_sequence('webhook_deliveries', 'id')::regclass AS seq) s
 ), raw AS (
   INSERT INTO webhook_deliveries (id, body) SELECT id, body FROM d WHERE id IS NOT NULL
-), relayed AS (  -- the outbox (subscription/): each kept body for each meta.webhook subscriber it concerns
-  INSERT INTO relay_deliveries (subscription_id, event_id, event_type, webhook_delivery_id)
-  SELECT sub.id, d.event_id, 'meta.webhook', d.id
-  FROM d JOIN subscriptions sub ON 'meta.webhook' = ANY(sub.events)
-    AND (sub.phone_number_ids IS NULL OR sub.phone_number_ids && string_to_array(d.numbers, ' '))
-  WHERE d.id IS NOT NULL ORDER BY d.id, sub.id
+), relayed AS (  -- the outbox (subscription/): one row per kept body some meta.webhook subscriber wants,
+  -- made into one per subscriber in the background (subscription/repository.py: FAN_OUT)
+  INSERT INTO relay_fanout (webhook_delivery_id, event_id, phone_number_ids)
+  SELECT d.id, d.event_id, string_to_array(d.numbers, ' ') FROM d
+  WHERE d.id IS NOT NULL AND EXISTS (
+    SELECT FROM subscriptions sub WHERE 'meta.webhook' = ANY(sub.events)
+      AND (sub.phone_number_ids IS NULL OR sub.phone_number_ids && string_to_array(d.numbers, ' ')))
+  ORDER BY d.id
 ), u AS (
   SELECT * FROM unnest(CAST(:message_ids AS text[]), CAST(:phone_number_ids AS text[]), CAST(:wa_ids AS text[]),
     CAST(:user_ids AS text[]), CAST(:types AS text[]), CAST(:sent_at AS timestamptz[]),
