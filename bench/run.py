@@ -274,6 +274,11 @@ def main() -> None:
         default="1,2",
         help="webhook: comma-separated worker counts of the service and the reference (targets: at 1)",
     )
+    parser.add_argument(
+        "--per-body",
+        default=",".join(map(str, PER_BODY)),
+        help="webhook: comma-separated events per delivery (default: both)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument(
@@ -314,6 +319,9 @@ def main() -> None:
         args.ingest_workers = []
     if not args.ingest_workers or min(args.ingest_workers) < 1:
         parser.error("--ingest-workers takes comma-separated worker counts, e.g. 1,2")
+    args.per_body = [n for n in PER_BODY if str(n) in args.per_body.split(",")]
+    if not args.per_body:
+        parser.error(f"--per-body takes some of {', '.join(map(str, PER_BODY))}")
     try:
         args.burst = sorted({int(n) for n in args.burst.split(",") if n.strip()})
     except ValueError:
@@ -377,7 +385,7 @@ def main() -> None:
             reference_cmd = (f"reference-{n}", [*uvicorn, "bench.reference:app", *workers], ingest_env)
             service_cmd = (f"service-{n}", [*gate[:2], *workers, "--no-migrate"], ingest_env | overrides)
             for kind in ingest:
-                for per_body in PER_BODY:
+                for per_body in args.per_body:
                     label = _ingest_label(kind, per_body, n)
                     results += _paired_alone(label, reference_cmd, service_cmd, args, rounds, per_body, kind)
         if "webhook-status" in args.only:

@@ -260,7 +260,7 @@ class Settings(BaseSettings):
         """Sandbox unless told otherwise, or when no Meta token is configured."""
         return self.sandbox if self.sandbox is not None else not self.graph_access_token
 
-    @property
+    @cached_property  # read by every webhook delivery
     def app_secrets(self) -> list[bytes]:
         """Every configured Meta app secret; the sandbox signs with a fixed, public one."""
         secrets = [s.strip() for s in (self.app_secret or "").split(",") if s.strip()]

@@ -6,10 +6,11 @@ The hot paths only count; what needs a query (backlogs) or a look at the pools i
 scraped (`read_at_scrape`)."""
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from typing import cast
+from typing import TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -154,11 +155,25 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            LATENCY.labels(route).observe(time.perf_counter() - start)
+            child(REQUESTS, scope["method"], route, str(status)).inc()
+            child(LATENCY, route).observe(time.perf_counter() - start)
             if status >= 400:  # the problem renderer notes its code on the request (logs.note)
                 code = logs.noted().get("code")
                 REFUSALS.labels(route, code if code in self.codes else "other").inc()
+
+
+Labelled = TypeVar("Labelled", Counter, Histogram)
+
+
+def child(metric: Labelled, *labels: str) -> Labelled:
+    """`metric.labels(*labels)`, kept: the hot paths find it again without `labels`' lock and checks
+    (label values come from fixed sets, so there are a few hundred at most)."""
+    return cast(Labelled, _child(metric, labels))
+
+
+@functools.cache
+def _child(metric: Counter | Histogram, labels: tuple[str, ...]) -> Counter | Histogram:
+    return metric.labels(*labels)
 
 
 async def metrics_endpoint(_: Request) -> Response:
