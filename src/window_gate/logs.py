@@ -13,10 +13,10 @@ the authenticator with the caller's key id).
 """
 
 import logging
+import os
 import re
 import sys
 import time
-import os
 from collections.abc import Collection, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any, TextIO
