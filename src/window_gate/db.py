@@ -220,8 +220,8 @@ class Coalescer(Generic[T, R]):
     of `run` (items in, one result per item out, in order). Under load, one statement and one durable
     commit then serve many webhook deliveries (bench/); alone, a call goes at once. Work waiting that
     weighs `lane_weight` or more opens another lane, up to `lanes` calls in flight: PostgreSQL then works
-    on one big group while the next is read (bench/: batches of statuses), while small items keep filling
-    one group. A failed group is run again item by item, so each caller gets its own answer or its own
+    on one group while the next is read (bench/: batches of statuses, and single ones under load), while
+    a trickle of small items keeps filling one group. A failed group is run again item by item, so each caller gets its own answer or its own
     error."""
 
     def __init__(
