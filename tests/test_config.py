@@ -65,6 +65,8 @@ def test_meta_mode_with_its_secrets_loads(environ: pytest.MonkeyPatch) -> None:
     assert not settings.sandbox_mode
     assert settings.app_secrets == [b"a", b"b"]  # several Meta apps, comma-separated
     assert SANDBOX_APP_SECRET.encode() not in settings.app_secrets
+    rotated = settings.model_copy(update={"app_secret": "c"})  # read from the copy's own field
+    assert rotated.app_secrets == [b"c"] and settings.app_secrets == [b"a", b"b"]
 
 
 def test_empty_database_url_means_embedded(environ: pytest.MonkeyPatch) -> None:

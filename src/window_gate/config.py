@@ -260,7 +260,7 @@ class Settings(BaseSettings):
         """Sandbox unless told otherwise, or when no Meta token is configured."""
         return self.sandbox if self.sandbox is not None else not self.graph_access_token
 
-    @cached_property  # read by every webhook delivery
+    @property  # not cached: a settings copy with another APP_SECRET (model_copy) would keep the old one
     def app_secrets(self) -> list[bytes]:
         """Every configured Meta app secret; the sandbox signs with a fixed, public one."""
         secrets = [s.strip() for s in (self.app_secret or "").split(",") if s.strip()]

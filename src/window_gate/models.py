@@ -384,8 +384,9 @@ class RelayDelivery(Base):
     """One event for one subscription: the outbox row, written in the transaction that caused the event
     (Meta's deliveries: made from a RelayFanout, due from when the delivery was received).
 
-    It carries as little as it can: three indexes, no foreign-key checks (bench/relay.py). Deleting a subscription deletes its rows (subscription/repository.py); meta.webhook's bytes are read
-    from webhook_deliveries, kept WEBHOOK_RETENTION_DAYS, far past RELAY_RETRY_HOURS."""
+    It carries as little as it can: three indexes, no foreign-key checks (bench/relay.py). Deleting a
+    subscription deletes its rows (subscription/repository.py); meta.webhook's bytes are read from
+    webhook_deliveries, kept WEBHOOK_RETENTION_DAYS, far past RELAY_RETRY_HOURS."""
 
     __tablename__ = "relay_deliveries"
     __table_args__ = (
