@@ -40,6 +40,7 @@ from window_gate.health.endpoints import router as health_router
 from window_gate.inputs import InputCheck
 from window_gate.kit import Gate
 from window_gate.logs import RequestLog
+from window_gate.message import held
 from window_gate.message.endpoints import as_meta_error, conversation_router, graph_router
 from window_gate.message.endpoints import router as message_router
 from window_gate.message.endpoints import template_router as template_send_router
@@ -111,6 +112,7 @@ def create_app(
                 Authenticator(hot, settings.api_key_cache_seconds),
                 AllowList(engine, settings.api_key_cache_seconds, settings.allow_listed_numbers_only),
                 DeliveryRecorder.configured(hot, settings),
+                held.Waker(engine),
                 Busy(hot),
             ]
             autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")

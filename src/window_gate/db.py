@@ -148,6 +148,10 @@ class HotPool:
     async def fetchrow(self, query: str, *args: object) -> Any:
         return await self._call("fetchrow", query, args)
 
+    async def executemany(self, query: str, args: list[tuple[object, ...]]) -> None:
+        """The statement once per set of arguments, in one round trip and all or nothing (asyncpg)."""
+        await self._call("executemany", query, (args,))
+
     async def _call(self, method: str, query: str, args: tuple[object, ...]) -> Any:
         async with self._turn() as conn:
             return await getattr(conn, method)(query, *args)

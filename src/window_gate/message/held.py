@@ -15,17 +15,19 @@ before it leaves; a crash then leaves it `pending`, later `unknown`, as any send
 """
 
 import asyncio
+import functools
 import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from window_gate import jobs, metrics
 from window_gate.apikey.rules import Caller
 from window_gate.customer import service as customers
 from window_gate.customer.identity import parse_customer
+from window_gate.db import Coalescer
 from window_gate.errors import GateError, GraphFailure, UpstreamTimeout, WindowClosed, replay
 from window_gate.kit import Gate
 from window_gate.message import repository, service
@@ -193,10 +195,19 @@ async def _held(
 # --- release: after the customer's reply, one job per wait ---------------------------------------------
 
 
-async def enqueue_releases(gate: Gate, continuation_ids: list[uuid.UUID]) -> None:
-    """Wake the releases of these replied waits (a job per share of the waits: its key)."""
-    async with gate.engine.begin() as conn:
-        await enqueue(conn, continuation_ids)
+class Waker(Coalescer[list[uuid.UUID], None]):
+    """Wakes the releases of replied waits, for webhook ingest: replies arriving together enqueue their
+    shares' jobs in one transaction (db.Coalescer; a share's job is one row whatever the replies). One per
+    process, made by the lifespan."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(functools.partial(_wake, engine), max_group=1000)
+
+
+async def _wake(engine: AsyncEngine, replied: list[list[uuid.UUID]]) -> list[None]:
+    async with engine.begin() as conn:
+        await enqueue(conn, [c for waits in replied for c in waits])
+    return [None] * len(replied)
 
 
 async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> None:
@@ -207,8 +218,8 @@ async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> N
 # Waits are released by RELEASE_SHARDS jobs side by side (each its share of the waits, at most one job
 # per share queued or running), so that several processes' CPUs release at once (bench/release.py: one
 # process was the limit). A release round: the next held message of up to ROUND replied waits of the
-# share, sent side by side, at most SENDING in flight (a wait's next message waits for the next round:
-# after Meta answered this one).
+# share, decided, claimed and answered together (one statement each per number), sent side by side, at
+# most SENDING in flight (a wait's next message waits for the next round: after Meta answered this one).
 RELEASE_SHARDS = 4
 ROUND = 1000
 SENDING = 64
@@ -223,33 +234,95 @@ async def release(gate: Gate, shard: int) -> None:
     message of every such wait (first messages first, for everyone) and sends them side by side; a wait
     with nothing left is `released`. Resumable: a job run again after a crash goes on from the next held
     message (the one that was in flight is `pending`, later `unknown`)."""
-    sending = asyncio.Semaphore(SENDING)
-
-    async def one(held: repository.Held) -> Event | None:
-        async with sending:
-            return await _release_one(gate, held)
-
     while True:
         async with gate.engine.begin() as conn:
             await repository.settle_released(conn)
             batch = await repository.next_held_of_replied(conn, shard, RELEASE_SHARDS, ROUND)
         if not batch:
             return
-        events = [e for e in await asyncio.gather(*(one(held) for held in batch)) if e is not None]
+        numbers: dict[str, list[repository.Held]] = {}
+        for held in batch:
+            numbers.setdefault(held.phone_number_id, []).append(held)
+        events = [
+            e
+            for one in await asyncio.gather(*map(functools.partial(_round, gate), numbers.values()))
+            for e in one
+        ]
         metrics.HELD.labels("released").inc(len(events))
         async with gate.engine.begin() as conn:
             await emit(conn, events)
 
 
-async def _release_one(gate: Gate, held: repository.Held) -> Event | None:
-    """Gate, record and send one held message; its `message.released`, unless it ended otherwise."""
-    if held.hold_until <= window_service.now():
+async def _round(gate: Gate, batch: list[repository.Held]) -> list[Event]:
+    """A round's held messages of one number: each gated, recorded and sent as any send; their
+    `message.released`, but for those that ended otherwise (expired, refused by the gate: said by `end`)."""
+    now = window_service.now()
+    if due := [held.id for held in batch if held.hold_until <= now]:
         async with gate.engine.begin() as conn:
-            await end(conn, [held.id], MessageStatus.EXPIRED)
-        return None
-    error: dict[str, Any] | None
-    caller = Caller(str(held.api_key_id), held.key_name, held.role, frozenset(held.key_numbers or ()))
-    request = Request(
+            await end(conn, due, MessageStatus.EXPIRED)
+    batch = [held for held in batch if held.hold_until > now]
+    if not batch:
+        return []
+    phone_number_id = batch[0].phone_number_id
+    requests = [_request(held) for held in batch]
+    decisions = await service.decide_free_form(gate, phone_number_id, requests)
+    go = [
+        (held, request, d)
+        for held, request, d in zip(batch, requests, decisions, strict=True)
+        if not isinstance(d, GateError)
+    ]
+    attempts = await service.record_held(
+        gate, phone_number_id, [(_caller(held), request, d, held.id) for held, request, d in go]
+    )
+    # It became invalid while it waited (window, budget, …): it fails with its reason.
+    refused = [(held.id, d) for held, d in zip(batch, decisions, strict=True) if isinstance(d, GateError)]
+    refused += [
+        (held.id, a) for (held, _, _), a in zip(go, attempts, strict=True) if isinstance(a, GateError)
+    ]
+    if refused:
+        async with gate.engine.begin() as conn:
+            for id, err in refused:
+                await end(conn, [id], MessageStatus.FAILED, err.problem())
+    sending = asyncio.Semaphore(SENDING)
+
+    async def send(attempt: Attempt) -> dict[str, Any] | GraphFailure:
+        async with sending:
+            try:
+                return await gate.graph.send_message(
+                    phone_number_id, service.outbound(attempt), attempt.access_token
+                )
+            except GraphFailure as exc:
+                return exc
+
+    of = {held.id: held for held in batch}
+    leaving = [a for a in attempts if isinstance(a, Attempt)]  # None: cancelled or expired meanwhile
+    answers = await asyncio.gather(*map(send, leaving))
+    answered = [
+        (a, answer)
+        for a, answer in zip(leaving, answers, strict=True)
+        if not isinstance(answer, GraphFailure)
+    ]
+    sent = iter(await service.accepted_all(gate, answered))
+    events = []
+    for attempt, answer in zip(leaving, answers, strict=True):
+        error: dict[str, Any] | None
+        try:
+            if isinstance(answer, GraphFailure):
+                refusal = await service.refused(attempt, answer)
+                status, error, wamid = service.verdict(answer)[0], refusal.problem(), None
+            else:
+                out = next(sent)
+                if isinstance(out, GateError):
+                    raise out
+                status, error, wamid = MessageStatus(out.out.status), None, out.out.graph_message_id
+        except GateError as lost:  # the outcome's write failed: retried in the background, unknown for now
+            status, error, wamid = MessageStatus.UNKNOWN, lost.problem(), None
+        events.append(_released(of[attempt.id], attempt, status, wamid, error))
+    return events
+
+
+def _request(held: repository.Held) -> Request:
+    return Request(
         held.phone_number_id,
         held.type,
         held.recipient_input,
@@ -258,28 +331,19 @@ async def _release_one(gate: Gate, held: repository.Held) -> Event | None:
         None,
         held.request_hash,
     )
-    try:
-        decision = await service.decide(gate, request)
-        attempt = await service.record(gate, caller, request, decision, held=held.id)
-    except GateError as err:  # it became invalid while it waited (opted out, budget, …): it fails
-        async with gate.engine.begin() as conn:
-            await end(conn, [held.id], MessageStatus.FAILED, err.problem())
-        return None
-    if not isinstance(attempt, Attempt):  # cancelled or expired meanwhile
-        return None
-    try:
-        try:
-            answer = await gate.graph.send_message(
-                request.phone_number_id, service.outbound(attempt), attempt.access_token
-            )
-        except GraphFailure as exc:
-            refusal = await service.refused(attempt, exc)
-            status, error, wamid = service.verdict(exc)[0], refusal.problem(), None
-        else:
-            out = (await service.accepted(attempt, answer)).out
-            status, error, wamid = MessageStatus(out.status), None, out.graph_message_id
-    except GateError as lost:  # the outcome's write failed: retried in the background, unknown for now
-        status, error, wamid = MessageStatus.UNKNOWN, lost.problem(), None
+
+
+def _caller(held: repository.Held) -> Caller:
+    return Caller(str(held.api_key_id), held.key_name, held.role, frozenset(held.key_numbers or ()))
+
+
+def _released(
+    held: repository.Held,
+    attempt: Attempt,
+    status: MessageStatus,
+    wamid: str | None,
+    error: dict[str, Any] | None,
+) -> Event:
     customer = attempt.decision.window.customer
     data = {
         "message_id": str(held.id),

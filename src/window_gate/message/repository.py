@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
-from window_gate.db import Rows, Statement
+from window_gate.db import HotPool, Rows, Statement
 from window_gate.message.status import MessageStatus
 from window_gate.models import (
     ApiKey,
@@ -181,22 +181,35 @@ async def finish(
 ) -> bool:
     """Meta's synchronous answer (or its absence): the final word of this request. False when it was
     already written."""
-    return (
-        await FINISH.run(
-            conn,
-            {
-                "id": id,
-                "status": status,
-                "graph_message_id": graph_message_id,
-                "wa_id": wa_id,
-                "error": _json(error),
-                "response_status": response_status,
-                "response": _json(response),
-                "at": at,
-            },
-        )
-        is not None
-    )
+    params = _finish_params(id, status, at, graph_message_id, wa_id, error, response_status, response)
+    return await FINISH.run(conn, params) is not None
+
+
+def _finish_params(
+    id: UUID,
+    status: MessageStatus,
+    at: datetime,
+    graph_message_id: str | None = None,
+    wa_id: str | None = None,
+    error: object = None,
+    response_status: int = 0,
+    response: object = None,
+) -> dict[str, Any]:
+    return {
+        "id": id,
+        "status": status,
+        "graph_message_id": graph_message_id,
+        "wa_id": wa_id,
+        "error": _json(error),
+        "response_status": response_status,
+        "response": _json(response),
+        "at": at,
+    }
+
+
+async def finish_all(hot: HotPool, finished: Sequence[dict[str, Any]]) -> None:
+    """`finish` for many sends in one round trip, all or none (a release round's answers)."""
+    await hot.executemany(FINISH.sql, [tuple(_finish_params(**f)[n] for n in FINISH.names) for f in finished])
 
 
 async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -> Previous | None:
@@ -233,22 +246,30 @@ async def expire_pending(conn: AsyncConnection, seconds: float) -> int:
 # --- continue the conversation: held messages and the waits they are in (message/held.py) --------------
 WAITING_STATES = ("sending", "awaiting_reply")
 
-# A held message leaves the wait to be sent: `pending` as any send, with the window and price of now. Only
-# one claimant gets it (the held row is deleted once); a cancelled or expired one is not claimed.
+# Held messages leave their wait to be sent: `pending` as any send, each with the window and price of now.
+# Only one claimant gets each (the held row is deleted once); a cancelled or expired one is not claimed.
+# A release round claims many of one number in this one statement (the number's token read once).
 CLAIM_HELD = Statement(
     """
-WITH h AS (
-  DELETE FROM held_messages WHERE message_id = :id RETURNING message_id
+WITH c AS (
+  SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:windows AS jsonb[]), CAST(:pricing_category AS text[]),
+                       CAST(:market AS text[]), CAST(:billable AS boolean[]), CAST(:estimated_amount AS numeric[]),
+                       CAST(:currency AS text[]), CAST(:inside_csw AS boolean[]), CAST(:inside_fep AS boolean[]))
+    AS c (id, "window", pricing_category, market, billable, estimated_amount, currency, inside_csw, inside_fep)
+), h AS (
+  DELETE FROM held_messages WHERE message_id IN (SELECT id FROM c) RETURNING message_id
 ), m AS (
-  UPDATE messages SET status = 'pending', "window" = CAST(:window AS jsonb), pricing_category = :pricing_category,
-    market = :market, billable = :billable, estimated_amount = :estimated_amount, currency = :currency,
-    inside_csw = :inside_csw, inside_fep = :inside_fep, response_status = NULL, response = NULL, updated_at = now()
-  WHERE id IN (SELECT message_id FROM h) AND status = 'held'
-  RETURNING id
+  UPDATE messages SET status = 'pending', "window" = c."window", pricing_category = c.pricing_category,
+    market = c.market, billable = c.billable, estimated_amount = c.estimated_amount, currency = c.currency,
+    inside_csw = c.inside_csw, inside_fep = c.inside_fep, response_status = NULL, response = NULL, updated_at = now()
+  FROM c WHERE messages.id = c.id AND messages.id IN (SELECT message_id FROM h) AND messages.status = 'held'
+  RETURNING messages.id
 ), e AS (
   INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
 )
-SELECT (SELECT access_token_encrypted FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
+SELECT message_id AS id,
+       (SELECT access_token_encrypted FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token
+FROM e
 """
 )
 
@@ -447,21 +468,39 @@ async def settle_released(conn: AsyncConnection) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A held message to take out of its wait: the window and estimate columns it leaves with."""
+
+    id: UUID
+    window: dict[str, Any]
+    estimate: dict[str, Any]  # pricing.estimate_columns
+
+
 async def claim_held(
-    conn: Rows | AsyncConnection,
-    id: UUID,
-    *,
-    phone_number_id: str,
-    window: dict[str, Any],
-    estimate: dict[str, Any],
-    at: datetime,
-) -> Pending | None:
-    """Take a held message out of its wait, `pending`; None when it is no longer held."""
-    row = await CLAIM_HELD.run(
-        conn,
-        {"id": id, "phone_number_id": phone_number_id, "window": _json(window), "at": at, **estimate},
+    conn: Rows | AsyncConnection, phone_number_id: str, claims: Sequence[Claim], at: datetime
+) -> dict[UUID, Pending]:
+    """Take held messages of one number out of their wait, `pending`: those still held, by id."""
+    columns = (
+        "pricing_category",
+        "market",
+        "billable",
+        "estimated_amount",
+        "currency",
+        "inside_csw",
+        "inside_fep",
     )
-    return Pending(row["access_token"]) if row else None
+    rows = await CLAIM_HELD.all(
+        conn,
+        {
+            "ids": [c.id for c in claims],
+            "windows": [_json(c.window) for c in claims],
+            **{name: [c.estimate[name] for c in claims] for name in columns},
+            "phone_number_id": phone_number_id,
+            "at": at,
+        },
+    )
+    return {row["id"]: Pending(row["access_token"]) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,11 +221,7 @@ async def decide(gate: Gate, request: Request) -> Decision:
                 await consent.check_marketing(conn, request.phone_number_id, request.ref.aliases())
                 await consent.check_hold(conn, request.phone_number_id, request.ref.aliases(), now)
     elif not window.can_send_free_form:
-        raise WindowClosed(
-            f"free-form messages need an open window; it is {window.state.value}: send an approved template",
-            window=window.model_dump(mode="json"),
-            hint="send a template message (type `template`); only the customer's reply reopens the window",
-        )
+        raise closed(window)
     estimate = await pricing.estimate_send(
         gate.autocommit,
         tables,
@@ -238,6 +234,37 @@ async def decide(gate: Gate, request: Request) -> Decision:
         at=now,
     )
     return Decision(window, template, estimate, now)
+
+
+def closed(window: WindowOut) -> WindowClosed:
+    return WindowClosed(
+        f"free-form messages need an open window; it is {window.state.value}: send an approved template",
+        window=window.model_dump(mode="json"),
+        hint="send a template message (type `template`); only the customer's reply reopens the window",
+    )
+
+
+async def decide_free_form(
+    gate: Gate, phone_number_id: str, requests: list[Request]
+) -> list[Decision | GateError]:
+    """`decide` for free-form messages of one number sent together (a release round, message/held.py):
+    one window check and one free-tier count for them all. Each its decision, or its refusal."""
+    now = window_service.now()
+    found = await window_service.check(
+        gate.hot, phone_number_id, [r.ref for r in requests], gate.part(Policy), now
+    )
+    open_ = [(r, w) for r, w in zip(requests, found, strict=True) if w.can_send_free_form]
+    estimates = iter(
+        await pricing.estimate_sends(
+            gate.autocommit,
+            gate.part(Tables),
+            gate.part(pricing.FreeTiers),
+            phone_number_id=phone_number_id,
+            sends=[(None, w.customer.wa_id or w.customer.user_id or r.to, w) for r, w in open_],
+            at=now,
+        )
+    )
+    return [Decision(w, None, next(estimates), now) if w.can_send_free_form else closed(w) for w in found]
 
 
 async def record(
@@ -294,14 +321,47 @@ async def _insert(
 async def _claim(
     conn: AsyncConnection | Rows, caller: Caller, request: Request, decision: Decision, id: uuid.UUID
 ) -> repository.Pending | None:
-    return await repository.claim_held(
-        conn,
-        id,
-        phone_number_id=request.phone_number_id,
-        window=decision.window.model_dump(mode="json"),
-        estimate=pricing.estimate_columns(decision.estimate),
-        at=decision.at,
+    claimed = await repository.claim_held(
+        conn, request.phone_number_id, [_claim_of(decision, id)], decision.at
     )
+    return claimed.get(id)
+
+
+def _claim_of(decision: Decision, id: uuid.UUID) -> repository.Claim:
+    return repository.Claim(
+        id, decision.window.model_dump(mode="json"), pricing.estimate_columns(decision.estimate)
+    )
+
+
+async def record_held(
+    gate: Gate, phone_number_id: str, released: list[tuple[Caller, Request, Decision, uuid.UUID]]
+) -> list[Attempt | GateError | None]:
+    """`record` for held messages of one number released together (message/held.py): the free ones in one
+    statement, a paid one with its budget as `record` does. Each its attempt, its refusal (budget), or None
+    when it is no longer held."""
+    free = [(decision, id) for _, _, decision, id in released if not decision.estimate.amount]
+    claimed = (
+        await repository.claim_held(
+            gate.hot, phone_number_id, [_claim_of(d, id) for d, id in free], window_service.now()
+        )
+        if free
+        else {}
+    )
+    sealer = gate.part(Sealer)
+    attempts: list[Attempt | GateError | None] = []
+    for caller, request, decision, id in released:
+        if decision.estimate.amount:
+            try:
+                attempt = await record(gate, caller, request, decision, held=id)
+            except GateError as err:
+                attempts.append(err)
+            else:
+                attempts.append(attempt if isinstance(attempt, Attempt) else None)
+        elif (pending := claimed.get(id)) is not None:
+            attempts.append(Attempt(gate, caller, request, decision, id, sealer.open(pending.access_token)))
+        else:
+            attempts.append(None)
+    return attempts
 
 
 async def first_with_key(gate: Gate, caller: Caller, request: Request) -> Sent | Held:
@@ -321,6 +381,40 @@ def outbound(attempt: Attempt) -> dict[str, Any]:
 async def accepted(attempt: Attempt, answer: dict[str, Any]) -> Sent:
     """Meta took the send: its wamid and wa_id recorded, the answer stored for replays. A template Meta
     holds to judge its quality is recorded `held_for_quality_assessment`, not `accepted`."""
+    sent, outcome = _answered(attempt, answer)
+    await _final_word(attempt, outcome, _write_accepted, f"Meta accepted it as {outcome.graph_message_id}")
+    await _learn(attempt, outcome)
+    return sent
+
+
+async def accepted_all(gate: Gate, answered: list[tuple[Attempt, dict[str, Any]]]) -> list[Sent | GateError]:
+    """`accepted` for sends answered together (a release round, message/held.py): their outcomes in one
+    round trip; if that fails, each written as `accepted` writes it (retried in the background)."""
+    made = [_answered(attempt, answer) for attempt, answer in answered]
+    results: list[Sent | GateError] = []
+    try:
+        await repository.finish_all(
+            gate.hot,
+            [_finished(attempt, outcome) for (attempt, _), (_, outcome) in zip(answered, made, strict=True)],
+        )
+    except Exception:
+        for (attempt, _), (sent, outcome) in zip(answered, made, strict=True):
+            try:
+                await _final_word(
+                    attempt, outcome, _write_accepted, f"Meta accepted it as {outcome.graph_message_id}"
+                )
+            except GateError as lost:
+                results.append(lost)
+            else:
+                results.append(sent)
+    else:
+        results = [sent for sent, _ in made]
+    for (attempt, _), (_, outcome) in zip(answered, made, strict=True):
+        await _learn(attempt, outcome)
+    return results
+
+
+def _answered(attempt: Attempt, answer: dict[str, Any]) -> tuple[Sent, Outcome]:
     request, decision = attempt.request, attempt.decision
     contact = (answer.get("contacts") or [{}])[0]
     message = (answer.get("messages") or [{}])[0]
@@ -346,10 +440,13 @@ async def accepted(attempt: Attempt, answer: dict[str, Any]) -> Sent:
         graph_message_id=wamid,
         wa_id=wa_id,
     )
-    await _final_word(attempt, outcome, _write_accepted, f"Meta accepted it as {wamid}")
-    if wa_id and request.ref.wa_id and wa_id != request.ref.wa_id:
-        await _learn_alias(attempt.gate, request.ref.wa_id, wa_id)
-    return Sent(out, answer)
+    return Sent(out, answer), outcome
+
+
+async def _learn(attempt: Attempt, outcome: Outcome) -> None:
+    spelling = attempt.request.ref.wa_id
+    if outcome.wa_id and spelling and outcome.wa_id != spelling:
+        await _learn_alias(attempt.gate, spelling, outcome.wa_id)
 
 
 async def refused(attempt: Attempt, exc: GraphFailure) -> GateError:
@@ -398,16 +495,19 @@ def verdict(exc: GraphFailure) -> tuple[MessageStatus, GateError, object]:
 
 
 async def _write_accepted(attempt: Attempt, outcome: Outcome) -> None:
-    await repository.finish(
-        attempt.gate.hot,
-        attempt.id,
-        status=outcome.status,
-        at=outcome.at,
-        graph_message_id=outcome.graph_message_id,
-        wa_id=outcome.wa_id,
-        response_status=outcome.response_status,
-        response=outcome.response,
-    )
+    await repository.finish(attempt.gate.hot, **_finished(attempt, outcome))
+
+
+def _finished(attempt: Attempt, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "status": outcome.status,
+        "at": outcome.at,
+        "graph_message_id": outcome.graph_message_id,
+        "wa_id": outcome.wa_id,
+        "response_status": outcome.response_status,
+        "response": outcome.response,
+    }
 
 
 async def _write_refused(attempt: Attempt, outcome: Outcome) -> None:

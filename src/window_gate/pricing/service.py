@@ -7,6 +7,7 @@ leaves, so concurrent sends from any number of replicas cannot pass it together.
 """
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
@@ -24,6 +25,7 @@ from window_gate.pricing import repository
 from window_gate.pricing.rules import (
     OTHER,
     REPORTED_CATEGORIES,
+    Category,
     Estimate,
     Tables,
     estimate,
@@ -112,31 +114,72 @@ async def estimate_send(
     """The estimate of one send: `category` is the template's (MARKETING/UTILITY/AUTHENTICATION) or None
     for free-form; `recipient` its wa_id, phone number or BSUID. Reads the database only when the matrix
     has a monthly free tier for this case (the reported 2026-10 service rule)."""
-    inside_csw, inside_fep = window_flags(window, at)
-    kind = message_category(category)
-    cell = tables.matrix.row(kind, utc_day(at)).cells[place(inside_csw=inside_csw, inside_fep=inside_fep)]
-    sent = 0
-    if cell.kind == "paid_after":
-        start, end = month_bounds(at)
-        month = (phone_number_id, kind.value, start)
-        if month in tiers.used_up:
-            sent = cell.free_per_month
-        else:
-            async with engine.connect() as conn:
-                sent = await repository.sent_this_month(
-                    conn, phone_number_id, kind.value, start, end, cell.free_per_month
-                )
-            if sent >= cell.free_per_month:
-                tiers.used_up.add(month)
-    return estimate(
-        tables,
-        category=category,
-        recipient=recipient,
-        inside_csw=inside_csw,
-        inside_fep=inside_fep,
-        at=at,
-        sent_this_month=sent,
+    [one] = await estimate_sends(
+        engine, tables, tiers, phone_number_id=phone_number_id, sends=[(category, recipient, window)], at=at
     )
+    return one
+
+
+async def estimate_sends(
+    engine: AsyncEngine,
+    tables: Tables,
+    tiers: FreeTiers,
+    *,
+    phone_number_id: str,
+    sends: Sequence[tuple[str | None, str, WindowOut]],
+    at: datetime,
+) -> list[Estimate]:
+    """The estimates of sends of one number made together (a release round, message/held.py), in order:
+    each (category, recipient, window) as in `estimate_send`. A monthly free tier is counted once for them
+    all: each send then counts the ones before it as sent."""
+    start, end = month_bounds(at)
+    sent_before: dict[Category, int] = {}
+    estimates = []
+    for category, recipient, window in sends:
+        inside_csw, inside_fep = window_flags(window, at)
+        kind = message_category(category)
+        cell = tables.matrix.row(kind, utc_day(at)).cells[place(inside_csw=inside_csw, inside_fep=inside_fep)]
+        sent = 0
+        if cell.kind == "paid_after":
+            if kind not in sent_before:
+                sent_before[kind] = await _sent_this_month(
+                    engine, tiers, phone_number_id, kind, start, end, cell.free_per_month
+                )
+            sent = sent_before[kind]
+            sent_before[kind] = min(sent + 1, cell.free_per_month)
+        estimates.append(
+            estimate(
+                tables,
+                category=category,
+                recipient=recipient,
+                inside_csw=inside_csw,
+                inside_fep=inside_fep,
+                at=at,
+                sent_this_month=sent,
+            )
+        )
+    return estimates
+
+
+async def _sent_this_month(
+    engine: AsyncEngine,
+    tiers: FreeTiers,
+    phone_number_id: str,
+    kind: Category,
+    start: datetime,
+    end: datetime,
+    free: int,
+) -> int:
+    """Sends of this kind this month, counted up to the free tier (`free`); a tier used up is
+    remembered (FreeTiers) and not counted again."""
+    month = (phone_number_id, kind.value, start)
+    if month in tiers.used_up:
+        return free
+    async with engine.connect() as conn:
+        sent = await repository.sent_this_month(conn, phone_number_id, kind.value, start, end, free)
+    if sent >= free:
+        tiers.used_up.add(month)
+    return sent
 
 
 def check_marketing_delivered(tables: Tables, *, recipient: str, at: datetime) -> None:

@@ -196,7 +196,7 @@ async def _release(gate: Gate, replied: list[UUID]) -> None:
     """Wake a release for each wait the customer answered, now. Not in ingest's statement: if this
     fails, the waits are `replied` already and message/jobs.py's chore enqueues them within a second."""
     try:
-        await held.enqueue_releases(gate, replied)
+        await gate.part(held.Waker)(replied)
     except Exception:
         log.warning("releases of %s not enqueued; the chore will", replied, exc_info=True)
 
