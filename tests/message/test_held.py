@@ -7,6 +7,8 @@ engine and waits for it."""
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -24,6 +26,10 @@ from window_gate.app import create_app
 from window_gate.config import Settings, load_settings
 from window_gate.kit import Gate
 from window_gate.message import held
+from window_gate.pricing import rules as pricing_rules
+from window_gate.pricing import service as pricing_service
+from window_gate.pricing.rules import Tables
+from window_gate.pricing.service import FreeTiers, month_bounds
 
 TEMPLATE = {"name": "reopen_conversation", "language": {"code": "en"}}
 HOLD = {"template": TEMPLATE, "hold_seconds": 3600}
@@ -397,3 +403,96 @@ async def test_a_conversation_of_an_unreadable_customer_is_refused_and_nothing_i
         assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM customers"))).scalar() == 0
+
+
+# --- a release round's paid messages: their total reserved at once ------------------------------------
+CUSTOMERS = ["15550100001", "15550100002", "15550100003"]  # +1: market North America
+
+
+async def hold_paid(client: httpx.AsyncClient, meta: Meta, state: Gate) -> tuple[list[str], Decimal]:
+    """A held message for each of CUSTOMERS, released paid (the month's free service tier used up); the
+    price of one. Meta answers each recipient's own wa_id (no alias to learn)."""
+
+    def as_addressed(request: httpx.Request) -> httpx.Response:
+        meta.wa_id = orjson.loads(request.content)["to"]
+        return meta.accept(request)
+
+    meta.reply = as_addressed
+    ids = [
+        (await client.post("/v1/messages", json=held_text() | {"to": to})).json()["id"] for to in CUSTOMERS
+    ]
+    now = datetime.now(UTC)
+    state.part(FreeTiers).used_up.add((PN, "service", month_bounds(now)[0]))
+    one = pricing_rules.estimate(
+        state.part(Tables),
+        category=None,
+        recipient=CUSTOMERS[0],
+        inside_csw=True,
+        inside_fep=False,
+        at=now,
+        sent_this_month=1000,
+    )
+    assert one.billable and one.amount > 0
+    for wa_id in CUSTOMERS:
+        await reply(client, wa_id)
+    return ids, one.amount
+
+
+@pytest.fixture
+def totals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Decimal, bool]]:
+    """Each total a release round asked a budget for, and whether it fitted; one share of the waits,
+    so that one round holds them all."""
+    monkeypatch.setattr(held, "RELEASE_SHARDS", 1)
+    asked: list[tuple[Decimal, bool]] = []
+    fits = pricing_service.fits
+
+    async def counted(conn: Any, **kw: Any) -> bool:
+        asked.append((kw["amount"], fitted := await fits(conn, **kw)))
+        return fitted
+
+    monkeypatch.setattr(pricing_service, "fits", counted)
+    return asked
+
+
+async def spent(client: httpx.AsyncClient) -> Decimal:
+    budgets = (await client.get("/v1/budgets")).json()["budgets"]
+    return Decimal(next(b["spent"] for b in budgets if b["scope"] == "phone_number"))
+
+
+async def test_a_round_s_paid_messages_are_reserved_together(
+    gate: Gated, meta: Meta, app_state: tuple[httpx.AsyncClient, Gate], totals: list[tuple[Decimal, bool]]
+) -> None:
+    client, _ = gate
+    assert (
+        await client.put(f"/v1/budgets/phone_number/{PN}", json={"monthly_limit": "100", "currency": "USD"})
+    ).status_code == 200
+    ids, price = await hold_paid(client, meta, app_state[1])
+    before = await spent(client)
+    await release_all(app_state[1])
+    assert await statuses(client, ids) == ["accepted"] * 3
+    assert await spent(client) - before == 3 * price
+    assert totals == [(3 * price, True)]  # one reservation for the round
+    assert sorted(sent_texts(meta)) == ["hello"] * 3
+
+
+async def test_a_budget_refusing_a_round_s_total_takes_its_messages_one_by_one(
+    gate: Gated, meta: Meta, app_state: tuple[httpx.AsyncClient, Gate], totals: list[tuple[Decimal, bool]]
+) -> None:
+    client, _ = gate
+    assert (
+        await client.put(f"/v1/budgets/phone_number/{PN}", json={"monthly_limit": "100", "currency": "USD"})
+    ).status_code == 200
+    ids, price = await hold_paid(client, meta, app_state[1])
+    before = await spent(client)  # the templates' cost: room left for two of the three held messages
+    limit = before + 2 * price + price / 2
+    budget = {"monthly_limit": str(limit), "currency": "USD"}
+    assert (await client.put(f"/v1/budgets/phone_number/{PN}", json=budget)).status_code == 200
+    await release_all(app_state[1])
+    assert sorted(await statuses(client, ids)) == ["accepted", "accepted", "failed"]
+    failed = next(
+        m for m in [(await client.get(f"/v1/messages/{i}")).json() for i in ids] if m["status"] == "failed"
+    )
+    assert failed["error"]["code"] == "budget_exceeded"
+    assert await spent(client) - before == 2 * price  # the refused total counted nothing
+    assert totals == [(3 * price, False)]
+    assert len(sent_texts(meta)) == 2

@@ -775,3 +775,26 @@ async def test_a_used_up_free_tier_is_not_counted_again_that_month(
         )
         assert est.billable
     assert [c.month for c in counts] == [NOV_2026.month, 12]  # once a month
+
+
+async def test_sends_estimated_together_count_the_free_tier_once_and_each_other(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release round's free-form messages: the month's count read once, each send counting those
+    before it (two left in the tier: the third is paid)."""
+    counts: list[datetime] = []
+
+    async def two_left(_: object, __: str, ___: str, start: datetime, ____: datetime, cap: int) -> int:
+        counts.append(start)
+        return cap - 2
+
+    monkeypatch.setattr(repository, "sent_this_month", two_left)
+    estimates = await service.estimate_sends(
+        engine,
+        tables(apply_unsure=True),
+        service.FreeTiers(),
+        phone_number_id=PN,
+        sends=[(None, BRAZIL, window(WindowState.OPEN))] * 3,
+        at=NOV_2026,
+    )
+    assert [e.billable for e in estimates] == [False, False, True] and len(counts) == 1

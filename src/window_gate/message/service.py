@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -336,32 +337,55 @@ def _claim_of(decision: Decision, id: uuid.UUID) -> repository.Claim:
 async def record_held(
     gate: Gate, phone_number_id: str, released: list[tuple[Caller, Request, Decision, uuid.UUID]]
 ) -> list[Attempt | GateError | None]:
-    """`record` for held messages of one number released together (message/held.py): the free ones in one
-    statement, a paid one with its budget as `record` does. Each its attempt, its refusal (budget), or None
-    when it is no longer held."""
-    free = [(decision, id) for _, _, decision, id in released if not decision.estimate.amount]
-    claimed = (
-        await repository.claim_held(
-            gate.hot, phone_number_id, [_claim_of(d, id) for d, id in free], window_service.now()
-        )
-        if free
-        else {}
-    )
+    """`record` for held messages of one number released together (message/held.py), in one statement
+    for the free ones and one transaction per key for the paid ones (their total reserved at once; a
+    budget that refuses the total takes them one by one, in order, as `record` does). Each its attempt,
+    its refusal (budget), or None when it is no longer held."""
+    if not released:
+        return []
+    at = released[0][2].at
+    keys: dict[str | None, list[tuple[Caller, Request, Decision, uuid.UUID]]] = {}
+    for item in released:  # the free ones under None: no budget to reserve
+        keys.setdefault(item[0].id if item[2].estimate.amount else None, []).append(item)
+    done: dict[uuid.UUID, Attempt | GateError | None] = {}
     sealer = gate.part(Sealer)
-    attempts: list[Attempt | GateError | None] = []
-    for caller, request, decision, id in released:
-        if decision.estimate.amount:
-            try:
-                attempt = await record(gate, caller, request, decision, held=id)
-            except GateError as err:
-                attempts.append(err)
+    for key, items in keys.items():
+        claims = [_claim_of(decision, id) for _, _, decision, id in items]
+        try:
+            if key is None:
+                claimed = await repository.claim_held(gate.hot, phone_number_id, claims, at)
             else:
-                attempts.append(attempt if isinstance(attempt, Attempt) else None)
-        elif (pending := claimed.get(id)) is not None:
-            attempts.append(Attempt(gate, caller, request, decision, id, sealer.open(pending.access_token)))
-        else:
-            attempts.append(None)
-    return attempts
+                async with gate.hot.transaction() as conn:
+                    claimed = await repository.claim_held(conn, phone_number_id, claims, at)
+                    total = sum((d.estimate.amount for _, _, d, id in items if id in claimed), Decimal(0))
+                    currency = items[0][2].estimate.currency
+                    if not await pricing.fits(
+                        conn,
+                        phone_number_id=phone_number_id,
+                        api_key_id=key,
+                        amount=total,
+                        currency=currency,
+                        at=at,
+                    ):
+                        raise _OverBudget
+        except _OverBudget:
+            for caller, request, decision, id in items:
+                try:
+                    attempt = await record(gate, caller, request, decision, held=id)
+                except GateError as err:
+                    done[id] = err
+                else:
+                    done[id] = attempt if isinstance(attempt, Attempt) else None
+            continue
+        for caller, request, decision, id in items:
+            pending = claimed.get(id)
+            token = sealer.open(pending.access_token) if pending else None
+            done[id] = Attempt(gate, caller, request, decision, id, token) if pending else None
+    return [done[id] for _, _, _, id in released]
+
+
+class _OverBudget(Exception):
+    """Held messages' total refused by a budget: their transaction rolls back."""
 
 
 async def first_with_key(gate: Gate, caller: Caller, request: Request) -> Sent | Held:

@@ -270,6 +270,23 @@ async def reserve(
     )
 
 
+async def fits(
+    conn: Rows, *, phone_number_id: str, api_key_id: str, amount: Decimal, currency: str, at: datetime
+) -> bool:
+    """`reserve` for several sends at once (a release round, message/service.py): True when their total
+    is counted; False when a budget refuses it, then the caller's transaction must roll back, and each
+    send may still be reserved alone. A refusal here is not counted as one."""
+    refused = await repository.reserve(
+        conn,
+        phone_number_id=phone_number_id,
+        api_key_id=api_key_id,
+        month=month_of(at),
+        amount=amount,
+        currency=currency,
+    )
+    return refused is None
+
+
 async def release(
     conn: AsyncConnection, *, phone_number_id: str, api_key_id: str, amount: Decimal, at: datetime
 ) -> None:
