@@ -496,3 +496,16 @@ async def test_a_budget_refusing_a_round_s_total_takes_its_messages_one_by_one(
     assert await spent(client) - before == 2 * price  # the refused total counted nothing
     assert totals == [(3 * price, False)]
     assert len(sent_texts(meta)) == 2
+
+
+async def test_a_wait_merged_away_while_its_template_was_out_holds_its_message_in_the_other(
+    gate: Gated, meta: Meta
+) -> None:
+    """Meta answers the second template with the first customer's wa_id: the two are one person, whose
+    wait is the first one's (the second template is spent: Meta said so only in its answer)."""
+    client, _ = gate
+    first = await client.post("/v1/messages", json=held_text("one") | {"to": "15550100001"})
+    second = await client.post("/v1/messages", json=held_text("two") | {"to": "15550100002"})
+    assert (first.status_code, second.status_code) == (202, 202), second.text
+    assert second.json()["continuation"]["id"] == first.json()["continuation"]["id"]
+    assert second.json()["continuation"]["held"] == 2 and templates_sent(meta) == 2

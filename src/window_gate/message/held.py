@@ -136,12 +136,16 @@ async def _hold(
                 )
         raise
     async with gate.engine.begin() as conn:
-        await repository.settle_wait(
+        if await repository.settle_wait(
             conn, started, "awaiting_reply", from_states=("sending",), template_message_id=sent.out.id
-        )
-        wait = repository.Wait(started, "awaiting_reply", sent.out.id, None)
-        metrics.HELD.labels("started").inc()
-        return await _held(conn, gate, caller, request, hold, window, wait, sent.out.pricing_estimate)
+        ):
+            wait = repository.Wait(started, "awaiting_reply", sent.out.id, None)
+            metrics.HELD.labels("started").inc()
+            return await _held(conn, gate, caller, request, hold, window, wait, sent.out.pricing_estimate)
+    # The wait is gone: Meta's answer to the template named an account the gate knew under another
+    # spelling, the two customers merged, and this wait with its customer (the other one's wait stays).
+    # The message joins that wait, as any later one would.
+    return await _hold(gate, caller, request, hold, closed)
 
 
 async def _held(
