@@ -6,7 +6,9 @@ ones join the wait: one template per wait, whichever replica they reach (an advi
 start-or-join; a partial unique index backs it). The customer's next message (webhook ingest's statement
 marks the wait `replied`) wakes its share's release job (one at a time per share): in rounds, the oldest held
 message of every replied wait goes out side by side (first messages first, for everyone), each gated,
-recorded and sent as any send; a wait's next message only after Meta answered the one before. A chore
+recorded and sent as any send (a round's messages of one number together: one statement each for the
+window check, the claim and Meta's answers); a wait's next message only after Meta answered the one
+before. A chore
 (message/jobs.py) expires what waited too long, ends the waits whose template Meta failed, settles waits a
 dead process left `sending`, and re-enqueues releases a crash lost.
 
@@ -223,7 +225,8 @@ async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> N
 # per share queued or running), so that several processes' CPUs release at once (bench/release.py: one
 # process was the limit). A release round: the next held message of up to ROUND replied waits of the
 # share, decided, claimed and answered together (one statement each per number), sent side by side, at
-# most SENDING in flight (a wait's next message waits for the next round: after Meta answered this one).
+# most SENDING of a number in flight (a wait's next message waits for the next round: after Meta answered
+# this one).
 RELEASE_SHARDS = 4
 ROUND = 1000
 SENDING = 64
