@@ -26,6 +26,7 @@ from window_gate.app import create_app
 from window_gate.config import Settings, load_settings
 from window_gate.kit import Gate
 from window_gate.message import held
+from window_gate.message import repository as message_repository
 from window_gate.pricing import rules as pricing_rules
 from window_gate.pricing import service as pricing_service
 from window_gate.pricing.rules import Tables
@@ -409,15 +410,22 @@ async def test_a_conversation_of_an_unreadable_customer_is_refused_and_nothing_i
 CUSTOMERS = ["15550100001", "15550100002", "15550100003"]  # +1: market North America
 
 
-async def hold_paid(client: httpx.AsyncClient, meta: Meta, state: Gate) -> tuple[list[str], Decimal]:
-    """A held message for each of CUSTOMERS, released paid (the month's free service tier used up); the
-    price of one. Meta answers each recipient's own wa_id (no alias to learn)."""
+def answer_as_addressed(meta: Meta) -> None:
+    """Meta answers each recipient's own wa_id: CUSTOMERS stay three people (no alias to learn)."""
 
     def as_addressed(request: httpx.Request) -> httpx.Response:
         meta.wa_id = orjson.loads(request.content)["to"]
         return meta.accept(request)
 
     meta.reply = as_addressed
+
+
+async def hold_paid(client: httpx.AsyncClient, meta: Meta, state: Gate) -> tuple[list[str], Decimal]:
+    """A held message for each of CUSTOMERS, released paid (the month's free service tier used up); the
+    price of one."""
+    answer_as_addressed(meta)
+    budget = {"monthly_limit": "100", "currency": "USD"}  # the number's spend counted from the templates on
+    assert (await client.put(f"/v1/budgets/phone_number/{PN}", json=budget)).status_code == 200
     ids = [
         (await client.post("/v1/messages", json=held_text() | {"to": to})).json()["id"] for to in CUSTOMERS
     ]
@@ -463,9 +471,6 @@ async def test_a_round_s_paid_messages_are_reserved_together(
     gate: Gated, meta: Meta, app_state: tuple[httpx.AsyncClient, Gate], totals: list[tuple[Decimal, bool]]
 ) -> None:
     client, _ = gate
-    assert (
-        await client.put(f"/v1/budgets/phone_number/{PN}", json={"monthly_limit": "100", "currency": "USD"})
-    ).status_code == 200
     ids, price = await hold_paid(client, meta, app_state[1])
     before = await spent(client)
     await release_all(app_state[1])
@@ -479,9 +484,6 @@ async def test_a_budget_refusing_a_round_s_total_takes_its_messages_one_by_one(
     gate: Gated, meta: Meta, app_state: tuple[httpx.AsyncClient, Gate], totals: list[tuple[Decimal, bool]]
 ) -> None:
     client, _ = gate
-    assert (
-        await client.put(f"/v1/budgets/phone_number/{PN}", json={"monthly_limit": "100", "currency": "USD"})
-    ).status_code == 200
     ids, price = await hold_paid(client, meta, app_state[1])
     before = await spent(client)  # the templates' cost: room left for two of the three held messages
     limit = before + 2 * price + price / 2
@@ -509,3 +511,28 @@ async def test_a_wait_merged_away_while_its_template_was_out_holds_its_message_i
     assert (first.status_code, second.status_code) == (202, 202), second.text
     assert second.json()["continuation"]["id"] == first.json()["continuation"]["id"]
     assert second.json()["continuation"]["held"] == 2 and templates_sent(meta) == 2
+
+
+async def test_a_round_whose_answers_cannot_be_written_together_writes_each_alone(
+    gate: Gated, meta: Meta, app_state: tuple[httpx.AsyncClient, Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meta accepted them all; the one round trip for their answers fails: each is written as a single
+    send's would be, and each is `accepted`, none sent twice."""
+    client, _ = gate
+    answer_as_addressed(meta)
+    ids = [
+        (await client.post("/v1/messages", json=held_text() | {"to": to})).json()["id"] for to in CUSTOMERS
+    ]
+    for wa_id in CUSTOMERS:
+        await reply(client, wa_id)
+    tried: list[int] = []
+
+    async def broken(_: object, finals: list[object]) -> None:
+        tried.append(len(finals))
+        raise ConnectionResetError("the database hung up")
+
+    monkeypatch.setattr(message_repository, "finish_all", broken)
+    monkeypatch.setattr(held, "RELEASE_SHARDS", 1)
+    await release_all(app_state[1])
+    assert tried == [3]
+    assert await statuses(client, ids) == ["accepted"] * 3 and len(sent_texts(meta)) == 3

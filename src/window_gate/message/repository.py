@@ -1,6 +1,6 @@
 """Every SQL statement about sent messages and their history."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -167,49 +167,20 @@ async def insert_pending(
     return Pending(row["access_token"]) if row else None
 
 
-async def finish(
-    conn: AsyncConnection | Rows,
-    id: UUID,
-    *,
-    status: MessageStatus,
-    at: datetime,
-    graph_message_id: str | None = None,
-    wa_id: str | None = None,
-    error: object = None,
-    response_status: int,
-    response: object,
-) -> bool:
-    """Meta's synchronous answer (or its absence): the final word of this request. False when it was
-    already written."""
-    params = _finish_params(id, status, at, graph_message_id, wa_id, error, response_status, response)
-    return await FINISH.run(conn, params) is not None
+async def finish(conn: AsyncConnection | Rows, final: Mapping[str, Any]) -> bool:
+    """Meta's synchronous answer (or its absence), the final word of this request: `final` holds its id,
+    status, at, graph_message_id, wa_id, error, response_status and response. False when it was already
+    written."""
+    return await FINISH.run(conn, _final(final)) is not None
 
 
-def _finish_params(
-    id: UUID,
-    status: MessageStatus,
-    at: datetime,
-    graph_message_id: str | None = None,
-    wa_id: str | None = None,
-    error: object = None,
-    response_status: int = 0,
-    response: object = None,
-) -> dict[str, Any]:
-    return {
-        "id": id,
-        "status": status,
-        "graph_message_id": graph_message_id,
-        "wa_id": wa_id,
-        "error": _json(error),
-        "response_status": response_status,
-        "response": _json(response),
-        "at": at,
-    }
-
-
-async def finish_all(hot: HotPool, finished: Sequence[dict[str, Any]]) -> None:
+async def finish_all(hot: HotPool, finals: Sequence[Mapping[str, Any]]) -> None:
     """`finish` for many sends in one round trip, all or none (a release round's answers)."""
-    await hot.executemany(FINISH.sql, [tuple(_finish_params(**f)[n] for n in FINISH.names) for f in finished])
+    await hot.executemany(FINISH.sql, [tuple(_final(f)[n] for n in FINISH.names) for f in finals])
+
+
+def _final(final: Mapping[str, Any]) -> dict[str, Any]:
+    return {**final, "error": _json(final["error"]), "response": _json(final["response"])}
 
 
 async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -> Previous | None:

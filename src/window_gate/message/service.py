@@ -519,7 +519,7 @@ def verdict(exc: GraphFailure) -> tuple[MessageStatus, GateError, object]:
 
 
 async def _write_accepted(attempt: Attempt, outcome: Outcome) -> None:
-    await repository.finish(attempt.gate.hot, **_finished(attempt, outcome))
+    await repository.finish(attempt.gate.hot, _finished(attempt, outcome))
 
 
 def _finished(attempt: Attempt, outcome: Outcome) -> dict[str, Any]:
@@ -529,6 +529,7 @@ def _finished(attempt: Attempt, outcome: Outcome) -> dict[str, Any]:
         "at": outcome.at,
         "graph_message_id": outcome.graph_message_id,
         "wa_id": outcome.wa_id,
+        "error": outcome.error,
         "response_status": outcome.response_status,
         "response": outcome.response,
     }
@@ -539,15 +540,7 @@ async def _write_refused(attempt: Attempt, outcome: Outcome) -> None:
     what Meta's refusal says of the window and the template (Meta's word beats ours)."""
     request, decision = attempt.request, attempt.decision
     async with attempt.gate.engine.begin() as conn:
-        finished = await repository.finish(
-            conn,
-            attempt.id,
-            status=outcome.status,
-            at=outcome.at,
-            error=outcome.error,
-            response_status=outcome.response_status,
-            response=outcome.response,
-        )
+        finished = await repository.finish(conn, _finished(attempt, outcome))
         if not finished:  # an earlier try committed unseen: the rest is done too
             return
         if outcome.status != MessageStatus.UNKNOWN:
