@@ -227,7 +227,7 @@ async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> N
 # share, decided, claimed and answered together (one statement each per number), sent side by side, at
 # most SENDING of a number in flight (a wait's next message waits for the next round: after Meta answered
 # this one).
-RELEASE_SHARDS = 8
+RELEASE_SHARDS = 4
 ROUND = 1000
 SENDING = 64
 
