@@ -138,6 +138,16 @@ async def test_a_connection_the_upstream_closed_is_not_reused(serving: Upstream)
     assert serving.connections == 3
 
 
+async def test_a_connection_idle_past_its_keepalive_is_not_reused(serving: Upstream) -> None:
+    """Closed on our side before the server's idle timeout: a server closing it as it is reused would
+    leave a send's outcome unknown."""
+    async with client_of(GraphTransport(1, keepalive_expiry=0.1), serving) as http:
+        for pause in (0.0, 0.3, 0.0):
+            await asyncio.sleep(pause)
+            assert (await http.post("/v25.0/1/messages", json={})).status_code == 200
+    assert serving.connections == 2
+
+
 async def test_failed_and_dropped_requests_give_their_turn_back(serving: Upstream) -> None:
     async with client_of(GraphTransport(1), serving, pool=0.5) as http:
         async with http.stream("POST", "/v25.0/1/messages", json={}) as response:

@@ -49,10 +49,16 @@ HTTPX_SETS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")  # aioh
 
 
 class GraphTransport(httpx.AsyncBaseTransport):
-    """At most `limit` requests in flight (and as many connections, kept alive `keepalive_expiry` s)."""
+    """At most `limit` requests in flight (and as many connections, kept alive `keepalive_expiry` s).
+
+    aiohttp does not look at an idle socket before reusing it (httpcore polled it), so a connection the
+    server closes for idleness at that very moment would fail a send, its outcome unknown: measured with
+    both sides at 1 s, 1 failure in 40 bursts. Our side closes first, a second before the common 5 s idle
+    timeout of servers (uvicorn's; Meta's is not published, and is longer in practice): 0 in 60 with
+    ours at 0.8 s against 1 s."""
 
     def __init__(
-        self, limit: int, keepalive_expiry: float = 5.0, ssl_context: ssl.SSLContext | None = None
+        self, limit: int, keepalive_expiry: float = 4.0, ssl_context: ssl.SSLContext | None = None
     ) -> None:
         self.limit = limit
         self.turns = asyncio.Semaphore(limit)

@@ -198,7 +198,7 @@ async def _held(
     return Held(out)
 
 
-# --- release: after the customer's reply, one job per wait ---------------------------------------------
+# --- release: after the customer's reply, one job per share of the waits -------------------------------
 
 
 class Waker(Coalescer[list[uuid.UUID], None]):
