@@ -536,3 +536,38 @@ async def test_a_round_whose_answers_cannot_be_written_together_writes_each_alon
     await release_all(app_state[1])
     assert tried == [3]
     assert await statuses(client, ids) == ["accepted"] * 3 and len(sent_texts(meta)) == 3
+
+
+async def test_a_reply_does_not_wait_for_a_round_still_waiting_for_meta(
+    gate: Gated, meta: Meta, app_state: tuple[httpx.AsyncClient, Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's messages claimed, the share takes the waits answered since while Meta has not answered
+    yet; a wait's next message still leaves only after Meta answered the one before."""
+    monkeypatch.setattr(held, "RELEASE_SHARDS", 1)
+    client, state = app_state
+    a, b = CUSTOMERS[:2]
+    answer_as_addressed(meta)
+    for body, to in (("a0", a), ("a1", a), ("b0", b)):
+        assert (await client.post("/v1/messages", json=held_text(body) | {"to": to})).status_code == 202
+    await reply(client, a)
+    meta.delay = 0.5  # Meta takes its time with every send
+    sent_before_answer: dict[str, list[str]] = {}
+    addressed = meta.reply
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)["text"]["body"]
+        sent_before_answer[body] = sent_texts(meta)
+        return addressed(request)
+
+    meta.reply = answer
+    release = asyncio.create_task(held.release(state, 0))
+
+    async def a0_out() -> bool:
+        return sent_texts(meta) == ["a0"]
+
+    await until(a0_out, within=5, every=0.01)
+    await reply(client, b)  # while a0 waits for Meta
+    await release
+    assert sent_texts(meta) == ["a0", "b0", "a1"]
+    assert "b0" in sent_before_answer["a0"]  # b0 did not wait for a0's round
+    assert "a1" not in sent_before_answer["a0"]  # a1 waited for Meta's answer to a0

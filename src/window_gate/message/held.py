@@ -230,6 +230,7 @@ async def enqueue(conn: AsyncConnection, continuation_ids: list[uuid.UUID]) -> N
 RELEASE_SHARDS = 4
 ROUND = 1000
 SENDING = 64
+LOOK_SECONDS = 0.05  # while rounds are under way, how often a share looks for waits answered since
 
 
 def shard_of(continuation_id: uuid.UUID) -> int:
@@ -239,30 +240,100 @@ def shard_of(continuation_id: uuid.UUID) -> int:
 async def release(gate: Gate, shard: int) -> None:
     """Every replied wait of this share, in rounds until none is left: each round takes the oldest held
     message of every such wait (first messages first, for everyone) and sends them side by side; a wait
-    with nothing left is `released`. Resumable: a job run again after a crash goes on from the next held
+    with nothing left is `released`. A round's messages claimed, the next round takes the waits answered
+    since while it sends (never a wait with a message in flight: a wait's next message leaves only after
+    Meta answered the one before). Resumable: a job run again after a crash goes on from the next held
     message (the one that was in flight is `pending`, later `unknown`)."""
-    while True:
-        async with gate.engine.begin() as conn:
-            await repository.settle_released(conn)
-            batch = await repository.next_held_of_replied(conn, shard, RELEASE_SHARDS, ROUND)
-        if not batch:
-            return
-        numbers: dict[str, list[repository.Held]] = {}
-        for held in batch:
-            numbers.setdefault(held.phone_number_id, []).append(held)
-        events = [
-            e
-            for one in await asyncio.gather(*map(functools.partial(_round, gate), numbers.values()))
-            for e in one
-        ]
-        metrics.HELD.labels("released").inc(len(events))
-        async with gate.engine.begin() as conn:
-            await emit(conn, events)
+    rounds: dict[asyncio.Task[None], set[uuid.UUID]] = {}  # under way: the waits with a message in flight
+    try:
+        while True:
+            async with gate.engine.begin() as conn:
+                await repository.settle_released(conn)
+                found = await repository.next_held_of_replied(conn, shard, RELEASE_SHARDS, ROUND)
+            out = {wait for waits in rounds.values() for wait in waits}
+            batch = [held for held in found if held.continuation_id not in out]
+            if batch:
+                numbers: dict[str, list[repository.Held]] = {}
+                for held in batch:
+                    numbers.setdefault(held.phone_number_id, []).append(held)
+                claimed = [asyncio.Event() for _ in numbers]
+                task = asyncio.create_task(_rounds(gate, list(numbers.values()), claimed))
+                rounds[task] = {held.continuation_id for held in batch}
+                for event in claimed:
+                    await event.wait()
+            elif rounds:  # a round ends, or a wait is answered meanwhile
+                await asyncio.wait(rounds, timeout=LOOK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                return
+            for task in [task for task in rounds if task.done()]:
+                del rounds[task]
+                task.result()  # a round that failed fails the job (retried: it resumes)
+    finally:
+        await asyncio.gather(*rounds, return_exceptions=True)  # what is in flight is answered and written
 
 
-async def _round(gate: Gate, batch: list[repository.Held]) -> list[Event]:
+async def _rounds(gate: Gate, numbers: list[list[repository.Held]], claimed: list[asyncio.Event]) -> None:
+    events = [
+        e
+        for one in await asyncio.gather(*map(functools.partial(_round, gate), numbers, claimed))
+        for e in one
+    ]
+    metrics.HELD.labels("released").inc(len(events))
+    async with gate.engine.begin() as conn:
+        await emit(conn, events)
+
+
+async def _round(gate: Gate, batch: list[repository.Held], claimed: asyncio.Event) -> list[Event]:
     """A round's held messages of one number: each gated, recorded and sent as any send; their
-    `message.released`, but for those that ended otherwise (expired, refused by the gate: said by `end`)."""
+    `message.released`, but for those that ended otherwise (expired, refused by the gate: said by `end`).
+    `claimed` is set once they are out of their waits (or the round failed before)."""
+    try:
+        leaving = await _claim(gate, batch)
+    finally:
+        claimed.set()
+    if not leaving:
+        return []
+    phone_number_id = batch[0].phone_number_id
+    sending = asyncio.Semaphore(SENDING)
+
+    async def send(attempt: Attempt) -> dict[str, Any] | GraphFailure:
+        async with sending:
+            try:
+                return await gate.graph.send_message(
+                    phone_number_id, service.outbound(attempt), attempt.access_token
+                )
+            except GraphFailure as exc:
+                return exc
+
+    of = {held.id: held for held in batch}
+    answers = await asyncio.gather(*map(send, leaving))
+    answered = [
+        (a, answer)
+        for a, answer in zip(leaving, answers, strict=True)
+        if not isinstance(answer, GraphFailure)
+    ]
+    sent = iter(await service.accepted_all(gate, answered))
+    events = []
+    for attempt, answer in zip(leaving, answers, strict=True):
+        error: dict[str, Any] | None
+        try:
+            if isinstance(answer, GraphFailure):
+                refusal = await service.refused(attempt, answer)
+                status, error, wamid = service.verdict(answer)[0], refusal.problem(), None
+            else:
+                out = next(sent)
+                if isinstance(out, GateError):
+                    raise out
+                status, error, wamid = MessageStatus(out.out.status), None, out.out.graph_message_id
+        except GateError as lost:  # the outcome's write failed: retried in the background, unknown for now
+            status, error, wamid = MessageStatus.UNKNOWN, lost.problem(), None
+        events.append(_released(of[attempt.id], attempt, status, wamid, error))
+    return events
+
+
+async def _claim(gate: Gate, batch: list[repository.Held]) -> list[Attempt]:
+    """Expired ones end; the others are decided and claimed (`pending`); those refused fail with their
+    reason. The attempts to send."""
     now = window_service.now()
     if due := [held.id for held in batch if held.hold_until <= now]:
         async with gate.engine.begin() as conn:
@@ -290,42 +361,7 @@ async def _round(gate: Gate, batch: list[repository.Held]) -> list[Event]:
         async with gate.engine.begin() as conn:
             for id, err in refused:
                 await end(conn, [id], MessageStatus.FAILED, err.problem())
-    sending = asyncio.Semaphore(SENDING)
-
-    async def send(attempt: Attempt) -> dict[str, Any] | GraphFailure:
-        async with sending:
-            try:
-                return await gate.graph.send_message(
-                    phone_number_id, service.outbound(attempt), attempt.access_token
-                )
-            except GraphFailure as exc:
-                return exc
-
-    of = {held.id: held for held in batch}
-    leaving = [a for a in attempts if isinstance(a, Attempt)]  # None: cancelled or expired meanwhile
-    answers = await asyncio.gather(*map(send, leaving))
-    answered = [
-        (a, answer)
-        for a, answer in zip(leaving, answers, strict=True)
-        if not isinstance(answer, GraphFailure)
-    ]
-    sent = iter(await service.accepted_all(gate, answered))
-    events = []
-    for attempt, answer in zip(leaving, answers, strict=True):
-        error: dict[str, Any] | None
-        try:
-            if isinstance(answer, GraphFailure):
-                refusal = await service.refused(attempt, answer)
-                status, error, wamid = service.verdict(answer)[0], refusal.problem(), None
-            else:
-                out = next(sent)
-                if isinstance(out, GateError):
-                    raise out
-                status, error, wamid = MessageStatus(out.out.status), None, out.out.graph_message_id
-        except GateError as lost:  # the outcome's write failed: retried in the background, unknown for now
-            status, error, wamid = MessageStatus.UNKNOWN, lost.problem(), None
-        events.append(_released(of[attempt.id], attempt, status, wamid, error))
-    return events
+    return [a for a in attempts if isinstance(a, Attempt)]  # None: cancelled or expired meanwhile
 
 
 def _request(held: repository.Held) -> Request:
