@@ -9,14 +9,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from window_gate.config import load_settings
 from window_gate.db import database_url
 from window_gate.models import Base
+from window_gate.partitions import is_partition
 
 MIGRATION_LOCK = 0x77_67_6D_69  # "wgmi": any constant shared by every replica
 JOB_TABLES_PREFIX = "pgqueuer"
 
 
 def include_name(name: str | None, type_: str, _: object) -> bool:
-    """pgqueuer's tables (migration 0006) have no models: its own code is their source, not models.py."""
-    return not (type_ == "table" and (name or "").startswith(JOB_TABLES_PREFIX))
+    """pgqueuer's tables (migration 0006) have no models: its own code is their source, not models.py; nor
+    have the partitions of a partitioned table (partitions.py makes them)."""
+    table = (type_ == "table" and name) or ""
+    return not (table.startswith(JOB_TABLES_PREFIX) or is_partition(table))
 
 
 def run(connection: Connection) -> None:

@@ -42,7 +42,7 @@ def _fernet(stored: int, doing: str) -> MultiFernet:
 
 def _tokens(column: str) -> list[tuple[str, str]]:
     rows = op.get_bind().execute(
-        sa.text(f"SELECT phone_number_id, {column} FROM phone_numbers WHERE {column} IS NOT NULL")  # noqa: S608
+        sa.text(f"SELECT phone_number_id, {column} FROM phone_numbers WHERE {column} IS NOT NULL")
     )
     return [(r[0], r[1]) for r in rows]
 

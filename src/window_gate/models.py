@@ -111,12 +111,14 @@ class InboundMessage(Base):
 
 
 class WebhookDelivery(Base):
-    """Every signed POST Meta made, byte for byte: there is no API to fetch past webhooks."""
+    """Every signed POST Meta made, byte for byte: there is no API to fetch past webhooks. Partitioned by
+    month (partitions.py): the key holds the partition's column, as PostgreSQL requires."""
 
     __tablename__ = "webhook_deliveries"
+    __table_args__ = ({"postgresql_partition_by": "RANGE (received_at)"},)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
+    received_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), primary_key=True)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -421,15 +423,16 @@ class RelayDelivery(Base):
 
 
 class RelayAttempt(Base):
-    """Each attempt at a relay delivery, as the subscriber answered it."""
+    """Each attempt at a relay delivery, as the subscriber answered it. Partitioned by month
+    (partitions.py), without a foreign key: attempts go with their month, not with their delivery (a
+    purged delivery's stay until their partition passes retention, read by nothing)."""
 
     __tablename__ = "relay_attempts"
+    __table_args__ = ({"postgresql_partition_by": "RANGE (at)"},)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    delivery_id: Mapped[int] = mapped_column(
-        ForeignKey("relay_deliveries.id", ondelete="CASCADE"), index=True
-    )
-    at: Mapped[datetime] = mapped_column(TZ)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    at: Mapped[datetime] = mapped_column(TZ, primary_key=True)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer)

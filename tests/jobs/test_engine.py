@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import empty
 from tests.jobs import until
-from window_gate import db, jobs
+from window_gate import db, jobs, partitions
 from window_gate.app import create_app
 from window_gate.config import Settings
 from window_gate.jobs import engine as job_engine
@@ -203,23 +203,27 @@ async def expire_through_the_app(state: Gate) -> None:
     assert await status(fresh) == "pending"  # not yet surely past Meta's answer
 
 
-async def test_the_purge_deletes_only_what_is_past_retention(settings: Settings, engine: AsyncEngine) -> None:
+async def test_the_purge_rolls_the_partitions_of_raw_deliveries(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """Whole months go (tests/test_partitions.py): a row 31 days old shares a partition younger than
+    retention and stays; one whose month had no partition (DEFAULT caught it) is moved into a new one."""
+    far = partitions.month_start(datetime.now(UTC), 9)
     async with engine.begin() as conn:
-        for age in (timedelta(days=31), timedelta(days=29), timedelta(hours=1)):
+        for at in ("now() - interval '31 days'", "now() - interval '1 hour'", ":far"):
             await conn.execute(
-                text(
-                    "INSERT INTO webhook_deliveries (body, received_at) VALUES ('{}', now() - CAST(:age AS interval))"
-                ),
-                {"age": age},
+                text(f"INSERT INTO webhook_deliveries (body, received_at) VALUES ('{{}}', {at})"),
+                {"far": far},
             )
     await purge(jobs.Context(settings, engine))  # the `webhook.purge` schedule's handler, hourly
     async with engine.connect() as conn:
-        left = (
-            await conn.execute(
-                text("SELECT count(*) FROM webhook_deliveries WHERE received_at > now() - interval '30 days'")
-            )
-        ).scalar_one()
-        total = (await conn.execute(text("SELECT count(*) FROM webhook_deliveries"))).scalar_one()
+        where = list(
+            (
+                await conn.execute(
+                    text("SELECT tableoid::regclass::text FROM webhook_deliveries ORDER BY received_at")
+                )
+            ).scalars()
+        )
         await conn.execute(text("DELETE FROM webhook_deliveries"))
         await conn.commit()
-    assert (left, total) == (2, 2)
+    assert len(where) == 3 and where[-1] == partitions.partition_name("webhook_deliveries", far)

@@ -1,8 +1,9 @@
 """The subscription feature's background work."""
 
+from datetime import timedelta
 from uuid import UUID
 
-from window_gate import jobs
+from window_gate import jobs, partitions
 from window_gate.subscription import repository, service
 
 registry = jobs.Registry()
@@ -30,7 +31,10 @@ async def drain(ctx: jobs.Context, payload: jobs.Payload) -> None:
 
 @registry.every("relay.purge", "23 * * * *")
 async def purge(ctx: jobs.Context) -> None:
-    """Deliveries sent or dead past WEBHOOK_RETENTION_DAYS, hourly."""
+    """Hourly: deliveries sent or dead past WEBHOOK_RETENTION_DAYS; attempts by the month, as webhook.purge
+    does raw deliveries."""
+    async with ctx.engine.begin() as conn:
+        await partitions.roll(conn, "relay_attempts", timedelta(days=ctx.settings.webhook_retention_days))
     async with ctx.engine.begin() as conn:
         await repository.purge(conn, ctx.settings.webhook_retention_days)
 

@@ -243,10 +243,9 @@ async def mark_unapplied(conn: AsyncConnection, delivery_id: int, error: str) ->
 
 
 async def purge(conn: AsyncConnection, days: int) -> None:
-    """Forget deliveries past retention. Inbound ids go too: Meta redelivers for 7 days at most; and the
-    business's echoes, kept as long as the deliveries they came in."""
+    """Forget inbound ids past retention (Meta redelivers for 7 days at most), and the business's echoes,
+    kept as long as the deliveries they came in (which go by the month: partitions.py)."""
     cutoff = func.now() - timedelta(days=days)
-    await conn.execute(delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff))
     await conn.execute(delete(InboundMessage).where(InboundMessage.received_at < cutoff))
     await conn.execute(delete(MessageEcho).where(MessageEcho.received_at < cutoff))
 

@@ -1,0 +1,175 @@
+"""History tables partitioned by month (partitions.py, migration 0017), on a database of their own: rows
+land in their month's partition, a month without one in DEFAULT until a roll moves them, retention drops
+whole partitions and keeps every row younger than it, and the migration keeps the rows it found."""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tests.conftest import scratch_database
+from window_gate import db, partitions
+from window_gate.partitions import month_start, partition_name
+
+NOW = datetime.now(UTC)
+KEEP = timedelta(days=30)
+
+
+@pytest.fixture
+def scratch_url(database_url: str) -> Iterator[str]:
+    with scratch_database(database_url, "window_gate_partitions") as url:
+        yield url
+
+
+@pytest.fixture
+async def engine(scratch_url: str) -> AsyncIterator[AsyncEngine]:
+    await asyncio.to_thread(db.upgrade, scratch_url)
+    engine = create_async_engine(scratch_url)
+    yield engine
+    await engine.dispose()
+
+
+async def deliver(engine: AsyncEngine, *times: datetime) -> None:
+    async with engine.begin() as conn:
+        for at in times:
+            await conn.execute(
+                text("INSERT INTO webhook_deliveries (received_at, body) VALUES (:at, '\\x7b7d')"), {"at": at}
+            )
+
+
+async def where(engine: AsyncEngine) -> list[tuple[str, datetime]]:
+    """Each row's partition and time, oldest first."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT tableoid::regclass::text, received_at FROM webhook_deliveries ORDER BY received_at")
+        )
+        return [(name, at) for name, at in rows]
+
+
+async def test_a_row_lands_in_its_month_or_in_default_until_a_roll_makes_its_month(
+    engine: AsyncEngine,
+) -> None:
+    later = month_start(NOW, 2) + timedelta(days=3)  # made by the migration
+    far = month_start(NOW, 7) + timedelta(days=3)  # not made yet
+    await deliver(engine, NOW, later, far)
+    assert [name for name, _ in await where(engine)] == [
+        "webhook_deliveries_before",  # this month: the table as it was, up to the month after its newest row
+        partition_name("webhook_deliveries", month_start(later)),
+        "webhook_deliveries_default",
+    ]
+
+    async with engine.begin() as conn:
+        rolled = await partitions.roll(conn, "webhook_deliveries", KEEP)
+    assert rolled.made == [partition_name("webhook_deliveries", month_start(far))] and rolled.moved == 1
+    assert rolled.dropped == []
+    assert (await where(engine))[-1] == (partition_name("webhook_deliveries", month_start(far)), far)
+
+    async with engine.begin() as conn:  # nothing left to do
+        again = await partitions.roll(conn, "webhook_deliveries", KEEP)
+    assert (again.made, again.dropped, again.moved) == ([], [], 0)
+
+
+async def test_months_ahead_are_made_as_time_passes(engine: AsyncEngine) -> None:
+    future = month_start(NOW, 5) + timedelta(days=10)
+    async with engine.begin() as conn:
+        rolled = await partitions.roll(conn, "relay_attempts", KEEP, now=future)
+    expected = [
+        partition_name("relay_attempts", month_start(future, n)) for n in range(partitions.MONTHS_AHEAD + 1)
+    ]
+    assert rolled.made[-len(expected) :] == expected
+    async with engine.begin() as conn:  # an attempt of that month lands in its own partition
+        await conn.execute(
+            text("INSERT INTO relay_attempts (delivery_id, at, duration_ms) VALUES (1, :at, 5)"),
+            {"at": future},
+        )
+        assert await conn.scalar(text("SELECT tableoid::regclass::text FROM relay_attempts")) == expected[0]
+
+
+async def test_retention_drops_whole_partitions_and_keeps_every_row_younger_than_it(
+    engine: AsyncEngine,
+) -> None:
+    times = [NOW + timedelta(days=d) for d in range(0, 150, 9)]
+    await deliver(engine, *times)
+    async with engine.begin() as conn:
+        await partitions.roll(conn, "webhook_deliveries", KEEP)  # the months those rows need
+    later = NOW + timedelta(days=120)
+    async with engine.begin() as conn:
+        rolled = await partitions.roll(conn, "webhook_deliveries", KEEP, now=later)
+
+    cutoff = later - KEEP
+    kept = [at for _, at in await where(engine)]
+    assert [at for at in times if at >= cutoff] == [at for at in kept if at >= cutoff]  # all younger: kept
+    assert all(at >= month_start(cutoff) for at in kept)  # older: only those sharing cutoff's month
+    assert len(kept) < len(times)
+    assert "webhook_deliveries_before" in rolled.dropped
+    assert partition_name("webhook_deliveries", month_start(cutoff)) not in rolled.dropped
+
+
+async def test_a_roll_gives_way_to_writers_rather_than_hold_up_ingest(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropping a partition takes the whole table: behind a writer's open transaction, the roll stops after
+    its lock timeout (and runs again the next hour) instead of queueing every later writer behind it."""
+    monkeypatch.setattr(partitions, "LOCK_TIMEOUT", "200ms")
+    await deliver(engine, NOW)
+    async with engine.connect() as writer:
+        await writer.execute(text("INSERT INTO webhook_deliveries (body) VALUES ('\\x7b7d')"))  # left open
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            async with engine.begin() as conn:
+                await partitions.roll(conn, "webhook_deliveries", KEEP, now=NOW + timedelta(days=120))
+        await writer.rollback()
+    assert len(await where(engine)) == 1
+
+
+def test_the_migration_keeps_the_rows_and_ids_it_found_both_ways(scratch_url: str) -> None:
+    config = db.alembic_config(scratch_url)
+    command.upgrade(config, "0016")
+
+    async def run(*statements: str) -> list[list[tuple[Any, ...]]]:
+        engine = create_async_engine(scratch_url)
+        try:
+            async with engine.begin() as conn:
+                return [[tuple(r) for r in await conn.execute(text(s))] for s in statements]
+        finally:
+            await engine.dispose()
+
+    inserted = asyncio.run(
+        run(
+            "INSERT INTO webhook_deliveries (body, received_at) "
+            "SELECT '\\x7b7d', now() - make_interval(days => d) FROM generate_series(1, 40) d RETURNING id",
+            "INSERT INTO relay_deliveries (subscription_id, event_id, event_type, body) "
+            "VALUES (gen_random_uuid(), gen_random_uuid(), 'window.opened', '\\x7b7d') RETURNING id",
+        )
+    )
+    delivery = inserted[1][0][0]
+    asyncio.run(
+        run(
+            f"INSERT INTO relay_attempts (delivery_id, at, duration_ms) VALUES ({delivery}, now(), 3) RETURNING id"
+        )
+    )
+    command.upgrade(config, "head")
+    after, newer, attempts = asyncio.run(
+        run(
+            "SELECT tableoid::regclass::text, count(*), max(id) FROM webhook_deliveries GROUP BY 1",
+            "INSERT INTO webhook_deliveries (body) VALUES ('\\x7b7d') RETURNING id",
+            "SELECT tableoid::regclass::text, delivery_id FROM relay_attempts",
+        )
+    )
+    assert after == [("webhook_deliveries_before", 40, 40)]
+    assert newer == [(41,)]  # the identity goes on where the table's was
+    assert attempts == [("relay_attempts_before", delivery)]
+
+    command.downgrade(config, "0016")
+    plain, next_id = asyncio.run(
+        run(
+            "SELECT tableoid::regclass::text, count(*) FROM webhook_deliveries GROUP BY 1",
+            "INSERT INTO webhook_deliveries (body) VALUES ('\\x7b7d') RETURNING id",
+        )
+    )
+    assert plain == [("webhook_deliveries", 41)] and next_id == [(42,)]
