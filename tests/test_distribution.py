@@ -46,8 +46,6 @@ NOT_DISTRIBUTED = {
 # Keys and foreign keys of distributed tables that do not lead with phone_number_id yet (docs/scaling.md,
 # "Keys to change first"): Meta's and our own global ids, and two tables without the column at all.
 NOT_YET = {
-    ("inbound_messages", "primary key", ("message_id",)),
-    ("message_echoes", "primary key", ("message_id",)),
     ("messages", "primary key", ("id",)),
     ("messages", "unique", ("api_key_id", "idempotency_key")),
     ("messages", "unique", ("graph_message_id",)),

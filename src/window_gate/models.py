@@ -102,8 +102,8 @@ class InboundMessage(Base):
 
     __tablename__ = "inbound_messages"
 
+    phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)  # keys lead with it: docs/scaling.md
     message_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    phone_number_id: Mapped[str] = mapped_column(Text)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
     type: Mapped[str] = mapped_column(Text)
     sent_at: Mapped[datetime] = mapped_column(TZ)
@@ -180,8 +180,8 @@ class MessageEcho(Base):
 
     __tablename__ = "message_echoes"
 
+    phone_number_id: Mapped[str] = mapped_column(Text, primary_key=True)
     message_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    phone_number_id: Mapped[str] = mapped_column(Text)
     recipient: Mapped[str | None] = mapped_column(Text)  # Meta's `to`: the customer as the business typed it
     recipient_user_id: Mapped[str | None] = mapped_column(Text)  # `to_user_id` (BSUID), when Meta gives it
     type: Mapped[str] = mapped_column(Text)

@@ -118,7 +118,7 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
 ), fresh AS (
   INSERT INTO inbound_messages (message_id, phone_number_id, customer_id, type, sent_at)
   SELECT message_id, phone_number_id, customer_id, type, sent_at FROM m ORDER BY message_id
-  ON CONFLICT (message_id) DO NOTHING
+  ON CONFLICT (phone_number_id, message_id) DO NOTHING
   RETURNING message_id
 ), replied AS (  -- continue the conversation (message/held.py): the customer's reply releases the wait
   UPDATE continuations c SET state = 'replied', updated_at = now()
