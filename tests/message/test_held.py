@@ -392,6 +392,39 @@ async def test_a_wait_s_share_is_the_same_in_python_and_in_sql(engine: Any) -> N
         assert {row[0]: row[1] for row in rows} == {i: held.shard_of(i) for i in ids}
 
 
+async def test_a_share_settles_its_own_waits_only(engine: Any) -> None:
+    """The shares' jobs run side by side: one settling another's waits would wait on its rows."""
+    await make_key(engine)
+    async with engine.begin() as conn:
+        key_id = await conn.scalar(text("SELECT id FROM api_keys"))
+        customer = await conn.scalar(
+            text("INSERT INTO customers (wa_id) VALUES ('15550001111') RETURNING id")
+        )
+        wait = uuid.uuid4()
+        await conn.execute(
+            text(
+                "INSERT INTO continuations (id, phone_number_id, customer_id, api_key_id, state) "
+                "VALUES (:id, :pn, :c, :k, 'replied')"
+            ),
+            {"id": wait, "pn": PN, "c": customer, "k": key_id},
+        )
+    own = held.shard_of(wait)
+
+    async def state() -> str:
+        async with engine.connect() as conn:
+            return str(
+                await conn.scalar(text("SELECT state FROM continuations WHERE id = :id"), {"id": wait})
+            )
+
+    async with engine.begin() as conn:
+        for other in set(range(held.RELEASE_SHARDS)) - {own}:
+            await message_repository.settle_released(conn, other, held.RELEASE_SHARDS)
+    assert await state() == "replied"
+    async with engine.begin() as conn:
+        await message_repository.settle_released(conn, own, held.RELEASE_SHARDS)
+    assert await state() == "released"
+
+
 async def test_a_conversation_of_an_unreadable_customer_is_refused_and_nothing_is_written(
     gate: Gated,
 ) -> None:

@@ -248,7 +248,7 @@ async def release(gate: Gate, shard: int) -> None:
     try:
         while True:
             async with gate.engine.begin() as conn:
-                await repository.settle_released(conn)
+                await repository.settle_released(conn, shard, RELEASE_SHARDS)
                 found = await repository.next_held_of_replied(conn, shard, RELEASE_SHARDS, ROUND)
             out = {wait for waits in rounds.values() for wait in waits}
             batch = [held for held in found if held.continuation_id not in out]

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Float,
     Row,
     Text,
@@ -395,9 +396,14 @@ class Held:
     key_numbers: list[str] | None
 
 
+def _in_share(shard: int, shards: int) -> ColumnElement[bool]:
+    """A wait's share: the last byte of its id, modulo `shards` (a divisor of 256)."""
+    return func.get_byte(func.uuid_send(Continuation.id), 15) % shards == shard
+
+
 async def next_held_of_replied(conn: AsyncConnection, shard: int, shards: int, limit: int) -> list[Held]:
     """The oldest held message (the order they were accepted in) of up to `limit` replied waits of one
-    share (the last byte of their id, modulo `shards`: a divisor of 256)."""
+    share (`_in_share`)."""
     query = (
         select(
             Message.id,
@@ -419,7 +425,7 @@ async def next_held_of_replied(conn: AsyncConnection, shard: int, shards: int, l
         .join(ApiKey, ApiKey.id == Message.api_key_id)
         .where(
             Continuation.state == "replied",
-            func.get_byte(func.uuid_send(Continuation.id), 15) % shards == shard,
+            _in_share(shard, shards),
         )
         .order_by(HeldMessage.continuation_id, HeldMessage.position)
         .limit(limit)
@@ -427,12 +433,14 @@ async def next_held_of_replied(conn: AsyncConnection, shard: int, shards: int, l
     return [Held(*row) for row in await conn.execute(query)]
 
 
-async def settle_released(conn: AsyncConnection) -> None:
-    """Replied waits with nothing left held: `released`."""
+async def settle_released(conn: AsyncConnection, shard: int, shards: int) -> None:
+    """Replied waits of one share with nothing left held: `released` (a share's job settles its own only:
+    the shares' jobs run side by side and would otherwise wait on each other's rows)."""
     await conn.execute(
         update(Continuation)
         .where(
             Continuation.state == "replied",
+            _in_share(shard, shards),
             ~exists().where(HeldMessage.continuation_id == Continuation.id),
         )
         .values(state="released", updated_at=func.now())
