@@ -92,6 +92,8 @@ async def test_closed_window_sends_one_template_and_holds_the_message(
     assert out["status"] == "held"
     wait = out["continuation"]
     assert wait["state"] == "awaiting_reply" and wait["held"] == 1
+    made = [uuid.UUID(i) for i in (wait["id"], wait["template_message_id"], out["id"])]
+    assert [i.version for i in made] == [7, 7, 7] and made == sorted(made)  # the wait, its template, the held
     assert out["pricing_estimate"] is not None and out["pricing_estimate"]["category"] == "marketing"
     assert [r["template"]["name"] for r in meta.requests] == ["reopen_conversation"]
     assert "if_window_closed" not in meta.requests[0]

@@ -2,6 +2,8 @@
 
 import asyncio
 import time
+import uuid
+from datetime import datetime
 
 import httpx
 from sqlalchemy import text
@@ -24,6 +26,19 @@ async def test_free_form_passes_inside_window_and_is_recorded(gate: Gated, meta:
     assert "phone_number_id" not in meta.requests[0]
     record = (await client.get(f"/v1/messages/{sent['id']}")).json()
     assert [e["status"] for e in record["history"]] == ["pending", "accepted"]
+
+
+async def test_message_ids_are_uuidv7_in_the_order_made(gate: Gated, meta: Meta) -> None:
+    """Time-ordered ids (message/service.py: new_id): version 7, each after the one before, the time they
+    carry the record's created_at (to the clock's skew between Python and PostgreSQL, both this machine's)."""
+    client, _ = gate
+    await open_window(client)
+    sent = [await client.post("/v1/messages", json=text_message()) for _ in range(5)]
+    ids = [uuid.UUID(r.json()["id"]) for r in sent]
+    assert [i.version for i in ids] == [7] * 5 and ids == sorted(ids) and len(set(ids)) == 5
+    for made in ids:
+        created = datetime.fromisoformat((await client.get(f"/v1/messages/{made}")).json()["created_at"])
+        assert abs(created.timestamp() * 1000 - (made.int >> 80)) < 1000
 
 
 async def test_a_number_with_its_own_token_sends_with_it(gate: Gated, meta: Meta) -> None:

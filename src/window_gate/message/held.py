@@ -99,7 +99,7 @@ async def _hold(
                     hold,
                 )
             if wait is None:
-                started = uuid.uuid4()
+                started = service.new_id()
                 await repository.start_wait(conn, started, request.phone_number_id, customer_id, caller.id)
                 break
         seen = wait.id
@@ -162,7 +162,7 @@ async def _held(
 ) -> Sent | Held:
     """Hold the message in `wait` (the caller's transaction); its 202."""
     now = window_service.now()
-    message_id = uuid.uuid4()
+    message_id = service.new_id()
     hold_until = now + timedelta(seconds=hold.hold_seconds)
     waiting = len(await repository.held_ids(conn, wait.id)) + 1  # under the pair's lock: exact
     out = HeldOut(

@@ -13,9 +13,9 @@ from window_gate.window.schemas import EXAMPLE_PN, EXAMPLE_WINDOW, WindowOut
 
 HOLD_SECONDS_DEFAULT = 604_800  # 7 days
 HOLD_SECONDS_MAX = 2_592_000  # 30 days
-EXAMPLE_ID = "5b2e8f0c-3d1a-4c6b-9e7f-2a4d6c8e0b13"
+EXAMPLE_ID = "01a23616-e638-73d1-8c6b-9e7f2a4d6c8e"  # a UUIDv7: made at its created_at below
 EXAMPLE_WAMID = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABEYEjQ4QzVGQkQ3RjU5RjNBRDZGOAA="
-EXAMPLE_CONTINUATION = "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f"
+EXAMPLE_CONTINUATION = "01a23616-ddf0-75b6-8c7d-8e9f0a1b2c3d"
 EXAMPLE_RECIPIENT: JsonDict = {"input": "+55 11 98765-4321", "wa_id": "5511987654321"}
 
 
@@ -209,7 +209,7 @@ class HeldOut(BaseModel):
                 "continuation": {
                     "id": EXAMPLE_CONTINUATION,
                     "state": "awaiting_reply",
-                    "template_message_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "template_message_id": "01a23616-dfb2-7a3b-8c2d-1e0f9a8b7c6d",
                     "held": 1,
                     "hold_until": "2026-12-03T09:30:00Z",
                     "reason": None,
@@ -251,7 +251,7 @@ class ConversationOut(BaseModel):
                 "continuation": {
                     "id": EXAMPLE_CONTINUATION,
                     "state": "awaiting_reply",
-                    "template_message_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "template_message_id": "01a23616-dfb2-7a3b-8c2d-1e0f9a8b7c6d",
                     "held": 1,
                     "reason": None,
                 },

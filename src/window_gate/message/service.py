@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import uuid_utils.compat as uuid_utils
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from window_gate import metrics
@@ -268,6 +269,15 @@ async def decide_free_form(
     return [Decision(w, None, next(estimates), now) if w.can_send_free_form else closed(w) for w in found]
 
 
+def new_id() -> uuid.UUID:
+    """A message's (or continuation's) id: a UUIDv7, its first 48 bits the time in milliseconds, so ids
+    are made in order and land at the right-hand edge of the primary key's B-tree (a UUIDv4's random
+    place grows it page by page, over the whole index: bench.ids), and a month's ids are one range of
+    values (docs/scaling.md, partitions). Its last byte stays random: it picks the release share
+    (held.shard_of). `compat`: a plain uuid.UUID, which asyncpg and orjson write as they are."""
+    return uuid_utils.uuid7()
+
+
 async def record(
     gate: Gate, caller: Caller, request: Request, decision: Decision, held: uuid.UUID | None = None
 ) -> Attempt | Sent | Held | None:
@@ -277,7 +287,7 @@ async def record(
 
     A free send is one statement on the hot pool (autocommit); a paid one reserves its budget in the same
     transaction there, so a budget refusal leaves nothing recorded and nothing sent."""
-    message_id = held or uuid.uuid4()
+    message_id = held or new_id()
     estimate = decision.estimate
     write = _claim if held else _insert
     if not estimate.amount:
