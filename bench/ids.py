@@ -24,10 +24,10 @@ import asyncpg
 import uuid_utils.compat as uuid_utils
 from alembic import command
 
+from bench.partitions import ADMIN, admin
 from window_gate import db
 from window_gate.message.repository import INSERT_PENDING
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # A UUIDv7 in SQL: the time in milliseconds over the first 6 bytes of a random UUID (version nibble left
 # at 4: only the order matters here).
 V7 = (
@@ -50,14 +50,6 @@ KINDS: dict[str, tuple[str, Callable[[], uuid.UUID]]] = {
     "UUIDv4 (before)": ("gen_random_uuid()", uuid.uuid4),
     "UUIDv7 (now)": (V7, uuid_utils.uuid7),
 }
-
-
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def grow(url: str, id_sql: str, rows: int) -> uuid.UUID:
