@@ -9,7 +9,8 @@ other. Then, after a CHECKPOINT (full-page writes start afresh for both), `--sen
 through the send path's own statement (message/repository.py: INSERT_PENDING, the message and its first
 event) over `--connections` connections, ids of the database's kind. Measured: sends recorded per second,
 the statement's latency percentiles, the WAL written per send (the cluster's; nothing else should run),
-the size of the two indexes the ids land in (pk_messages, ix_message_events_message_id). Prints a markdown table; drops the databases.
+the size of the two indexes the ids land in (pk_messages, ix_message_events_message_id). Prints a
+markdown table; drops the databases.
 """
 
 import argparse

@@ -138,6 +138,8 @@ async def test_sends_refusals_meta_errors_and_webhooks_are_counted(gate: Gated, 
     assert "other" in values
     for unbounded in (WA, PN, "wamid.", "something new", "424242"):
         assert not any(unbounded in v for v in values), unbounded
+    for words in ("wamid.", "something new"):  # and nowhere else: HELP texts, names
+        assert words not in after
 
 
 async def test_a_kind_or_outcome_meta_invents_is_counted_as_other(gate: Gated) -> None:
