@@ -9,8 +9,8 @@ other. Then, after a CHECKPOINT (full-page writes start afresh for both), `--sen
 through the send path's own statement (message/repository.py: INSERT_PENDING, the message and its first
 event) over `--connections` connections, ids of the database's kind. Measured: sends recorded per second,
 the statement's latency percentiles, the WAL written per send (the cluster's; nothing else should run),
-the size of the two indexes the ids land in (pk_messages, ix_message_events_message_id). Prints a
-markdown table; drops the databases.
+the size of the two indexes the ids land in (pk_messages, and uq_message_events_message_id: the events by
+message id), over every partition. Prints a markdown table; drops the databases.
 """
 
 import argparse
@@ -112,9 +112,10 @@ async def record(
         elapsed = time.perf_counter() - start
         async with pool.acquire() as conn:
             wal = await conn.fetchval("SELECT pg_current_wal_lsn()") - lsn  # asyncpg: an LSN as an int
-            sizes = await conn.fetchrow(
-                "SELECT pg_relation_size('pk_messages') AS pkey, "
-                "pg_relation_size('ix_message_events_message_id') AS events"
+            sizes = await conn.fetchrow(  # over every partition (migration 0019)
+                "SELECT (SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('pk_messages')) AS pkey, "
+                "(SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('uq_message_events_message_id')) "
+                "AS events"
             )
     finally:
         await pool.close()

@@ -5,6 +5,7 @@ whole partitions and keeps every row younger than it, and the migration keeps th
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.conftest import scratch_database
 from window_gate import db, partitions
+from window_gate.message.repository import forget_keys
 from window_gate.partitions import month_start, partition_name
 
 NOW = datetime.now(UTC)
@@ -127,49 +129,129 @@ async def test_a_roll_gives_way_to_writers_rather_than_hold_up_ingest(
     assert len(await where(engine)) == 1
 
 
-def test_the_migration_keeps_the_rows_and_ids_it_found_both_ways(scratch_url: str) -> None:
-    config = db.alembic_config(scratch_url)
-    command.upgrade(config, "0016")
+def sql(url: str, *statements: str) -> list[list[tuple[Any, ...]]]:
+    """Each statement's rows, all in one transaction."""
 
-    async def run(*statements: str) -> list[list[tuple[Any, ...]]]:
-        engine = create_async_engine(scratch_url)
+    async def each() -> list[list[tuple[Any, ...]]]:
+        engine = create_async_engine(url)
         try:
             async with engine.begin() as conn:
-                return [[tuple(r) for r in await conn.execute(text(s))] for s in statements]
+                results = [await conn.execute(text(s)) for s in statements]
+                return [[tuple(r) for r in result] if result.returns_rows else [] for result in results]
         finally:
             await engine.dispose()
 
-    inserted = asyncio.run(
-        run(
-            "INSERT INTO webhook_deliveries (body, received_at) "
-            "SELECT '\\x7b7d', now() - make_interval(days => d) FROM generate_series(1, 40) d RETURNING id",
-            "INSERT INTO relay_deliveries (subscription_id, event_id, event_type, body) "
-            "VALUES (gen_random_uuid(), gen_random_uuid(), 'window.opened', '\\x7b7d') RETURNING id",
-        )
+    return asyncio.run(each())
+
+
+def test_the_migration_keeps_the_rows_and_ids_it_found_both_ways(scratch_url: str) -> None:
+    config = db.alembic_config(scratch_url)
+    command.upgrade(config, "0016")
+    run = partial(sql, scratch_url)
+    inserted = run(
+        "INSERT INTO webhook_deliveries (body, received_at) "
+        "SELECT '\\x7b7d', now() - make_interval(days => d) FROM generate_series(1, 40) d RETURNING id",
+        "INSERT INTO relay_deliveries (subscription_id, event_id, event_type, body) "
+        "VALUES (gen_random_uuid(), gen_random_uuid(), 'window.opened', '\\x7b7d') RETURNING id",
     )
     delivery = inserted[1][0][0]
-    asyncio.run(
-        run(
-            f"INSERT INTO relay_attempts (delivery_id, at, duration_ms) VALUES ({delivery}, now(), 3) RETURNING id"
-        )
+    run(
+        f"INSERT INTO relay_attempts (delivery_id, at, duration_ms) VALUES ({delivery}, now(), 3) RETURNING id"
     )
-    command.upgrade(config, "head")
-    after, newer, attempts = asyncio.run(
-        run(
-            "SELECT tableoid::regclass::text, count(*), max(id) FROM webhook_deliveries GROUP BY 1",
-            "INSERT INTO webhook_deliveries (body) VALUES ('\\x7b7d') RETURNING id",
-            "SELECT tableoid::regclass::text, delivery_id FROM relay_attempts",
-        )
+    command.upgrade(config, "0018")
+    after, newer, attempts = run(
+        "SELECT tableoid::regclass::text, count(*), max(id) FROM webhook_deliveries GROUP BY 1",
+        "INSERT INTO webhook_deliveries (body) VALUES ('\\x7b7d') RETURNING id",
+        "SELECT tableoid::regclass::text, delivery_id FROM relay_attempts",
     )
     assert after == [("webhook_deliveries_before", 40, 40)]
     assert newer == [(41,)]  # the identity goes on where the table's was
     assert attempts == [("relay_attempts_before", delivery)]
 
     command.downgrade(config, "0016")
-    plain, next_id = asyncio.run(
-        run(
-            "SELECT tableoid::regclass::text, count(*) FROM webhook_deliveries GROUP BY 1",
-            "INSERT INTO webhook_deliveries (body) VALUES ('\\x7b7d') RETURNING id",
-        )
+    plain, next_id = run(
+        "SELECT tableoid::regclass::text, count(*) FROM webhook_deliveries GROUP BY 1",
+        "INSERT INTO webhook_deliveries (body) VALUES ('\\x7b7d') RETURNING id",
     )
     assert plain == [("webhook_deliveries", 41)] and next_id == [(42,)]
+
+
+SEND = (
+    "INSERT INTO messages (id, api_key_id, idempotency_key, request_hash, phone_number_id, recipient_input, type, "
+    "body, status, graph_message_id, created_at) SELECT {id}, k.id, {key}, 'h', '106540352242922', '15551234567', "
+    "'text', '{{}}', 'read', {wamid}, {at} FROM api_keys k"
+)
+
+
+def test_the_messages_migration_keeps_sends_events_and_keys_both_ways(scratch_url: str) -> None:
+    """0019 attaches the sends and events it finds, moves their Idempotency-Keys to message_keys, and goes
+    on with the events' ids; the downgrade puts every row back, with the uniqueness it enforced."""
+    config = db.alembic_config(scratch_url)
+    command.upgrade(config, "0018")
+    run = partial(sql, scratch_url)
+    run(
+        "INSERT INTO api_keys (name, key_hash, key_prefix, role) VALUES ('k', repeat('a', 64), 'wg_', 'send')",
+        *(
+            SEND.format(
+                id="gen_random_uuid()", key=key, wamid=f"'wamid.{n}'", at=f"now() - interval '{n} days'"
+            )
+            for n, key in enumerate(("'order-1'", "NULL", "'order-2'"))
+        ),
+        "INSERT INTO message_events (message_id, status, at) SELECT id, 'read', created_at FROM messages",
+    )
+    command.upgrade(config, "head")
+    where_sends, keys, event = run(
+        "SELECT tableoid::regclass::text, count(*) FROM messages GROUP BY 1",
+        "SELECT k.idempotency_key, k.created_at = m.created_at FROM message_keys k "
+        "JOIN messages m ON m.id = k.message_id ORDER BY 1",
+        "INSERT INTO message_events (message_id, status, at) VALUES (gen_random_uuid(), 'sent', now()) RETURNING id",
+    )
+    assert where_sends == [("messages_before", 3)]
+    assert keys == [("order-1", True), ("order-2", True)]
+    assert event == [(4,)]  # the identity goes on where the table's was
+    fillfactor = run(
+        "SELECT c.relname, c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'messages'::regclass AND c.relname ~ '_[0-9]{4}_[0-9]{2}$'"
+    )[0]
+    assert len(fillfactor) == 2 and all(options == ["fillfactor=70"] for _, options in fillfactor)
+
+    command.downgrade(config, "0018")
+    back = run(
+        "SELECT tableoid::regclass::text, count(*) FROM messages GROUP BY 1",
+        "SELECT count(*) FROM message_events",
+    )
+    assert back == [[("messages", 3)], [(3,)]]  # the event without a send goes, as the foreign key's cascade
+    with pytest.raises(DBAPIError, match="uq_messages_api_key_id"):
+        run(SEND.format(id="gen_random_uuid()", key="'order-1'", wamid="NULL", at="now()"))
+
+
+async def test_sends_are_kept_forever_unless_a_retention_is_set_and_their_keys_go_with_them(
+    engine: AsyncEngine,
+) -> None:
+    """MESSAGE_RETENTION_DAYS unset: a roll a year on drops nothing. Set: the months wholly past it go,
+    and the Idempotency-Keys of the sends they held (a replay of one is then a new send)."""
+    old, recent = NOW - timedelta(days=1), NOW + timedelta(days=100)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO api_keys (name, key_hash, key_prefix, role) VALUES ('k', repeat('a', 64), 'wg_', 'send')"
+            )
+        )
+        for n, at in enumerate((old, recent)):
+            sent = SEND.format(id="gen_random_uuid()", key=f"'order-{n}'", wamid="NULL", at=":at")
+            await conn.execute(text(f"{sent} RETURNING id"), {"at": at})
+            await conn.execute(
+                text(
+                    "INSERT INTO message_keys SELECT api_key_id, idempotency_key, id, created_at FROM messages "
+                    "WHERE idempotency_key = :key"
+                ),
+                {"key": f"order-{n}"},
+            )
+        rolled = await partitions.roll(conn, "messages", None, now=NOW + timedelta(days=365))
+        assert rolled.dropped == [] and await forget_keys(conn) == 0
+        await partitions.roll(conn, "messages", timedelta(days=62), now=NOW + timedelta(days=150))
+        assert await forget_keys(conn) == 1
+        kept = await conn.execute(
+            text("SELECT k.idempotency_key FROM message_keys k JOIN messages m ON m.id = k.message_id")
+        )
+        assert kept.scalars().all() == ["order-1"]

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     free_entry_point_hours: int = Field(72, ge=1, le=24 * 14)
     max_clock_skew_seconds: int = Field(300, ge=0, le=86_400)
     webhook_retention_days: int = Field(30, ge=1)
+    message_retention_days: int | None = Field(
+        None,
+        ge=62,
+        description="Sends, their status history and their Idempotency-Keys are dropped a month at a time once "
+        "a whole month is older than this; unset → kept forever. At least 62: this month's and last month's "
+        "costs and free-tier counts stay whole",
+    )
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(
         100 * 1024 * 1024,

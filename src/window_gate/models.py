@@ -190,11 +190,15 @@ class MessageEcho(Base):
 
 
 class Message(Base):
-    """One send a caller asked for: recorded before it leaves, then updated with Meta's answers."""
+    """One send a caller asked for: recorded before it leaves, then updated with Meta's answers.
+    Partitioned by month of `created_at` (partitions.py): its keys hold that column, as PostgreSQL requires,
+    so the Idempotency-Key's uniqueness lives in MessageKey and Meta's id is indexed, not unique. Each
+    partition keeps 30 % of its pages free (partitions.STORAGE)."""
 
     __tablename__ = "messages"
     __table_args__ = (
-        UniqueConstraint("api_key_id", "idempotency_key"),
+        # A status webhook without the gate's id (biz_opaque_callback_data): found by Meta's.
+        Index("ix_messages_graph_message_id", "graph_message_id"),
         Index("ix_messages_phone_number_id_created_at", "phone_number_id", "created_at"),  # costs report
         # The month's sends of a category, counted for a free tier (pricing/repository.py: SENT_THIS_MONTH).
         Index(
@@ -207,7 +211,7 @@ class Message(Base):
         # `status`, and pages keep 30 % free: a status webhook's update stays on its page, touching no index
         # (a HOT update; migration 0008, bench/).
         Index("ix_messages_unanswered", "created_at", postgresql_where=text("response IS NULL")),
-        {"postgresql_with": {"fillfactor": 70}},
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True)
@@ -220,7 +224,7 @@ class Message(Base):
     type: Mapped[str] = mapped_column(Text)
     body: Mapped[dict[str, Any]] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(Text)
-    graph_message_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    graph_message_id: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     response_status: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
@@ -235,19 +239,40 @@ class Message(Base):
     inside_fep: Mapped[bool | None]
     # The window as the gate saw it when it let the send pass.
     window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        TZ, server_default=text("now()"), primary_key=True, index=True
+    )
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 
+class MessageKey(Base):
+    """An Idempotency-Key and the send it names (one per API key), kept as long as that send: the unique
+    key `messages` cannot hold once partitioned. `created_at` is the send's, which finds it in one partition."""
+
+    __tablename__ = "message_keys"
+
+    api_key_id: Mapped[UUID] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    message_id: Mapped[UUID]
+    created_at: Mapped[datetime] = mapped_column(TZ)
+
+
 class MessageEvent(Base):
-    """A message's status history: the gate's own steps and Meta's status webhooks."""
+    """A message's status history: the gate's own steps and Meta's status webhooks. Partitioned by month
+    of `at` (partitions.py), without a foreign key: events go with their month."""
 
     __tablename__ = "message_events"
+    __table_args__ = (
+        # Each once: Meta delivers a status again, and two ingest groups may hold copies of one at once
+        # (webhook/repository.py inserts ON CONFLICT DO NOTHING). Also the lookups by message_id.
+        UniqueConstraint("message_id", "status", "at"),
+        {"postgresql_partition_by": "RANGE (at)"},
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    message_id: Mapped[UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[UUID]
     status: Mapped[str] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(TZ)
+    at: Mapped[datetime] = mapped_column(TZ, primary_key=True)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
@@ -499,7 +524,7 @@ class Continuation(Base):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
     api_key_id: Mapped[UUID] = mapped_column(ForeignKey("api_keys.id"))  # whose request sent the template
     state: Mapped[str] = mapped_column(Text)
-    template_message_id: Mapped[UUID | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    template_message_id: Mapped[UUID | None]  # no foreign key: messages is partitioned (0019)
     reason: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # why it failed: the refusal, Meta's error
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
@@ -512,7 +537,7 @@ class HeldMessage(Base):
     __tablename__ = "held_messages"
     __table_args__ = (Index("ix_held_messages_continuation_id_position", "continuation_id", "position"),)
 
-    message_id: Mapped[UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    message_id: Mapped[UUID] = mapped_column(primary_key=True)  # no foreign key: messages is partitioned
     continuation_id: Mapped[UUID] = mapped_column(ForeignKey("continuations.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(BigInteger, Identity())  # the order they were accepted in
     hold_until: Mapped[datetime] = mapped_column(TZ, index=True)

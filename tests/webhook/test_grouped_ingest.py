@@ -216,6 +216,32 @@ async def test_a_status_delivered_again_is_kept_once(gate: Gated, no_slow_path: 
     assert await history(client, sent) == ("read", ["pending", "accepted", "sent", "read"])
 
 
+async def test_a_copy_of_a_status_recorded_by_a_concurrent_statement_is_kept_once(
+    gate: Gated, app_state: tuple[httpx.AsyncClient, Gate]
+) -> None:
+    """Two groups (two lanes, two replicas) may hold copies of one status at once. The second's statement
+    sees only what was committed when it began, so a check for the status already recorded could not see
+    the first's: the history's key (message, status, at) keeps it once (migration 0019)."""
+    client, state = app_state
+    [sent] = await sends(gate, 1)
+    at = now() - 5
+    async with state.engine.connect() as first:  # the first group, not yet committed: it holds the message
+        await first.execute(text("SELECT FROM messages WHERE id = :id FOR UPDATE"), {"id": sent["id"]})
+        await first.execute(
+            text(
+                "INSERT INTO message_events (message_id, status, at) VALUES (:id, 'sent', to_timestamp(:at))"
+            ),
+            {"id": sent["id"], "at": at},
+        )
+        body, headers = signed(delivery(statuses=[status_of(sent, "sent", timestamp=str(at))]))
+        second = asyncio.create_task(client.post(HOOK, content=body, headers=headers))
+        await asyncio.sleep(0.5)
+        assert not second.done()  # waiting for the first
+        await first.commit()
+    assert (await second).status_code == 200
+    assert (await history(client, sent))[1] == ["pending", "accepted", "sent"]
+
+
 async def test_status_deliveries_arriving_together_share_a_statement(
     gate: Gated, app_state: tuple[httpx.AsyncClient, Gate], no_slow_path: list[str]
 ) -> None:

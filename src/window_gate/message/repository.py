@@ -33,6 +33,7 @@ from sqlalchemy.orm import aliased
 from window_gate.db import HotPool, Rows, Statement
 from window_gate.message.status import MessageStatus
 from window_gate.models import (
+    TZ,
     ApiKey,
     Continuation,
     Customer,
@@ -40,22 +41,38 @@ from window_gate.models import (
     HeldMessage,
     Message,
     MessageEvent,
+    MessageKey,
     PhoneNumber,
     Window,
 )
 
+# A lookup by id names the send's month, so that PostgreSQL searches one partition of `messages`
+# (partitions.py) instead of each: `message_made_after(id)` (migration 0019; SQL, so that webhook ingest
+# names it too, row by row) is the time in its UUIDv7 (service.new_id) less a day for clocks; an id from
+# before UUIDv7, no bound. An Idempotency-Key's send: from the key's own created_at, less the same day.
+# Not FINISH: a bound from its parameters makes PostgreSQL plan each run anew (a custom plan prunes, so it
+# looks cheaper than the cached generic one), which costs more than probing each month's index
+# (bench/months.py).
+CLOCK_SLACK = timedelta(days=1)
+
 # The record, its estimate and its first event in one round trip, which also reads the number's own token
-# (encrypted: the service opens it, crypto.Sealer).
+# (encrypted: the service opens it, crypto.Sealer). An Idempotency-Key is claimed first: when it is taken,
+# nothing is written. The key and the send share `created_at` (now(): the transaction's start).
 INSERT_PENDING = Statement(
     """
-WITH m AS (
+WITH k AS (
+  INSERT INTO message_keys (api_key_id, idempotency_key, message_id, created_at)
+  SELECT :api_key_id, :idempotency_key, :id, now() WHERE CAST(:idempotency_key AS text) IS NOT NULL
+  ON CONFLICT DO NOTHING
+  RETURNING message_id
+), m AS (
   INSERT INTO messages (id, api_key_id, idempotency_key, request_hash, phone_number_id, recipient_input, type,
                         body, "window", status, pricing_category, market, billable, estimated_amount, currency,
                         inside_csw, inside_fep)
-  VALUES (:id, :api_key_id, :idempotency_key, :request_hash, :phone_number_id, :recipient_input, :type,
-          CAST(:body AS jsonb), CAST(:window AS jsonb), 'pending', :pricing_category, :market, :billable,
-          :estimated_amount, :currency, :inside_csw, :inside_fep)
-  ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+  SELECT :id, :api_key_id, :idempotency_key, :request_hash, :phone_number_id, :recipient_input, :type,
+         CAST(:body AS jsonb), CAST(:window AS jsonb), 'pending', :pricing_category, :market, :billable,
+         :estimated_amount, :currency, :inside_csw, :inside_fep
+  WHERE CAST(:idempotency_key AS text) IS NULL OR EXISTS (SELECT FROM k)
   RETURNING id
 ), e AS (
   INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
@@ -75,9 +92,11 @@ WITH u AS (
          response = CAST(:response AS jsonb), updated_at = now()
   WHERE id = :id AND response IS NULL
   RETURNING id
+), e AS (  -- a status webhook may have recorded the same (status, at) first
+  INSERT INTO message_events (message_id, status, at, detail) SELECT id, :status, :at, CAST(:error AS jsonb) FROM u
+  ON CONFLICT (message_id, status, at) DO NOTHING
 )
-INSERT INTO message_events (message_id, status, at, detail) SELECT id, :status, :at, CAST(:error AS jsonb) FROM u
-RETURNING message_id
+SELECT id AS message_id FROM u
 """
 )
 
@@ -85,18 +104,26 @@ RETURNING message_id
 # Built once (SQLAlchemy then only keys its cache per call): replays run it per request.
 # `age` by the database's clock, the same for every replica; from the last move (a held message is
 # `pending` from its release, not from its acceptance).
-BY_IDEMPOTENCY_KEY = select(
-    Message.id,
-    Message.request_hash,
-    Message.status,
-    Message.response_status,
-    Message.response,
-    Message.graph_message_id,
-    Message.recipient_input,
-    Message.recipient_wa_id,
-    Message.window,
-    cast(extract("epoch", func.clock_timestamp() - Message.updated_at), Float).label("age"),
-).where(Message.api_key_id == bindparam("api_key_id"), Message.idempotency_key == bindparam("key"))
+BY_IDEMPOTENCY_KEY = (
+    select(
+        Message.id,
+        Message.request_hash,
+        Message.status,
+        Message.response_status,
+        Message.response,
+        Message.graph_message_id,
+        Message.recipient_input,
+        Message.recipient_wa_id,
+        Message.window,
+        cast(extract("epoch", func.clock_timestamp() - Message.updated_at), Float).label("age"),
+    )
+    .join_from(
+        MessageKey,
+        Message,
+        and_(Message.id == MessageKey.message_id, Message.created_at >= MessageKey.created_at - CLOCK_SLACK),
+    )
+    .where(MessageKey.api_key_id == bindparam("api_key_id"), MessageKey.idempotency_key == bindparam("key"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +217,9 @@ async def by_idempotency_key(conn: AsyncConnection, api_key_id: str, key: str) -
 
 
 async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]] | None:
-    row = (await conn.execute(select(Message.__table__).where(Message.id == id))).first()
+    made_after = func.message_made_after(id, type_=TZ)
+    mine = select(Message.__table__).where(Message.id == id, Message.created_at >= made_after)
+    row = (await conn.execute(mine)).first()
     if row is None:
         return None
     events = select(MessageEvent.status, MessageEvent.at, MessageEvent.detail).where(
@@ -213,6 +242,13 @@ async def expire_pending(conn: AsyncConnection, seconds: float) -> int:
         .returning(Message.id)
     )
     return len((await conn.execute(expired)).all())
+
+
+async def forget_keys(conn: AsyncConnection) -> int:
+    """The Idempotency-Keys of sends no longer kept (their month's partition dropped past retention)."""
+    oldest = select(func.min(Message.created_at)).scalar_subquery()
+    gone = delete(MessageKey).where(or_(MessageKey.created_at < oldest, oldest.is_(None)))
+    return (await conn.execute(gone)).rowcount
 
 
 # --- continue the conversation: held messages and the waits they are in (message/held.py) --------------
@@ -339,27 +375,32 @@ async def insert_held(
 ) -> bool:
     """Hold a message in a wait, with its 202 answer (replayed for its Idempotency-Key while it waits);
     False when that key is taken."""
-    message = (
-        upsert(Message)
-        .values(
-            id=id,
-            api_key_id=api_key_id,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            phone_number_id=phone_number_id,
-            recipient_input=recipient_input,
-            type=type,
-            body=body,
-            window=window,
-            status=MessageStatus.HELD,
-            response_status=202,
-            response=response,
+    if idempotency_key is not None:
+        key = (
+            upsert(MessageKey)
+            .values(
+                api_key_id=api_key_id, idempotency_key=idempotency_key, message_id=id, created_at=func.now()
+            )
+            .on_conflict_do_nothing()
+            .returning(MessageKey.message_id)
         )
-        .on_conflict_do_nothing(index_elements=[Message.api_key_id, Message.idempotency_key])
-        .returning(Message.id)
+        if (await conn.execute(key)).first() is None:
+            return False
+    message = insert(Message).values(
+        id=id,
+        api_key_id=api_key_id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        phone_number_id=phone_number_id,
+        recipient_input=recipient_input,
+        type=type,
+        body=body,
+        window=window,
+        status=MessageStatus.HELD,
+        response_status=202,
+        response=response,
     )
-    if (await conn.execute(message)).first() is None:
-        return False
+    await conn.execute(message)
     await conn.execute(insert(MessageEvent).values(message_id=id, status=MessageStatus.HELD, at=at))
     await conn.execute(
         insert(HeldMessage).values(message_id=id, continuation_id=continuation_id, hold_until=hold_until)
