@@ -172,12 +172,11 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
     CAST(:status_at AS timestamptz[]), CAST(:errors AS jsonb[]), CAST(:pricing AS jsonb[]),
     CAST(:details AS jsonb[])) WITH ORDINALITY AS s(own_id, wamid, status, at, error, pricing, detail, ord)
 ), sm AS MATERIALIZED (  -- each status's message: by the gate's own id (biz_opaque_callback_data), else Meta's
-  SELECT s.*, f.id AS message_id, f.created_at FROM s CROSS JOIN LATERAL (
-    (SELECT id, created_at FROM messages WHERE id = s.own_id AND created_at >= message_made_after(s.own_id))
-    UNION ALL (SELECT id, created_at FROM messages WHERE graph_message_id = s.wamid) LIMIT 1) f
-), locked AS MATERIALIZED (  -- in one order: two replicas' groups never deadlock; by the whole key (one partition)
-  SELECT id, created_at, status FROM messages WHERE (id, created_at) IN (SELECT message_id, created_at FROM sm)
-  ORDER BY id FOR UPDATE
+  SELECT s.*, f.id AS message_id FROM s CROSS JOIN LATERAL (  -- the own id names its month (0019)
+    (SELECT id FROM messages WHERE id = s.own_id AND created_at >= message_made_after(s.own_id)) UNION ALL
+    (SELECT id FROM messages WHERE graph_message_id = s.wamid) LIMIT 1) f
+), locked AS MATERIALIZED (  -- in one order: two replicas' groups never deadlock
+  SELECT id, status FROM messages WHERE id IN (SELECT message_id FROM sm) ORDER BY id FOR UPDATE
 ), moved AS (  -- several statuses of one message in one group: folded in arrival order
   UPDATE messages o SET status = message_status_after(o.status, g.statuses),
     graph_message_id = COALESCE(o.graph_message_id, g.wamid), error = COALESCE(g.error, o.error),
@@ -187,8 +186,8 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
       (array_agg(error ORDER BY ord DESC) FILTER (WHERE error IS NOT NULL))[1] AS error,
       (array_agg(pricing ORDER BY ord DESC) FILTER (WHERE pricing IS NOT NULL))[1] AS pricing, max(at) AS at
     FROM sm GROUP BY message_id
-  ) g JOIN locked l ON l.id = g.message_id
-  WHERE o.id = l.id AND o.created_at = l.created_at
+  ) g
+  WHERE o.id = g.message_id AND o.id IN (SELECT id FROM locked)
   RETURNING o.id, o.phone_number_id, o.body -> 'template' AS template, o.status, o.graph_message_id, o.error,
     o.recipient_wa_id, g.at
 ), gate_events AS MATERIALIZED (  -- the gate's own events this group causes (subscription/rules.py)
