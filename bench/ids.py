@@ -53,14 +53,15 @@ KINDS: dict[str, tuple[str, Callable[[], uuid.UUID]]] = {
 }
 
 
-async def grow(url: str, id_sql: str, rows: int) -> uuid.UUID:
+async def grow(url: str, fill: str, *args: object) -> uuid.UUID:
+    """An API key, then `fill` (its sends, given the key and `args`) and two events for each send."""
     conn = await asyncpg.connect(url)
     try:
         key = await conn.fetchval(
             "INSERT INTO api_keys (name, key_hash, key_prefix, role) "
             "VALUES ('bench', repeat('a', 64), 'wg_', 'admin') RETURNING id"
         )
-        await conn.execute(FILL.format(id=id_sql), key, rows)
+        await conn.execute(fill, key, *args)
         await conn.execute(EVENTS)
         await conn.execute("VACUUM ANALYZE messages")
         await conn.execute("VACUUM ANALYZE message_events")
@@ -143,7 +144,7 @@ def main() -> None:
         try:
             asyncio.run(admin(f'CREATE DATABASE "{name}"'))
             command.upgrade(db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://")), "head")
-            key = asyncio.run(grow(url, id_sql, args.rows))
+            key = asyncio.run(grow(url, FILL.format(id=id_sql), args.rows))
             results[kind] = asyncio.run(record(url, key, make, args.sends, args.connections))
         finally:
             asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -33,7 +33,7 @@ import uuid_utils.compat as uuid_utils
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from bench.ids import EVENTS, V7
+from bench.ids import V7, grow
 from bench.partitions import ADMIN, admin, timed
 from window_gate import db, partitions
 from window_gate.message.repository import FINISH, INSERT_PENDING
@@ -67,30 +67,22 @@ async def lay_out(conn: asyncpg.Connection, months: int) -> None:
             )
 
 
-async def grow(url: str, months: int, rows_per_month: int, laid_out: bool) -> uuid.UUID:
+async def prepare(url: str, months: int, laid_out: bool) -> None:
     conn = await asyncpg.connect(url)
     try:
         if laid_out:
             await lay_out(conn, months)
-        else:  # what the statements need of 0019; the plain table has no other change
-            await conn.execute(
-                "CREATE TABLE message_keys (api_key_id uuid, idempotency_key text, message_id uuid NOT NULL, "
-                "created_at timestamptz NOT NULL, PRIMARY KEY (api_key_id, idempotency_key))"
-            )
-            await conn.execute(
-                "ALTER TABLE message_events ADD CONSTRAINT uq_message_events_message_id UNIQUE (message_id, status, at)"
-            )
-            config = db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://"))
-            await conn.execute(ScriptDirectory.from_config(config).get_revision("0019").module.MADE_AFTER)
-        key = await conn.fetchval(
-            "INSERT INTO api_keys (name, key_hash, key_prefix, role) "
-            "VALUES ('bench', repeat('a', 64), 'wg_', 'admin') RETURNING id"
+            return
+        # What the statements now need of 0019; the plain table has no other change.
+        await conn.execute(
+            "CREATE TABLE message_keys (api_key_id uuid, idempotency_key text, message_id uuid NOT NULL, "
+            "created_at timestamptz NOT NULL, PRIMARY KEY (api_key_id, idempotency_key))"
         )
-        await conn.execute(FILL.format(id=V7), key, months * rows_per_month, months * 30.4 * 86400)
-        await conn.execute(EVENTS)
-        await conn.execute("VACUUM ANALYZE messages")
-        await conn.execute("VACUUM ANALYZE message_events")
-        return uuid.UUID(str(key))
+        await conn.execute(
+            "ALTER TABLE message_events ADD CONSTRAINT uq_message_events_message_id UNIQUE (message_id, status, at)"
+        )
+        config = db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://"))
+        await conn.execute(ScriptDirectory.from_config(config).get_revision("0019").module.MADE_AFTER)
     finally:
         await conn.close()
 
@@ -176,8 +168,10 @@ def main() -> None:
             asyncio.run(admin(f'CREATE DATABASE "{name}"'))
         migrate(plain, "0018")
         migrate(by_month, "head")
-        plain_key = asyncio.run(grow(plain, args.months, args.rows_per_month, laid_out=False))
-        month_key = asyncio.run(grow(by_month, args.months, args.rows_per_month, laid_out=True))
+        fill = FILL.format(id=V7), args.months * args.rows_per_month, args.months * 30.4 * 86400
+        asyncio.run(prepare(plain, args.months, laid_out=False))
+        asyncio.run(prepare(by_month, args.months, laid_out=True))
+        plain_key, month_key = (asyncio.run(grow(url, *fill)) for url in (plain, by_month))
         measure("plain (before 0019)", plain, plain_key)
         by_months = f"by month, {args.months} partitions"
         measure(f"{by_months}: FINISH by id, every month's index probed (the service)", by_month, month_key)
