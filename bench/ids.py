@@ -47,6 +47,22 @@ EVENTS = (
     "INSERT INTO message_events (message_id, status, at) "
     "SELECT id, s, created_at FROM messages, unnest(ARRAY['pending', 'accepted']) s"
 )
+# A send as INSERT_PENDING records it, but for its id, key and time.
+SEND = {
+    "request_hash": "0" * 64,
+    "phone_number_id": "1001",
+    "recipient_input": "+55 11 98765-4321",
+    "type": "text",
+    "body": '{"type": "text", "text": {"body": "hello"}}',
+    "window": None,
+    "pricing_category": None,
+    "market": None,
+    "billable": False,
+    "estimated_amount": None,
+    "currency": None,
+    "inside_csw": True,
+    "inside_fep": False,
+}
 KINDS: dict[str, tuple[str, Callable[[], uuid.UUID]]] = {
     "UUIDv4 (before)": ("gen_random_uuid()", uuid.uuid4),
     "UUIDv7 (now)": (V7, uuid_utils.uuid7),
@@ -74,23 +90,7 @@ async def record(
     url: str, key: uuid.UUID, make: Callable[[], uuid.UUID], sends: int, connections: int
 ) -> dict[str, float]:
     sql, names = INSERT_PENDING.sql, INSERT_PENDING.names
-    values = {
-        "api_key_id": key,
-        "idempotency_key": None,
-        "request_hash": "0" * 64,
-        "phone_number_id": "1001",
-        "recipient_input": "+55 11 98765-4321",
-        "type": "text",
-        "body": '{"type": "text", "text": {"body": "hello"}}',
-        "window": None,
-        "pricing_category": None,
-        "market": None,
-        "billable": False,
-        "estimated_amount": None,
-        "currency": None,
-        "inside_csw": True,
-        "inside_fep": False,
-    }
+    values = {**SEND, "api_key_id": key, "idempotency_key": None}
     pool = await asyncpg.create_pool(url, min_size=connections, max_size=connections)
     assert pool is not None
     latencies: list[float] = []

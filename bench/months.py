@@ -33,7 +33,7 @@ import uuid_utils.compat as uuid_utils
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from bench.ids import V7, grow
+from bench.ids import SEND, V7, grow
 from bench.partitions import ADMIN, admin, timed
 from window_gate import db, partitions
 from window_gate.message.repository import FINISH, INSERT_PENDING
@@ -46,7 +46,6 @@ SELECT {id}, $1, repeat('0', 64), '100' || (g % 20), '5511' || (900000000 + g % 
 FROM (SELECT g, now() - make_interval(secs => $3::float8 * ($2 - g) / $2) AS t
       FROM generate_series(1, $2) g) s
 """
-BODY = '{"type": "text", "text": {"body": "hello"}}'
 
 
 async def lay_out(conn: asyncpg.Connection, months: int) -> None:
@@ -102,22 +101,10 @@ async def send(
             for _ in range(count):
                 id = uuid_utils.uuid7()
                 values = {
+                    **SEND,
                     "id": id,
                     "api_key_id": key,
                     "idempotency_key": str(id),
-                    "request_hash": "0" * 64,
-                    "phone_number_id": "1001",
-                    "recipient_input": "+55 11 98765-4321",
-                    "type": "text",
-                    "body": BODY,
-                    "window": None,
-                    "pricing_category": None,
-                    "market": None,
-                    "billable": False,
-                    "estimated_amount": None,
-                    "currency": None,
-                    "inside_csw": True,
-                    "inside_fep": False,
                     "at": datetime.now(UTC),
                     "status": "accepted",
                     "graph_message_id": f"wamid.{id}",
