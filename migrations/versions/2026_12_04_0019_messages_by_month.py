@@ -24,6 +24,8 @@ What a partitioned table cannot enforce moves or goes:
   is gone long before its send's month passes retention. The downgrade puts them back, after deleting
   the rows that name a send no longer there (or forgetting the template's id), as the keys would have.
 
+A lookup by id names the send's month with the function `message_made_after(id)`, made here (below).
+
 The downgrade copies every row back into plain tables (minutes on a large history).
 """
 
