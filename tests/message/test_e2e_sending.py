@@ -33,7 +33,8 @@ NEVER = "5511976543210"
 def simulator(
     gate_port: int, log: Path, *flags: str, port: int | None = None, stop: int = signal.SIGTERM
 ) -> Iterator[httpx.Client]:
-    """`window-gate simulator` posting to the gate's port, until stopped with `stop`."""
+    """`window-gate simulator` posting to the gate's port, until stopped with `stop`; it ends with this
+    test process however that ends (`--parent-pid`: a killed test run leaves no simulator behind)."""
     port = port or free_port()
     hook = f"http://127.0.0.1:{gate_port}/webhooks/whatsapp"
     with log.open("w") as out:
@@ -47,6 +48,8 @@ def simulator(
                 hook,
                 "--throughput",
                 "10000",
+                "--parent-pid",
+                str(os.getpid()),
                 *flags,
             ],
             env=cli_env(),
