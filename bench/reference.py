@@ -65,9 +65,9 @@ STATUS_SET = """
 UPDATE messages SET status = CASE WHEN status = ANY($2::text[]) THEN $1 ELSE status END,
   graph_message_id = COALESCE(graph_message_id, $3), pricing = COALESCE($4::jsonb, pricing), updated_at = now()
 """
-STATUS_BY_ID = STATUS_SET + "WHERE id = $5 RETURNING id"
-STATUS_BY_WAMID = STATUS_SET + "WHERE graph_message_id = $5 RETURNING id"
-ADD_EVENT = "INSERT INTO message_events (message_id, status, at, detail) VALUES ($1, $2, $3, $4::jsonb)"
+STATUS_BY_ID = STATUS_SET + "WHERE id = $5 RETURNING id, phone_number_id"
+STATUS_BY_WAMID = STATUS_SET + "WHERE graph_message_id = $5 RETURNING id, phone_number_id"
+ADD_EVENT = "INSERT INTO message_events (message_id, phone_number_id, status, at, detail) VALUES ($1, $2, $3, $4, $5::jsonb)"
 _pool: Any = None
 _secret = os.environ.get("BENCH_APP_SECRET", "").encode()
 
@@ -144,12 +144,12 @@ async def _status(conn: Any, s: dict[str, Any]) -> None:
     own = UUID(opaque.removeprefix(OPAQUE_PREFIX)) if opaque.startswith(OPAQUE_PREFIX) else None
     pricing = orjson.dumps(s["pricing"]).decode() if "pricing" in s else None
     replaces = REPLACES.get(s["status"], [])
-    found = await conn.fetchval(
+    found = await conn.fetchrow(
         STATUS_BY_ID if own else STATUS_BY_WAMID, s["status"], replaces, s["id"], pricing, own or s["id"]
     )
     if found is not None:
         at = datetime.fromtimestamp(int(s["timestamp"]), UTC)
-        await conn.execute(ADD_EVENT, found, s["status"], at, orjson.dumps(s).decode())
+        await conn.execute(ADD_EVENT, *found, s["status"], at, orjson.dumps(s).decode())
 
 
 async def answer(send: Send, status: int, payload: object) -> None:

@@ -116,7 +116,8 @@ SEED_HISTORY = (
     f"'{PN}', w, w, 'text', '{{}}', 'read', 'wamid.hist.' || i, t, t "
     f"FROM generate_series(1, {HISTORY}) i, LATERAL (SELECT '1555' || lpad((i % {SENDS} + {SEND_FIRST} + 1)::text, 7, '0') AS w, "
     "now() - random() * interval '30 days' AS t) x",
-    "INSERT INTO message_events (message_id, status, at) SELECT id, status, created_at FROM messages",
+    "INSERT INTO message_events (phone_number_id, message_id, status, at) "
+    "SELECT phone_number_id, id, status, created_at FROM messages",
     "INSERT INTO bench_sends SELECT id, recipient_input, status, graph_message_id FROM messages",  # the same
     "ANALYZE",
 )
@@ -141,7 +142,8 @@ SEED_OWN = (
     "'service', 'North America', false, 0, 'USD', true, false, t, t "
     f"FROM generate_series(1, {OWN_SENDS}) i, LATERAL (SELECT '1555' || lpad((1 + i * 7919 % {WINDOWS})::text, 7, '0') AS w, "
     "now() - random() * interval '3 days' AS t) x",
-    "INSERT INTO message_events (message_id, status, at) SELECT id, e.status, created_at + e.after FROM messages, "
+    "INSERT INTO message_events (phone_number_id, message_id, status, at) "
+    "SELECT phone_number_id, id, e.status, created_at + e.after FROM messages, "
     "(VALUES ('pending', interval '0'), ('accepted', interval '150 ms')) e(status, after) "
     "WHERE graph_message_id LIKE 'wamid.own.%'",
     "ANALYZE",

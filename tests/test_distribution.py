@@ -3,9 +3,8 @@ column, checked against the models: Citus enforces a primary key or unique const
 table only when it contains the distribution column, and a foreign key between two distributed tables
 only when both sides include it (co-located). Leading with it also makes a number's rows one index range.
 
-Every table of the models is classified here, so a new table is a decision. The keys that do not lead
-with phone_number_id yet are listed (NOT_YET) rather than left out: each needs a migration that
-docs/scaling.md describes; this test fails on a new offender and on a listed one that was fixed."""
+Every table of the models is classified here, so a new table is a decision; every key of a distributed
+table leads with phone_number_id (the last ones since migration 0020)."""
 
 from sqlalchemy import ForeignKeyConstraint, Table, UniqueConstraint
 
@@ -44,16 +43,6 @@ NOT_DISTRIBUTED = {
     "relay_fanout": "one delivery may carry several numbers: co-located with webhook_deliveries",
     "ingest_pressure": "one row, the relay's signal: local to the coordinator",
 }
-# Keys and foreign keys of distributed tables that do not lead with phone_number_id yet (docs/scaling.md,
-# "Keys to change first"): Meta's and our own global ids, and two tables without the column at all.
-NOT_YET = {
-    ("messages", "primary key", ("id", "created_at")),
-    ("message_events", "primary key", ("id", "at")),
-    ("message_events", "unique", ("message_id", "status", "at")),
-    ("continuations", "primary key", ("id",)),
-    ("held_messages", "primary key", ("message_id",)),
-    ("held_messages", "foreign key to continuations", ("continuation_id",)),
-}
 TABLES = Base.metadata.tables
 
 
@@ -75,14 +64,14 @@ def test_every_table_is_classified_once() -> None:
     assert DISTRIBUTED.keys() | NOT_DISTRIBUTED.keys() == TABLES.keys()
 
 
-def test_the_keys_of_distributed_tables_lead_with_phone_number_id_but_the_listed_ones() -> None:
+def test_the_keys_of_distributed_tables_lead_with_phone_number_id() -> None:
     offending = {
         (name, kind, columns)
         for name in DISTRIBUTED
         for kind, columns in keys(TABLES[name])
         if columns[0] != COLUMN
     }
-    assert offending == NOT_YET
+    assert offending == set()
 
 
 def test_reference_tables_have_no_foreign_key_to_a_distributed_table() -> None:

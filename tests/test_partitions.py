@@ -199,7 +199,7 @@ def test_the_messages_migration_keeps_sends_events_and_keys_both_ways(scratch_ur
         ),
         "INSERT INTO message_events (message_id, status, at) SELECT id, 'read', created_at FROM messages",
     )
-    command.upgrade(config, "head")
+    command.upgrade(config, "0019")
     where_sends, keys, event = run(
         "SELECT tableoid::regclass::text, count(*) FROM messages GROUP BY 1",
         "SELECT k.idempotency_key, k.created_at = m.created_at FROM message_keys k "
@@ -223,6 +223,47 @@ def test_the_messages_migration_keeps_sends_events_and_keys_both_ways(scratch_ur
     assert back == [[("messages", 3)], [(3,)]]  # the event without a send goes, as the foreign key's cascade
     with pytest.raises(DBAPIError, match="uq_messages_api_key_id"):
         run(SEND.format(id="gen_random_uuid()", key="'order-1'", wamid="NULL", at="now()"))
+
+
+def test_the_keys_migration_gives_events_and_held_messages_their_number_both_ways(scratch_url: str) -> None:
+    """0020 keys the hot tables by phone_number_id first: each event and held message gets its send's and
+    wait's number, an event whose send is gone goes (nothing reached it), and a wait's held messages still
+    go with it. The downgrade keeps every row."""
+    config = db.alembic_config(scratch_url)
+    command.upgrade(config, "0019")
+    run = partial(sql, scratch_url)
+    wait = "'0190a0b1-0000-7000-8000-000000000001'"
+    run(
+        "INSERT INTO api_keys (name, key_hash, key_prefix, role) VALUES ('k', repeat('a', 64), 'wg_', 'send')",
+        SEND.format(id="gen_random_uuid()", key="NULL", wamid="'wamid.1'", at="now()"),
+        "INSERT INTO message_events (message_id, status, at) SELECT id, s, created_at FROM messages, "
+        "unnest(ARRAY['pending', 'held']) s",
+        "INSERT INTO message_events (message_id, status, at) VALUES (gen_random_uuid(), 'sent', now())",
+        "INSERT INTO customers (wa_id) VALUES ('15551234567')",
+        "INSERT INTO continuations (id, phone_number_id, customer_id, api_key_id, state) "
+        f"SELECT {wait}, '106540352242922', c.id, k.id, 'awaiting_reply' FROM customers c, api_keys k",
+        f"INSERT INTO held_messages (message_id, continuation_id, hold_until) SELECT id, {wait}, now() FROM messages",
+    )
+    command.upgrade(config, "0020")
+    events, held = run(
+        "SELECT e.status, e.phone_number_id FROM message_events e ORDER BY e.status",
+        "SELECT h.phone_number_id, h.message_id = m.id FROM held_messages h, messages m",
+    )
+    assert events == [("held", "106540352242922"), ("pending", "106540352242922")]
+    assert held == [("106540352242922", True)]
+    with pytest.raises(DBAPIError, match="fk_held_messages_phone_number_id_continuations"):
+        run(
+            "INSERT INTO held_messages (phone_number_id, message_id, continuation_id, hold_until) "
+            f"VALUES ('another', gen_random_uuid(), {wait}, now())"
+        )
+
+    command.downgrade(config, "0019")
+    assert run(
+        "SELECT count(*) FROM message_events",
+        "SELECT count(*) FROM held_messages",
+        f"DELETE FROM continuations WHERE id = {wait}",
+        "SELECT count(*) FROM held_messages",
+    ) == [[(2,)], [(1,)], [], [(0,)]]  # the wait's held messages go with it, by the restored foreign key
 
 
 async def test_sends_are_kept_forever_unless_a_retention_is_set_and_their_keys_go_with_them(

@@ -11,12 +11,14 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -193,10 +195,13 @@ class Message(Base):
     """One send a caller asked for: recorded before it leaves, then updated with Meta's answers.
     Partitioned by month of `created_at` (partitions.py): its keys hold that column, as PostgreSQL requires,
     so the Idempotency-Key's uniqueness lives in MessageKey and Meta's id is indexed, not unique. Each
-    partition keeps 30 % of its pages free (partitions.STORAGE)."""
+    partition keeps 30 % of its pages free (partitions.STORAGE). Keyed by the number first, as every hot
+    table (docs/scaling.md); looked up by id alone through its own index."""
 
     __tablename__ = "messages"
     __table_args__ = (
+        PrimaryKeyConstraint("phone_number_id", "id", "created_at"),
+        Index("ix_messages_id", "id"),  # GET /v1/messages/{id}, Meta's answer to a send, held messages
         # A status webhook without the gate's id (biz_opaque_callback_data): found by Meta's.
         Index("ix_messages_graph_message_id", "graph_message_id"),
         Index("ix_messages_phone_number_id_created_at", "phone_number_id", "created_at"),  # costs report
@@ -214,7 +219,7 @@ class Message(Base):
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
-    id: Mapped[UUID] = mapped_column(primary_key=True)
+    id: Mapped[UUID]
     api_key_id: Mapped[UUID] = mapped_column(ForeignKey("api_keys.id"))
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64))
@@ -239,9 +244,7 @@ class Message(Base):
     inside_fep: Mapped[bool | None]
     # The window as the gate saw it when it let the send pass.
     window: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    created_at: Mapped[datetime] = mapped_column(
-        TZ, server_default=text("now()"), primary_key=True, index=True
-    )
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"), index=True)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=text("now()"))
 
 
@@ -259,20 +262,23 @@ class MessageKey(Base):
 
 class MessageEvent(Base):
     """A message's status history: the gate's own steps and Meta's status webhooks. Partitioned by month
-    of `at` (partitions.py), without a foreign key: events go with their month."""
+    of `at` (partitions.py), without a foreign key: events go with their month. Each names its send's number
+    (migration 0020), which leads its keys."""
 
     __tablename__ = "message_events"
     __table_args__ = (
+        PrimaryKeyConstraint("phone_number_id", "id", "at"),
         # Each once: Meta delivers a status again, and two ingest groups may hold copies of one at once
-        # (webhook/repository.py inserts ON CONFLICT DO NOTHING). Also the lookups by message_id.
-        UniqueConstraint("message_id", "status", "at"),
+        # (webhook/repository.py inserts ON CONFLICT DO NOTHING). Also the lookups of a send's events.
+        UniqueConstraint("phone_number_id", "message_id", "status", "at"),
         {"postgresql_partition_by": "RANGE (at)"},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity())
+    phone_number_id: Mapped[str] = mapped_column(Text)
     message_id: Mapped[UUID]
     status: Mapped[str] = mapped_column(Text)
-    at: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    at: Mapped[datetime] = mapped_column(TZ)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
@@ -517,9 +523,11 @@ class Continuation(Base):
             "state",
             postgresql_where=text("state IN ('sending', 'awaiting_reply', 'replied')"),
         ),
+        PrimaryKeyConstraint("phone_number_id", "id"),
+        Index("ix_continuations_id", "id"),  # the chores and held messages' releases name a wait by id
     )
 
-    id: Mapped[UUID] = mapped_column(primary_key=True)
+    id: Mapped[UUID]
     phone_number_id: Mapped[str] = mapped_column(Text)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), index=True)
     api_key_id: Mapped[UUID] = mapped_column(ForeignKey("api_keys.id"))  # whose request sent the template
@@ -532,12 +540,23 @@ class Continuation(Base):
 
 class HeldMessage(Base):
     """A message (status `held`) waiting in a continuation; the row goes when it leaves the wait (sent,
-    expired, cancelled or failed), so this table holds only what still waits."""
+    expired, cancelled or failed), so this table holds only what still waits. Keyed, and tied to its wait,
+    by the number first (migration 0020)."""
 
     __tablename__ = "held_messages"
-    __table_args__ = (Index("ix_held_messages_continuation_id_position", "continuation_id", "position"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("phone_number_id", "message_id"),
+        ForeignKeyConstraint(
+            ["phone_number_id", "continuation_id"],
+            ["continuations.phone_number_id", "continuations.id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_held_messages_continuation_id_position", "continuation_id", "position"),
+        Index("ix_held_messages_message_id", "message_id"),  # a held message's end names it by id
+    )
 
-    message_id: Mapped[UUID] = mapped_column(primary_key=True)  # no foreign key: messages is partitioned
-    continuation_id: Mapped[UUID] = mapped_column(ForeignKey("continuations.id", ondelete="CASCADE"))
+    phone_number_id: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[UUID]  # no foreign key: messages is partitioned
+    continuation_id: Mapped[UUID]
     position: Mapped[int] = mapped_column(BigInteger, Identity())  # the order they were accepted in
     hold_until: Mapped[datetime] = mapped_column(TZ, index=True)

@@ -5,6 +5,7 @@ and the chore itself (message/held.py), so what happens when is the test's to sa
 engine and waits for it."""
 
 import asyncio
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -392,6 +393,21 @@ async def test_a_wait_s_share_is_the_same_in_python_and_in_sql(engine: Any) -> N
             {"ids": ids, "n": held.RELEASE_SHARDS},
         )
         assert {row[0]: row[1] for row in rows} == {i: held.shard_of(i) for i in ids}
+
+
+async def test_the_watch_reaches_each_wait_s_template_by_index(engine: Any) -> None:
+    """conversation.watch runs every second over the waits not over: it must find each one's template send
+    through an index, never by reading `messages` (every send ever made). With sequential scans priced out,
+    a plan that still reads a partition of messages whole has no index to go by (a join on an OR of the
+    wait's template id and its Idempotency-Key did, after 0019 moved the keys out of `messages`)."""
+    async with engine.begin() as conn:
+        query = message_repository.OPEN_WAITS.compile(
+            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+        )
+        await conn.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join((await conn.execute(text(f"EXPLAIN {query}"))).scalars())
+    assert "messages_default" in plan  # the partitions of messages are in the plan …
+    assert not re.search(r"Seq Scan on messages_", plan), plan  # … each reached by an index
 
 
 async def test_a_share_settles_its_own_waits_only(engine: Any) -> None:

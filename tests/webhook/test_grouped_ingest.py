@@ -229,7 +229,8 @@ async def test_a_copy_of_a_status_recorded_by_a_concurrent_statement_is_kept_onc
         await first.execute(text("SELECT FROM messages WHERE id = :id FOR UPDATE"), {"id": sent["id"]})
         await first.execute(
             text(
-                "INSERT INTO message_events (message_id, status, at) VALUES (:id, 'sent', to_timestamp(:at))"
+                "INSERT INTO message_events (phone_number_id, message_id, status, at) "
+                "SELECT phone_number_id, id, 'sent', to_timestamp(:at) FROM messages WHERE id = :id"
             ),
             {"id": sent["id"], "at": at},
         )

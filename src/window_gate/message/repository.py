@@ -73,9 +73,10 @@ WITH k AS (
          CAST(:body AS jsonb), CAST(:window AS jsonb), 'pending', :pricing_category, :market, :billable,
          :estimated_amount, :currency, :inside_csw, :inside_fep
   WHERE CAST(:idempotency_key AS text) IS NULL OR EXISTS (SELECT FROM k)
-  RETURNING id
+  RETURNING id, phone_number_id
 ), e AS (
-  INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
+  INSERT INTO message_events (phone_number_id, message_id, status, at)
+  SELECT phone_number_id, id, 'pending', :at FROM m RETURNING message_id
 )
 SELECT (SELECT access_token_encrypted FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token FROM e
 """
@@ -91,10 +92,11 @@ WITH u AS (
          error = COALESCE(error, CAST(:error AS jsonb)), response_status = :response_status,
          response = CAST(:response AS jsonb), updated_at = now()
   WHERE id = :id AND response IS NULL
-  RETURNING id
+  RETURNING id, phone_number_id
 ), e AS (  -- a status webhook may have recorded the same (status, at) first
-  INSERT INTO message_events (message_id, status, at, detail) SELECT id, :status, :at, CAST(:error AS jsonb) FROM u
-  ON CONFLICT (message_id, status, at) DO NOTHING
+  INSERT INTO message_events (phone_number_id, message_id, status, at, detail)
+  SELECT phone_number_id, id, :status, :at, CAST(:error AS jsonb) FROM u
+  ON CONFLICT (phone_number_id, message_id, status, at) DO NOTHING
 )
 SELECT id AS message_id FROM u
 """
@@ -223,7 +225,7 @@ async def get(conn: AsyncConnection, id: UUID) -> tuple[Row[Any], list[Row[Any]]
     if row is None:
         return None
     events = select(MessageEvent.status, MessageEvent.at, MessageEvent.detail).where(
-        MessageEvent.message_id == id
+        MessageEvent.phone_number_id == row.phone_number_id, MessageEvent.message_id == id
     )
     return row, list(await conn.execute(events.order_by(MessageEvent.id)))
 
@@ -265,15 +267,18 @@ WITH c AS (
                        CAST(:currency AS text[]), CAST(:inside_csw AS boolean[]), CAST(:inside_fep AS boolean[]))
     AS c (id, "window", pricing_category, market, billable, estimated_amount, currency, inside_csw, inside_fep)
 ), h AS (
-  DELETE FROM held_messages WHERE message_id IN (SELECT id FROM c) RETURNING message_id
+  DELETE FROM held_messages WHERE phone_number_id = :phone_number_id AND message_id IN (SELECT id FROM c)
+  RETURNING message_id
 ), m AS (
   UPDATE messages SET status = 'pending', "window" = c."window", pricing_category = c.pricing_category,
     market = c.market, billable = c.billable, estimated_amount = c.estimated_amount, currency = c.currency,
     inside_csw = c.inside_csw, inside_fep = c.inside_fep, response_status = NULL, response = NULL, updated_at = now()
-  FROM c WHERE messages.id = c.id AND messages.id IN (SELECT message_id FROM h) AND messages.status = 'held'
+  FROM c WHERE messages.phone_number_id = :phone_number_id AND messages.id = c.id
+    AND messages.id IN (SELECT message_id FROM h) AND messages.status = 'held'
   RETURNING messages.id
 ), e AS (
-  INSERT INTO message_events (message_id, status, at) SELECT id, 'pending', :at FROM m RETURNING message_id
+  INSERT INTO message_events (phone_number_id, message_id, status, at)
+  SELECT :phone_number_id, id, 'pending', :at FROM m RETURNING message_id
 )
 SELECT message_id AS id,
        (SELECT access_token_encrypted FROM phone_numbers WHERE phone_number_id = :phone_number_id) AS access_token
@@ -401,9 +406,18 @@ async def insert_held(
         response=response,
     )
     await conn.execute(message)
-    await conn.execute(insert(MessageEvent).values(message_id=id, status=MessageStatus.HELD, at=at))
     await conn.execute(
-        insert(HeldMessage).values(message_id=id, continuation_id=continuation_id, hold_until=hold_until)
+        insert(MessageEvent).values(
+            phone_number_id=phone_number_id, message_id=id, status=MessageStatus.HELD, at=at
+        )
+    )
+    await conn.execute(
+        insert(HeldMessage).values(
+            phone_number_id=phone_number_id,
+            message_id=id,
+            continuation_id=continuation_id,
+            hold_until=hold_until,
+        )
     )
     return True
 
@@ -437,6 +451,12 @@ class Held:
     key_numbers: list[str] | None
 
 
+HELD_IN_WAIT = and_(
+    HeldMessage.phone_number_id == Continuation.phone_number_id,
+    HeldMessage.continuation_id == Continuation.id,
+)
+
+
 def _in_share(shard: int, shards: int) -> ColumnElement[bool]:
     """A wait's share: the last byte of its id, modulo `shards` (a divisor of 256)."""
     return func.get_byte(func.uuid_send(Continuation.id), 15) % shards == shard
@@ -461,8 +481,13 @@ async def next_held_of_replied(conn: AsyncConnection, shard: int, shards: int, l
             ApiKey.phone_number_ids,
         )
         .ext(distinct_on(HeldMessage.continuation_id))
-        .join(Continuation, Continuation.id == HeldMessage.continuation_id)
-        .join(Message, Message.id == HeldMessage.message_id)
+        .join(Continuation, HELD_IN_WAIT)
+        .join(
+            Message,
+            and_(
+                Message.phone_number_id == HeldMessage.phone_number_id, Message.id == HeldMessage.message_id
+            ),
+        )
         .join(ApiKey, ApiKey.id == Message.api_key_id)
         .where(
             Continuation.state == "replied",
@@ -482,7 +507,7 @@ async def settle_released(conn: AsyncConnection, shard: int, shards: int) -> Non
         .where(
             Continuation.state == "replied",
             _in_share(shard, shards),
-            ~exists().where(HeldMessage.continuation_id == Continuation.id),
+            ~exists().where(HELD_IN_WAIT),
         )
         .values(state="released", updated_at=func.now())
     )
@@ -558,7 +583,10 @@ async def end_held(
         return []
     await conn.execute(
         insert(MessageEvent),
-        [{"message_id": m, "status": status, "at": at, "detail": error} for m in numbers],
+        [
+            {"phone_number_id": pn, "message_id": m, "status": status, "at": at, "detail": error}
+            for m, pn in numbers.items()
+        ],
     )
     people = select(Continuation.id, Customer.wa_id, Customer.user_id).join(
         Customer, Customer.id == Continuation.customer_id
@@ -603,44 +631,53 @@ class OpenWait:
     answered: bool  # the customer wrote since it started (a reply ingest's statement could not mark)
 
 
-async def open_waits(conn: AsyncConnection) -> list[OpenWait]:
-    """Every wait not over (few: each is one customer who has not answered yet)."""
-    template = aliased(Message)
-    query = (
-        select(
-            Continuation.id,
-            Continuation.state,
-            cast(extract("epoch", func.now() - Continuation.updated_at), Float),
-            template.status,
-            template.id,
-            template.error,
-            select(func.count()).where(HeldMessage.continuation_id == Continuation.id).scalar_subquery(),
-            exists().where(
-                Window.phone_number_id == Continuation.phone_number_id,
-                Window.customer_id == Continuation.customer_id,
-                Window.last_inbound_at >= func.date_trunc("second", Continuation.created_at),
-            ),
-        )
-        .select_from(Continuation)
-        .outerjoin(
-            template,
-            or_(
-                template.id == Continuation.template_message_id,
-                and_(
-                    Continuation.template_message_id.is_(None),
-                    template.api_key_id == Continuation.api_key_id,
-                    template.idempotency_key == func.concat(TEMPLATE_KEY_PREFIX, cast(Continuation.id, Text)),
-                ),
-            ),
-        )
-        .where(Continuation.state.in_(("sending", "awaiting_reply", "replied")))
-    )
-    return [OpenWait(*row) for row in await conn.execute(query)]
-
-
 # The re-engagement template is sent under the requesting key with this Idempotency-Key (+ the wait's
 # id): a wait whose process died while Meta answered still finds its template's outcome.
 TEMPLATE_KEY_PREFIX = "wg-continuation:"
+
+# Every wait not over, with its template send: by the id the wait knows, else by the key it was sent with
+# (message_keys). By index either way: the chore runs every second, on a table of every send ever made.
+TEMPLATE_SEND = aliased(Message, name="template")
+OPEN_WAITS = (
+    select(
+        Continuation.id,
+        Continuation.state,
+        cast(extract("epoch", func.now() - Continuation.updated_at), Float),
+        TEMPLATE_SEND.status,
+        TEMPLATE_SEND.id,
+        TEMPLATE_SEND.error,
+        select(func.count()).where(HELD_IN_WAIT).scalar_subquery(),
+        exists().where(
+            Window.phone_number_id == Continuation.phone_number_id,
+            Window.customer_id == Continuation.customer_id,
+            Window.last_inbound_at >= func.date_trunc("second", Continuation.created_at),
+        ),
+    )
+    .select_from(Continuation)
+    .outerjoin(
+        TEMPLATE_SEND,
+        and_(
+            TEMPLATE_SEND.phone_number_id == Continuation.phone_number_id,
+            TEMPLATE_SEND.id
+            == func.coalesce(
+                Continuation.template_message_id,
+                select(MessageKey.message_id)
+                .where(
+                    MessageKey.api_key_id == Continuation.api_key_id,
+                    MessageKey.idempotency_key
+                    == func.concat(TEMPLATE_KEY_PREFIX, cast(Continuation.id, Text)),
+                )
+                .scalar_subquery(),
+            ),
+        ),
+    )
+    .where(Continuation.state.in_(("sending", "awaiting_reply", "replied")))
+)
+
+
+async def open_waits(conn: AsyncConnection) -> list[OpenWait]:
+    """Every wait not over (few: each is one customer who has not answered yet)."""
+    return [OpenWait(*row) for row in await conn.execute(OPEN_WAITS)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,9 +172,9 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
     CAST(:status_at AS timestamptz[]), CAST(:errors AS jsonb[]), CAST(:pricing AS jsonb[]),
     CAST(:details AS jsonb[])) WITH ORDINALITY AS s(own_id, wamid, status, at, error, pricing, detail, ord)
 ), sm AS MATERIALIZED (  -- each status's message: by the gate's own id (biz_opaque_callback_data), else Meta's
-  SELECT s.*, f.id AS message_id FROM s CROSS JOIN LATERAL (  -- the own id names its month (0019)
-    (SELECT id FROM messages WHERE id = s.own_id AND created_at >= message_made_after(s.own_id)) UNION ALL
-    (SELECT id FROM messages WHERE graph_message_id = s.wamid) LIMIT 1) f
+  SELECT s.*, f.id AS message_id, f.phone_number_id FROM s CROSS JOIN LATERAL (  -- own id: its month (0019)
+    (SELECT id, phone_number_id FROM messages WHERE id = s.own_id AND created_at >= message_made_after(s.own_id))
+    UNION ALL (SELECT id, phone_number_id FROM messages WHERE graph_message_id = s.wamid) LIMIT 1) f
 ), locked AS MATERIALIZED (  -- in one order: two replicas' groups never deadlock
   SELECT id, status FROM messages WHERE id IN (SELECT message_id FROM sm) ORDER BY id FOR UPDATE
 ), moved AS (  -- several statuses of one message in one group: folded in arrival order
@@ -208,12 +208,12 @@ WITH d AS MATERIALIZED (  -- one id per kept body, in the order given; one relay
     AND (sub.phone_number_ids IS NULL OR e.phone_number_id = ANY(sub.phone_number_ids))
   ORDER BY e.id, sub.id
 ), events AS (  -- each once: Meta delivers again what it thinks was lost, and a concurrent group may hold a copy
-  INSERT INTO message_events (message_id, status, at, detail)
-  SELECT message_id, status, at, detail FROM (
+  INSERT INTO message_events (phone_number_id, message_id, status, at, detail)
+  SELECT phone_number_id, message_id, status, at, detail FROM (
     SELECT DISTINCT ON (message_id, status, at) * FROM sm
     ORDER BY message_id, status, at, ord
   ) once ORDER BY ord
-  ON CONFLICT (message_id, status, at) DO NOTHING
+  ON CONFLICT (phone_number_id, message_id, status, at) DO NOTHING
 )
 SELECT (SELECT array_agg(id ORDER BY ord) FROM d) AS delivery_ids,
   (SELECT array_agg(r.message_id) FROM r JOIN fresh f USING (message_id)) AS fresh,
