@@ -9,8 +9,8 @@ other. Then, after a CHECKPOINT (full-page writes start afresh for both), `--sen
 through the send path's own statement (message/repository.py: INSERT_PENDING, the message and its first
 event) over `--connections` connections, ids of the database's kind. Measured: sends recorded per second,
 the statement's latency percentiles, the WAL written per send (the cluster's; nothing else should run),
-the size of the two indexes the ids land in (pk_messages, and uq_message_events_message_id: the events by
-message id), over every partition. Prints a markdown table; drops the databases.
+the size of the two indexes the ids land in (pk_messages, and uq_message_events_phone_number_id: a send's
+events), over every partition. Prints a markdown table; drops the databases.
 """
 
 import argparse
@@ -23,10 +23,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 import uuid_utils.compat as uuid_utils
-from alembic import command
 
-from bench.partitions import ADMIN, admin
-from window_gate import db
+from bench.partitions import scratch
 from window_gate.message.repository import INSERT_PENDING
 
 # A UUIDv7 in SQL: the time in milliseconds over the first 6 bytes of a random UUID (version nibble left
@@ -44,8 +42,8 @@ FROM (SELECT g, now() - make_interval(secs => 60 * 86400.0 * ($2 - g) / $2) AS t
       FROM generate_series(1, $2) g) s
 """
 EVENTS = (
-    "INSERT INTO message_events (message_id, status, at) "
-    "SELECT id, s, created_at FROM messages, unnest(ARRAY['pending', 'accepted']) s"
+    "INSERT INTO message_events (phone_number_id, message_id, status, at) "
+    "SELECT phone_number_id, id, s, created_at FROM messages, unnest(ARRAY['pending', 'accepted']) s"
 )
 # A send as INSERT_PENDING records it, but for its id, key and time.
 SEND = {
@@ -115,7 +113,7 @@ async def record(
             wal = await conn.fetchval("SELECT pg_current_wal_lsn()") - lsn  # asyncpg: an LSN as an int
             sizes = await conn.fetchrow(  # over every partition (migration 0019)
                 "SELECT (SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('pk_messages')) AS pkey, "
-                "(SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('uq_message_events_message_id')) "
+                "(SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('uq_message_events_phone_number_id')) "
                 "AS events"
             )
     finally:
@@ -139,15 +137,9 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     for kind, (id_sql, make) in KINDS.items():
-        name = f"wg_bench_ids_{uuid.uuid4().hex[:8]}"
-        url = ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        try:
-            asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-            command.upgrade(db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://")), "head")
+        with scratch("ids", "head") as url:
             key = asyncio.run(grow(url, FILL.format(id=id_sql), args.rows))
             results[kind] = asyncio.run(record(url, key, make, args.sends, args.connections))
-        finally:
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     print(
         f"{args.sends:,} sends recorded over {args.connections} connections into {args.rows:,} earlier ones\n"
     )

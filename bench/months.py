@@ -5,8 +5,8 @@ table, plain as before 0019 and partitioned by month a year on, and what the upg
 
 Two scratch databases on the local PostgreSQL, each grown to `--months` months of earlier sends
 (`--rows-per-month` a month, UUIDv7 ids, two events each):
-- plain: migrated to 0018, one table as before (with what the statements now need of 0019: the table
-  `message_keys`, the function `message_made_after`, the events' unique key);
+- plain: migrated to 0018, one table as before (with what the statements now need of 0019 and 0020: the
+  table `message_keys`, the function `message_made_after`, the events' number and unique key);
 - by month: migrated to head, its partitions laid out as a year of hourly rolls leaves them (the months
   before in `messages_before`, then a partition per month).
 Then, after a CHECKPOINT, `--sends` sends recorded and answered as the send path does them (INSERT_PENDING
@@ -14,8 +14,9 @@ with an Idempotency-Key, then FINISH by id: message/repository.py) over `--conne
 partitioned table three times: FINISH as the service runs it (by id alone: each month's index probed), and
 naming the id's month (`created_at >= message_made_after(id)`), with PostgreSQL's plan cache as it is
 (a custom plan, planned each run, prunes; it looks cheaper than the generic one) and with generic plans
-forced (`plan_cache_mode`: pruned when the run starts). Then the plain database upgraded to head, timed (attach, keys built over its
-rows), and measured once more, just upgraded (every row in `messages_before`). Prints a markdown table;
+forced (`plan_cache_mode`: pruned when the run starts). Then the plain database upgraded to 0019, timed
+(attach, keys built over its rows), then to 0020 (the events' number filled, every key rebuilt by the number
+first), and measured once more, just upgraded (every row in `messages_before`). Prints a markdown table;
 drops the databases.
 """
 
@@ -30,11 +31,10 @@ from datetime import UTC, datetime
 import asyncpg
 import orjson
 import uuid_utils.compat as uuid_utils
-from alembic import command
 from alembic.script import ScriptDirectory
 
 from bench.ids import SEND, V7, grow
-from bench.partitions import ADMIN, admin, timed
+from bench.partitions import migrate, scratch, timed
 from window_gate import db, partitions
 from window_gate.message.repository import FINISH, INSERT_PENDING
 
@@ -72,13 +72,14 @@ async def prepare(url: str, months: int, laid_out: bool) -> None:
         if laid_out:
             await lay_out(conn, months)
             return
-        # What the statements now need of 0019; the plain table has no other change.
+        # What the statements now need of 0019 and 0020; the plain table has no other change.
         await conn.execute(
             "CREATE TABLE message_keys (api_key_id uuid, idempotency_key text, message_id uuid NOT NULL, "
             "created_at timestamptz NOT NULL, PRIMARY KEY (api_key_id, idempotency_key))"
         )
         await conn.execute(
-            "ALTER TABLE message_events ADD CONSTRAINT uq_message_events_message_id UNIQUE (message_id, status, at)"
+            "ALTER TABLE message_events ADD COLUMN phone_number_id text, ADD CONSTRAINT "
+            "uq_message_events_phone_number_id UNIQUE (phone_number_id, message_id, status, at)"
         )
         config = db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://"))
         await conn.execute(ScriptDirectory.from_config(config).get_revision("0019").module.MADE_AFTER)
@@ -137,12 +138,6 @@ def main() -> None:
     parser.add_argument("--sends", type=int, default=40_000)
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
-    names = [f"wg_bench_months_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    plain, by_month = (ADMIN.rsplit("/", 1)[0] + f"/{name}" for name in names)
-
-    def migrate(url: str, revision: str) -> None:
-        command.upgrade(db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://")), revision)
-
     results: dict[str, dict[str, float]] = {}
 
     def measure(
@@ -150,11 +145,7 @@ def main() -> None:
     ) -> None:
         results[layout] = asyncio.run(send(url, key, finish, setup, args.sends, args.connections))
 
-    try:
-        for name in names:
-            asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-        migrate(plain, "0018")
-        migrate(by_month, "head")
+    with scratch("months", "0018") as plain, scratch("months", "head") as by_month:
         fill = FILL.format(id=V7), args.months * args.rows_per_month, args.months * 30.4 * 86400
         asyncio.run(prepare(plain, args.months, laid_out=False))
         asyncio.run(prepare(by_month, args.months, laid_out=True))
@@ -172,21 +163,20 @@ def main() -> None:
         measure(
             f"{by_months}: FINISH names the id's month, generic plans", by_month, month_key, pruned, generic
         )
-        asyncio.run(  # 0019 makes them
+        asyncio.run(  # 0019 and 0020 make them
             timed(
                 plain,
                 "DROP TABLE message_keys",
                 "DROP FUNCTION message_made_after",
-                "ALTER TABLE message_events DROP CONSTRAINT uq_message_events_message_id",
+                "ALTER TABLE message_events DROP COLUMN phone_number_id",
             )
         )
-        start = time.perf_counter()
-        migrate(plain, "head")
-        upgrade = time.perf_counter() - start
+        upgrades = {}
+        for revision in ("0019", "0020"):
+            start = time.perf_counter()
+            migrate(plain, revision)
+            upgrades[revision] = time.perf_counter() - start
         measure("just upgraded: every row in `messages_before`", plain, plain_key)
-    finally:
-        for name in names:
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     rows = args.months * args.rows_per_month
     print(
         f"{args.sends:,} sends recorded and answered over {args.connections} connections into {rows:,} earlier "
@@ -196,7 +186,8 @@ def main() -> None:
     for layout, r in results.items():
         print(f"| {layout} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} |")
     print(
-        f"\nupgrade 0018 → 0019 of the plain database ({rows:,} sends, {2 * rows:,} events): {upgrade:.1f} s"
+        f"\nupgrade of the plain database ({rows:,} sends, {2 * rows:,} events): 0018 → 0019 "
+        f"{upgrades['0019']:.1f} s, 0019 → 0020 {upgrades['0020']:.1f} s"
     )
 
 

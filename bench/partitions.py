@@ -13,8 +13,10 @@ table; drops the databases.
 
 import argparse
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -37,6 +39,24 @@ async def admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def migrate(url: str, revision: str) -> None:
+    command.upgrade(db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://")), revision)
+
+
+@contextlib.contextmanager
+def scratch(bench: str, revision: str) -> Iterator[str]:
+    """A database of the bench's own on the local PostgreSQL, migrated to `revision`: its URL (asyncpg's),
+    dropped after."""
+    name = f"wg_bench_{bench}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        migrate(url, revision)
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def timed(url: str, *statements: str) -> float:
@@ -76,25 +96,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--body-bytes", type=int, default=1500)
     args = parser.parse_args()
-    names = [f"wg_bench_partitions_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    urls = [ADMIN.rsplit("/", 1)[0] + f"/{name}" for name in names]
-    try:
-        for name, url in zip(names, urls, strict=True):
-            asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-            command.upgrade(db.alembic_config(url.replace("postgresql://", "postgresql+asyncpg://")), "0016")
+    with scratch("partitions", "0016") as old, scratch("partitions", "0016") as new:
+        for url in (old, new):
             asyncio.run(fill(url, args.rows, args.body_bytes))
-        old, new = urls
         delete = asyncio.run(
             timed(old, "DELETE FROM webhook_deliveries WHERE received_at < now() - interval '30 days'")
         )
         vacuum = asyncio.run(timed(old, "VACUUM webhook_deliveries"))
         start = time.perf_counter()
-        command.upgrade(db.alembic_config(new.replace("postgresql://", "postgresql+asyncpg://")), "head")
+        migrate(new, "head")
         upgrade = time.perf_counter() - start
         drop, rolled = asyncio.run(roll_later(new))
-    finally:
-        for name in names:
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     print(f"{args.rows:,} raw deliveries of {args.body_bytes} bytes over 60 days\n")
     print("| step | seconds |\n|---|---|")
     print(f"| old purge: DELETE of the {args.rows // 2:,} past 30 days | {delete:.2f} |")
